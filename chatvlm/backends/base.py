@@ -1,0 +1,58 @@
+"""The backend contract every model family implements.
+
+    load()                      the only method that touches disk or the hub
+    generate_batch(pages, ...)  raw generations, one per page, in input order
+    postprocess(page, raw, ...) pure string work: text / markdown / layout
+    close()                     free the model (GPU memory) before the next one
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any, Optional
+
+from ..config import BackendOptions, GenerationParams
+from ..records import Page, PageResult, RawOutput
+from ..registry import ModelSpec
+
+
+class Backend(ABC):
+    #: False for engines that run on the CPU in parallel worker processes (tesseract)
+    uses_gpu: bool = True
+
+    def __init__(self, spec: ModelSpec, options: Optional[BackendOptions] = None):
+        self.spec = spec
+        self.options = options or BackendOptions()
+        self.load_s: float = 0.0
+
+    @abstractmethod
+    def load(self) -> None:
+        """Load weights (once). Raise ModelUnavailableError with a clear message on failure."""
+
+    @abstractmethod
+    def generate_batch(self, pages: list[Page], task: str, params: GenerationParams) -> list[RawOutput]:
+        """Recognise a batch of pages; len(result) == len(pages), same order."""
+
+    @abstractmethod
+    def postprocess(self, page: Page, raw: RawOutput, task: str) -> PageResult:
+        """Turn one raw generation into text / markdown / layout. No torch here."""
+
+    def close(self) -> None:
+        """Release the model. Backends holding GPU memory override this."""
+
+    def describe(self) -> dict[str, Any]:
+        """Engine facts for the report: device, dtype, attention kernel, versions."""
+        return {}
+
+    def default_batch_size(self, params: GenerationParams) -> int:
+        return params.batch_size or 1
+
+    def ask(self, image, question: str, history: Optional[list[tuple[str, str]]] = None,
+            params: Optional[GenerationParams] = None) -> str:
+        """Answer a free-form question about one page (chat-capable VLMs only)."""
+        from ..errors import ChatVLMError
+        raise ChatVLMError(f"model '{self.spec.name}' cannot answer questions; it only transcribes pages")
+
+
+def create_backend(spec: ModelSpec, options: Optional[BackendOptions] = None) -> Backend:
+    return spec.backend_class()(spec, options)

@@ -1,0 +1,83 @@
+"""Run configuration: what the CLI (or the Python API) asks a run to do."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+OUTPUT_FORMATS = ("text", "markdown", "json")
+
+
+@dataclass
+class GenerationParams:
+    """Per-run generation settings; None means "the model spec's default"."""
+
+    max_new_tokens: Optional[int] = None
+    batch_size: Optional[int] = None        # None = backend default ("auto" on GPU)
+    do_sample: bool = False
+    repetition_penalty: Optional[float] = None
+    loop_guard: bool = True                 # stop and trim generations that repeat themselves
+    max_pixels: Optional[int] = None        # override the model's pixel budget
+    min_pixels: Optional[int] = None
+
+
+@dataclass
+class BackendOptions:
+    """How to load a backend: where the weights are and where it runs."""
+
+    model_path: Optional[Path] = None       # local checkpoint folder (else the hub cache)
+    device: Optional[str] = None            # "cuda", "cuda:1", "cpu"; None = best available
+    dtype: Optional[str] = None             # "bfloat16", "float16", "float32"; None = by device
+    attn: Optional[str] = None              # "flash_attention_2" | "sdpa" | "eager"; None = best
+    lang: Optional[str] = None              # tesseract languages, e.g. "eng+rus"
+    synthetic: bool = False                 # random weights from the full config (bench --synthetic)
+    extra: dict = field(default_factory=dict)  # model-specific knobs (num_crops, mode, ...)
+
+
+@dataclass
+class RunConfig:
+    inputs: list[str]
+    out: Path
+    model: str = "auto"
+    task: str = "markdown"                   # "text" | "markdown" | "layout"
+    formats: tuple[str, ...] = ("text", "markdown")
+    pages: Optional[str] = None              # "1-3,7"
+    dpi: int = 200
+    force: bool = False
+    overlay: bool = False
+    skip_headers: bool = False               # leave page headers/footers out of markdown
+    max_image_pixels: int = 100_000_000      # pages above this are downscaled (bounded memory)
+    backend: BackendOptions = field(default_factory=BackendOptions)
+    generation: GenerationParams = field(default_factory=GenerationParams)
+    prefetch: int = 4                        # pages rendered ahead of the recogniser
+    workers: Optional[int] = None            # CPU engines: parallel workers (None = cores)
+    command: str = "ocr"
+
+    def options_key(self) -> dict:
+        """The options that change a page's output; resume only trusts a page done with the same."""
+        return {
+            "task": self.task,
+            "formats": sorted(self.formats),
+            "dpi": self.dpi,
+            "lang": self.backend.lang,
+            "max_new_tokens": self.generation.max_new_tokens,
+            "max_pixels": self.generation.max_pixels,
+            "extra": {k: self.backend.extra[k] for k in sorted(self.backend.extra)},
+            "synthetic": self.backend.synthetic,
+            "skip_headers": self.skip_headers,
+        }
+
+
+def task_for_formats(formats: tuple[str, ...], command: str) -> str:
+    """Pick the one generation task that serves every requested output format.
+
+    A VLM pass is expensive, so each page is recognised once: layout JSON needs the
+    layout task (markdown and text are derived from it), markdown needs the markdown
+    task (text is derived from it), and text alone gets the plain-OCR prompt.
+    """
+    if command == "layout" or "json" in formats:
+        return "layout"
+    if "markdown" in formats:
+        return "markdown"
+    return "text"

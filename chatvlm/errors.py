@@ -1,0 +1,39 @@
+"""Errors and exit codes.
+
+Exit codes: 0 every page ok, 1 some pages or files failed (the rest still ran),
+2 usage error, 3 nothing could run (model failed to load, no inputs, aborted).
+"""
+
+from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_PAGES_FAILED = 1
+EXIT_USAGE = 2
+EXIT_ABORTED = 3
+
+
+class ChatVLMError(Exception):
+    """Base class: a message meant for the user, never a stack trace."""
+
+    exit_code = EXIT_ABORTED
+
+
+class UsageError(ChatVLMError):
+    exit_code = EXIT_USAGE
+
+
+class UnknownModelError(UsageError):
+    def __init__(self, name: str, known: list[str]):
+        self.name = name
+        self.known = known
+        super().__init__(f"unknown model '{name}'; known models: {', '.join(known)}")
+
+
+class ModelUnavailableError(ChatVLMError):
+    """Weights missing, a dependency missing, or the engine cannot start here."""
+
+    exit_code = EXIT_ABORTED
+
+
+class InputError(ChatVLMError):
+    """A file or page that cannot be read; becomes a failed page record, never a crash."""
