@@ -135,7 +135,12 @@ def _finish(model: DotsOCRForCausalLM, device: torch.device, generation_config: 
     left = [n for n, t in list(model.named_parameters()) + list(model.named_buffers()) if t.is_meta]
     if left:
         raise RuntimeError(f"tensors left uninitialised after loading: {left[:10]}")
-    model.generation_config = generation_config or default_generation_config()
+    if generation_config is None:
+        if model.config.vocab_size > max(EOS_TOKEN_IDS):
+            generation_config = default_generation_config()
+        else:  # a small test vocabulary has no official stop/pad ids
+            generation_config = GenerationConfig(pad_token_id=0, do_sample=False)
+    model.generation_config = generation_config
     return model.eval()
 
 
@@ -235,6 +240,8 @@ def build_from_config(
     device = torch.device(device)
     cfg = make_config(load_config_dict(config))
     model = _skeleton(cfg, dtype, _pick_attn(attn_implementation, device, dtype))
+    if device.type == "meta":  # structure only (tensor names, shapes, parameter counts)
+        return model.eval()
     model.to_empty(device=device)
     init_random_(model, seed=seed, std=cfg.initializer_range)
     return _finish(model, device, None)

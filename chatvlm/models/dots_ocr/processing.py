@@ -118,6 +118,7 @@ class DotsOCRProcessor:
         tokenizer: Any = None,
         framing: str = "string",
         image_token_id: int = IMAGE_TOKEN_ID,
+        pad_token_id: int | None = None,
     ):
         if framing not in FRAMINGS:
             raise ValueError(f"framing must be one of {FRAMINGS}, got {framing!r}")
@@ -128,6 +129,7 @@ class DotsOCRProcessor:
         self.tokenizer = tokenizer
         self.framing = framing
         self.image_token_id = image_token_id
+        self._pad_token_id = pad_token_id
 
     @property
     def factor(self) -> int:
@@ -215,7 +217,10 @@ class DotsOCRProcessor:
 
     @property
     def pad_token_id(self) -> int:
+        """Value written into padded slots (masked out, but must be a valid embedding row)."""
         pad = getattr(self.tokenizer, "pad_token_id", None)
+        if pad is None:
+            pad = self._pad_token_id
         return int(pad) if pad is not None else EOS_TOKEN_IDS[0]
 
     def __call__(
@@ -279,12 +284,16 @@ class DotsOCRProcessor:
 
 def processor_from_pretrained(path: str | Path, tokenizer: Any = None, framing: str = "string") -> DotsOCRProcessor:
     """The processor configured by the folder's preprocessor_config.json (dots' own pixel
-    limits; missing keys fall back to the official values). The tokenizer is loaded from the
+    limits; missing keys fall back to the official values) and config.json (image token
+    id). The tokenizer is loaded from the
     folder when it has one and none is passed."""
     folder = Path(path)
     cfg_path = folder / "preprocessor_config.json"
     cfg = json.loads(cfg_path.read_text()) if cfg_path.exists() else {}
     size = cfg.get("size") or {}
+    # The image token id lives in the model's config.json (official: 151665).
+    model_cfg_path = folder / "config.json"
+    model_cfg = json.loads(model_cfg_path.read_text()) if model_cfg_path.exists() else {}
     if tokenizer is None and any((folder / f).exists() for f in ("tokenizer.json", "vocab.json")):
         from transformers import AutoTokenizer
 
@@ -299,4 +308,7 @@ def processor_from_pretrained(path: str | Path, tokenizer: Any = None, framing: 
         image_std=cfg.get("image_std", CLIP_STD),
         tokenizer=tokenizer,
         framing=framing,
+        image_token_id=int(model_cfg.get("image_token_id", IMAGE_TOKEN_ID)),
+        # Official: <|endoftext|>, as generate pads; small test vocabularies lack it.
+        pad_token_id=EOS_TOKEN_IDS[0] if model_cfg.get("vocab_size", 151936) > EOS_TOKEN_IDS[0] else 0,
     )
