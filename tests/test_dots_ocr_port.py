@@ -110,6 +110,14 @@ def test_prompt_rendering_and_ids(expected, inputs_json):
     assert torch.equal(batch["input_ids"], expected["input_ids"])
     assert torch.equal(batch["attention_mask"], expected["attention_mask"])
     assert torch.equal(batch["pixel_values"], expected["pixel_values"])
+    # A batch of two pages of different sizes: left-padded, the fixture page unchanged.
+    two = proc.build_batch([_image(280, 56, 9), Image.open(FIXTURE / "test_image.png")], "prompt_ocr")
+    n = expected["input_ids"].shape[1]
+    assert two["image_grid_thw"].tolist() == [[1, 4, 20], [1, 14, 10]]
+    assert two["input_ids"].shape == (2, n)  # 20 image tokens < 35: row 0 is the padded one
+    assert torch.equal(two["input_ids"][1], expected["input_ids"][0])
+    assert two["attention_mask"][0].tolist() == [0] * 15 + [1] * (n - 15)
+    assert two["input_ids"][0, :15].tolist() == [151680] * 15  # tokenizer's [PAD]
     # The vLLM/string framing behind the published scores.
     assert proc.render_prompt("prompt_ocr", framing="string") == (
         "<|user|><|img|><|imgpad|><|endofimg|>Extract the text content from this image.<|endofuser|><|assistant|>"

@@ -141,7 +141,8 @@ def _finish(model: DotsOCRForCausalLM, device: torch.device, generation_config: 
         else:  # a small test vocabulary has no official stop/pad ids
             generation_config = GenerationConfig(pad_token_id=0, do_sample=False)
     model.generation_config = generation_config
-    return model.eval()
+    # Inference only: no autograd graph even if a caller forgets torch.no_grad().
+    return model.requires_grad_(False).eval()
 
 
 def default_generation_config(**overrides) -> GenerationConfig:
@@ -182,19 +183,27 @@ def check_keys(model: nn.Module, names) -> None:
         raise ValueError(f"checkpoint does not match the model: missing={missing[:20]} unexpected={unexpected[:20]}")
 
 
+def auto_dtype(device: torch.device) -> torch.dtype:
+    """bf16 on GPU (the official dtype), fp32 on CPU (bf16 matmuls are slow there)."""
+    return torch.bfloat16 if device.type == "cuda" else torch.float32
+
+
 def from_pretrained(
     path: str | Path,
-    dtype: torch.dtype = torch.bfloat16,
+    dtype: torch.dtype | None = None,
     device: str | torch.device = "cpu",
     attn_implementation: str | None = None,
 ) -> DotsOCRForCausalLM:
     """Load an official dots.ocr checkpoint folder (config.json + safetensors) in eval mode.
 
     Every model tensor must come from the checkpoint and every checkpoint tensor must be
-    used (zero missing / unexpected keys), else ValueError.
+    used (zero missing / unexpected keys), else ValueError. ``dtype`` None: bf16 on CUDA,
+    fp32 on CPU. ``attn_implementation`` (LM only) None: flash_attention_2 when flash-attn
+    imports on CUDA, else sdpa; the vision tower always uses its own per-image path.
     """
     folder = Path(path)
     device = torch.device(device)
+    dtype = dtype or auto_dtype(device)
     config = make_config(folder)
     model = _skeleton(config, dtype, _pick_attn(attn_implementation, device, dtype))
     state = read_checkpoint(folder, device)
@@ -229,7 +238,7 @@ def init_random_(model: DotsOCRForCausalLM, seed: int = 0, std: float = 0.02) ->
 
 def build_from_config(
     config: str | Path | dict,
-    dtype: torch.dtype = torch.bfloat16,
+    dtype: torch.dtype | None = None,
     device: str | torch.device = "cpu",
     seed: int = 0,
     attn_implementation: str | None = None,
@@ -238,6 +247,7 @@ def build_from_config(
     for benchmarks without weights. Parameters are allocated directly on ``device`` and
     initialised there; nothing is built twice."""
     device = torch.device(device)
+    dtype = dtype or auto_dtype(device)
     cfg = make_config(load_config_dict(config))
     model = _skeleton(cfg, dtype, _pick_attn(attn_implementation, device, dtype))
     if device.type == "meta":  # structure only (tensor names, shapes, parameter counts)
