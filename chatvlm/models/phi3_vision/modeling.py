@@ -148,6 +148,21 @@ class Phi3VForCausalLM(Phi3ForCausalLM):
         )
 
 
+    def prepare_inputs_for_generation(self, input_ids, pixel_values=None, image_sizes=None, **kwargs):
+        model_inputs = super().prepare_inputs_for_generation(
+            input_ids, pixel_values=pixel_values, image_sizes=image_sizes, **kwargs
+        )
+        # Phi-3 drops its KV cache once when the sequence first outgrows
+        # original_max_position_embeddings (short -> long RoPE factors) and re-runs the whole
+        # sequence. generate only forwards pixel_values at prefill, so hand them back for that
+        # recompute: the placeholder ids are in the inputs again.
+        ids = model_inputs.get("input_ids")
+        if pixel_values is not None and ids is not None and bool(((ids < 0) & (ids > -MAX_INPUT_ID)).any()):
+            model_inputs["pixel_values"] = pixel_values
+            model_inputs["image_sizes"] = image_sizes
+        return model_inputs
+
+
 # ---------------------------------------------------------------------------------------
 # building and loading
 
@@ -190,7 +205,8 @@ def build_from_config(
     config = config_from_dict(config_dict, attn_implementation=attn_implementation)
     with torch.device(device), _default_dtype(dtype):
         model = Phi3VForCausalLM(config, clip_attn_implementation=clip_attn_implementation)
-    if not all(p.any() for p in (model.vision.glb_GN, model.vision.sub_GN)):
+    separators = (model.vision.glb_GN, model.vision.sub_GN)
+    if not any(p.is_meta for p in separators) and not all(p.any() for p in separators):
         # Zero separators (the official init) would hide layout bugs in a random model.
         with torch.no_grad():
             model.vision.glb_GN.normal_()
