@@ -281,12 +281,23 @@ def test_long_rope_switch_keeps_the_image(tmp_path):
     assert cached[0, n:].tolist() == full[0, n:].tolist()
 
 
-def test_checkpoint_key_mismatch_is_an_error(tmp_path):
+def test_checkpoint_keys_alias_and_mismatch(tmp_path):
     ckpt = tmp_path / "ckpt"
     write_random_checkpoint(ckpt, seed=1, vocab_size=384, hidden_size=32, num_hidden_layers=1,
                             num_attention_heads=2, intermediate_size=64, clip_hidden_size=16,
                             clip_layers=1, clip_heads=2, clip_intermediate_size=32)
     tensors = load_file(str(ckpt / "model.safetensors"))
+    reference = phi3_vision.from_pretrained(ckpt).state_dict()
+
+    # The embedding stored only under the official `wte` alias still loads, into embed_tokens.
+    aliased = dict(tensors)
+    aliased["model.vision_embed_tokens.wte.weight"] = aliased.pop("model.embed_tokens.weight")
+    save_file(aliased, str(ckpt / "model.safetensors"))
+    loaded = phi3_vision.from_pretrained(ckpt).state_dict()
+    assert set(loaded) == set(reference)
+    assert torch.equal(loaded["model.embed_tokens.weight"], reference["model.embed_tokens.weight"])
+
+    # A missing and an unexpected tensor are errors that name the keys.
     tensors["model.extra.weight"] = torch.zeros(1)
     del tensors["model.vision_embed_tokens.glb_GN"]
     save_file(tensors, str(ckpt / "model.safetensors"))

@@ -228,15 +228,16 @@ def checkpoint_files(path: str | Path) -> list[Path]:
     raise FileNotFoundError(f"no model.safetensors or model.safetensors.index.json in {path}")
 
 
-def _load_tensors(files: list[Path], device: str | torch.device) -> dict[str, torch.Tensor]:
-    tensors: dict[str, torch.Tensor] = {}
+def checkpoint_index(files: list[Path]) -> dict[str, Path]:
+    """Tensor name -> file, reading only the safetensors headers."""
+    where: dict[str, Path] = {}
     for file in files:
-        with safe_open(str(file), framework="pt", device=str(device)) as fh:
+        with safe_open(str(file), framework="pt") as fh:
             for name in fh.keys():
-                if name in tensors:
+                if name in where:
                     raise CheckpointKeyError(f"tensor {name} appears in more than one shard")
-                tensors[name] = fh.get_tensor(name)
-    return tensors
+                where[name] = file
+    return where
 
 
 def match_checkpoint_keys(model_keys: set[str], checkpoint_keys: set[str]) -> tuple[list[str], list[str]]:
@@ -246,6 +247,38 @@ def match_checkpoint_keys(model_keys: set[str], checkpoint_keys: set[str]) -> tu
         ckpt.discard(WTE_ALIAS)
         ckpt.add(EMBED_KEY)
     return sorted(model_keys - ckpt), sorted(ckpt - model_keys)
+
+
+def _copy_weights(model: Phi3VForCausalLM, where: dict[str, Path], device: str | torch.device) -> None:
+    """Copy tensors into the built model one at a time, so peak memory is the model plus one
+    tensor rather than the model plus the whole checkpoint."""
+    targets = model.state_dict(keep_vars=True)
+    alias_file = where.pop(WTE_ALIAS, None)
+    if alias_file is not None and EMBED_KEY not in where:
+        where[EMBED_KEY], alias_file = alias_file, None
+        source_name = {EMBED_KEY: WTE_ALIAS}
+    else:
+        source_name = {}
+    by_file: dict[Path, list[str]] = {}
+    for name, file in where.items():
+        by_file.setdefault(file, []).append(name)
+    with torch.no_grad():
+        for file, names in by_file.items():
+            with safe_open(str(file), framework="pt", device=str(device)) as fh:
+                for name in names:
+                    tensor = fh.get_tensor(source_name.get(name, name))
+                    target = targets[name]
+                    if tensor.shape != target.shape:
+                        raise CheckpointKeyError(
+                            f"{name}: checkpoint shape {tuple(tensor.shape)} != model shape {tuple(target.shape)}"
+                        )
+                    target.copy_(tensor)
+        if alias_file is not None:
+            # Both names stored: they must be the same tensor, as in the official module tree.
+            with safe_open(str(alias_file), framework="pt", device=str(device)) as fh:
+                alias = fh.get_tensor(WTE_ALIAS).to(targets[EMBED_KEY].dtype)
+            if not torch.equal(alias, targets[EMBED_KEY]):
+                raise CheckpointKeyError(f"{WTE_ALIAS} differs from {EMBED_KEY}; they must be one tensor")
 
 
 def from_pretrained(
@@ -260,6 +293,7 @@ def from_pretrained(
     `dtype` None keeps the file's `torch_dtype`. Raises `CheckpointKeyError` unless the
     checkpoint's tensor names equal the model's state_dict keys exactly (the `wte` alias of
     the token embedding is accepted in place of, or next to, `model.embed_tokens.weight`).
+    The result records `load_report = {"missing": [], "unexpected": []}`.
     """
     path = Path(path)
     config_dict = load_config_dict(path)
@@ -270,21 +304,15 @@ def from_pretrained(
         attn_implementation=attn_implementation,
         clip_attn_implementation=clip_attn_implementation,
     )
-    tensors = _load_tensors(checkpoint_files(path), device)
-    if WTE_ALIAS in tensors:
-        alias = tensors.pop(WTE_ALIAS)
-        if EMBED_KEY in tensors and not torch.equal(alias, tensors[EMBED_KEY]):
-            raise CheckpointKeyError(f"{WTE_ALIAS} differs from {EMBED_KEY}; they must be one tensor")
-        tensors.setdefault(EMBED_KEY, alias)
-    model_keys = set(model.state_dict().keys())
-    missing, unexpected = match_checkpoint_keys(model_keys, set(tensors))
+    where = checkpoint_index(checkpoint_files(path))
+    missing, unexpected = match_checkpoint_keys(set(model.state_dict().keys()), set(where))
     if missing or unexpected:
         raise CheckpointKeyError(
             f"checkpoint {path} does not match the model: missing {missing[:10]} "
             f"({len(missing)}), unexpected {unexpected[:10]} ({len(unexpected)})"
         )
-    result = model.load_state_dict(tensors, strict=True)
-    model.load_report = {"missing": list(result.missing_keys), "unexpected": list(result.unexpected_keys)}
+    _copy_weights(model, where, device)
+    model.load_report = {"missing": missing, "unexpected": unexpected}
     generation_file = path / "generation_config.json"
     if generation_file.is_file():
         # Keep our stop ids: the shipped file lists only eos 2 (generation runs on).
