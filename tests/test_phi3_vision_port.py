@@ -49,10 +49,6 @@ def checkpoint_names(folder: Path) -> set[str]:
     return names
 
 
-def model_inputs(batch: dict) -> dict:
-    return {k: v for k, v in batch.items() if k != "num_img_tokens"}
-
-
 # ---- fixture: the official implementation's tensors ------------------------------------
 
 
@@ -227,7 +223,9 @@ def test_random_checkpoint_roundtrip_and_batching(tmp_path, case):
     prompts = [phi3_vision.format_prompt(phi3_vision.OCR_PROMPTS["text"]),
                phi3_vision.format_prompt(phi3_vision.OCR_PROMPTS["markdown"])]
     batch = proc.build_batch(prompts, images)
-    assert batch["num_img_tokens"] == [313, 469]
+    assert set(batch) == {"input_ids", "attention_mask", "pixel_values", "image_sizes"}
+    assert proc(images=images)["num_img_tokens"] == [313, 469]
+    assert [int((row == -1).sum()) for row in batch["input_ids"]] == [313, 469]
     assert batch["pixel_values"].shape == (2, 3, 3, 336, 336)
     assert batch["pixel_values"][0, 2:].abs().sum() == 0  # 1x1 grid: zero view pads to num_crops+1
     assert batch["attention_mask"][1].all() and not batch["attention_mask"][0].all()
@@ -237,21 +235,21 @@ def test_random_checkpoint_roundtrip_and_batching(tmp_path, case):
     gen_kwargs = dict(max_new_tokens=8, do_sample=False, eos_token_id=None, pad_token_id=tok.pad_token_id)
     width = batch["input_ids"].shape[1]
     with torch.no_grad():
-        batched = model.generate(**model_inputs(batch), **gen_kwargs)
-        batched_logits = model(**model_inputs(batch)).logits
+        batched = model.generate(**batch, **gen_kwargs)
+        batched_logits = model(**batch).logits
         for i in range(2):
             single = proc.build_batch([prompts[i]], [images[i]])
             n = single["input_ids"].shape[1]
-            alone = model.generate(**model_inputs(single), **gen_kwargs)
+            alone = model.generate(**single, **gen_kwargs)
             assert batched[i, width:].tolist() == alone[0, n:].tolist(), f"row {i}: batched != single-page tokens"
-            alone_logits = model(**model_inputs(single)).logits[0]
+            alone_logits = model(**single).logits[0]
             assert rel_err(batched_logits[i, -n:], alone_logits) < 1e-4
             text = proc.decode(alone[0, n:])
             assert isinstance(text, str) and text
 
     # The images matter: blank pixels change the logits.
     with torch.no_grad():
-        blank = model(**{**model_inputs(batch), "pixel_values": torch.zeros_like(batch["pixel_values"])}).logits
+        blank = model(**{**batch, "pixel_values": torch.zeros_like(batch["pixel_values"])}).logits
     assert rel_err(blank[:, -1], batched_logits[:, -1]) > 1e-3
 
     # Same weights in bf16 run and agree closely with fp32 on the first-step logits.
@@ -259,7 +257,7 @@ def test_random_checkpoint_roundtrip_and_batching(tmp_path, case):
     assert model_bf16.lm_head.weight.dtype == torch.bfloat16
     assert model_bf16.model.rotary_emb.inv_freq.dtype == torch.float32
     with torch.no_grad():
-        low = model_bf16(**model_inputs(batch)).logits[:, -1].float()
+        low = model_bf16(**batch).logits[:, -1].float()
     cos = torch.nn.functional.cosine_similarity(low, batched_logits[:, -1], dim=-1)
     assert (cos > 0.99).all(), cos
 
@@ -270,7 +268,7 @@ def test_long_rope_switch_keeps_the_image(tmp_path):
     embedded again for that re-run. Cached generation must equal full recompute."""
     tok = build_tiny_tokenizer(tmp_path / "tok", vocab_size=384)
     proc = phi3_vision.Phi3VImageProcessor(num_crops=1, tokenizer=tok)
-    batch = model_inputs(proc.build_batch([phi3_vision.format_prompt("read")], [page_images()[0]]))
+    batch = proc.build_batch([phi3_vision.format_prompt("read")], [page_images()[0]])
     n = batch["input_ids"].shape[1]
     ckpt = tmp_path / "ckpt"
     write_random_checkpoint(ckpt, seed=5, vocab_size=384, hidden_size=32, num_hidden_layers=2,

@@ -2,9 +2,12 @@
 
     from chatvlm.models import phi3_vision
     model = phi3_vision.from_pretrained(path, dtype=torch.bfloat16, device="cuda")
-    proc = phi3_vision.processor_from_pretrained(path, num_crops=16)
-    batch = proc.build_batch([phi3_vision.format_prompt(p) for p in prompts], images, tokenizer)
-    out = model.generate(**{k: v for k, v in batch.items() if k != "num_img_tokens"}, ...)
+    tok = phi3_vision.load_tokenizer(path)
+    proc = phi3_vision.processor_from_pretrained(path, num_crops=16, tokenizer=tok)
+    batch = proc.build_batch([phi3_vision.format_prompt(p) for p in prompts], images)  # left-padded
+    out = model.generate(**{k: v.to("cuda") for k, v in batch.items()}, max_new_tokens=1024,
+                         do_sample=False, eos_token_id=proc.stop_token_ids(), pad_token_id=tok.pad_token_id)
+    texts = [proc.decode(row[batch["input_ids"].shape[1]:]) for row in out]
 """
 
 from .configuration import Phi3VConfig, clip_vision_config, config_from_dict

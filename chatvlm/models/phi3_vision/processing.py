@@ -196,7 +196,7 @@ class Phi3VImageProcessor:
         `images[i]` is one image or a list of images for `prompts[i]`. Rows are LEFT-padded
         with `pad_token_id` (default: the tokenizer's pad token), attention_mask 0 on pads.
         pixel_values hold the images of all rows in order, zero views padding them to a
-        common view count.
+        common view count. Returns input_ids, attention_mask, pixel_values, image_sizes.
         """
         tokenizer = tokenizer or self.tokenizer
         if len(prompts) != len(images):
@@ -205,27 +205,26 @@ class Phi3VImageProcessor:
             pad_token_id = getattr(tokenizer, "pad_token_id", None)
         if pad_token_id is None:
             raise ValueError("no pad_token_id: pass one or use a tokenizer with a pad token")
-        rows, views, sizes, counts = [], [], [], []
+        rows, views, sizes = [], [], []
         for prompt, row_images in zip(prompts, images):
             if isinstance(row_images, Image.Image):
                 row_images = [row_images]
             done = [self.preprocess_one(im, num_crops) for im in row_images]
             rows.append(self.prompt_ids(prompt, [n for _, _, n in done], tokenizer))
-            for v, s, n in done:
+            for v, size, _ in done:
                 views.append(v)
-                sizes.append(list(s))
-                counts.append(n)
+                sizes.append(list(size))
         width = max(len(r) for r in rows)
         input_ids = torch.full((len(rows), width), int(pad_token_id), dtype=torch.long)
         attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
         for i, row in enumerate(rows):
             input_ids[i, width - len(row) :] = torch.tensor(row, dtype=torch.long)
             attention_mask[i, width - len(row) :] = 1
+        # Exactly the model's inputs, so `model.generate(**batch, ...)` works as is.
         batch: dict[str, Any] = {"input_ids": input_ids, "attention_mask": attention_mask}
         if views:
             batch["pixel_values"] = _stack_views(views)
             batch["image_sizes"] = torch.tensor(sizes, dtype=torch.long)
-        batch["num_img_tokens"] = counts
         return batch
 
     def __call__(
