@@ -1,0 +1,238 @@
+"""The `chatvlm` command line: thin wrappers that build a RunConfig and call the pipeline."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from . import __version__
+from .config import OUTPUT_FORMATS, BackendOptions, GenerationParams, RunConfig, task_for_formats
+from .errors import EXIT_ABORTED, EXIT_USAGE, ChatVLMError, UsageError
+from .i18n import _, set_language
+
+set_language(None)
+
+app = typer.Typer(
+    name="chatvlm",
+    help=_("Batch OCR with vision-language models: folders, globs and PDFs in; text, markdown and layout JSON out."),
+    no_args_is_help=True,
+    add_completion=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+    rich_markup_mode="rich",
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"chatvlm {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_callback(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help=_("Show the version and exit.")),
+    verbose: int = typer.Option(0, "--verbose", "-v", count=True, help=_("More output (per-page lines).")),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help=_("Only errors; no progress bar or report table.")),
+    ui_lang: Optional[str] = typer.Option(None, "--ui-lang", help=_("Interface language: en or ru (default: CHATVLM_LANG or the locale).")),
+) -> None:
+    from .ui import VERBOSITY
+    VERBOSITY["level"] = 0 if quiet else 1 + verbose
+    if ui_lang:
+        set_language(ui_lang)
+
+
+def _parse_formats(value: str) -> tuple[str, ...]:
+    aliases = {"txt": "text", "md": "markdown", "layout": "json"}
+    formats = []
+    for item in value.split(","):
+        item = aliases.get(item.strip().lower(), item.strip().lower())
+        if not item:
+            continue
+        if item not in OUTPUT_FORMATS:
+            raise UsageError(_("unknown format '{fmt}'; choose from {known}").format(fmt=item, known=", ".join(OUTPUT_FORMATS)))
+        if item not in formats:
+            formats.append(item)
+    if not formats:
+        raise UsageError(_("--format needs at least one of {known}").format(known=", ".join(OUTPUT_FORMATS)))
+    return tuple(formats)
+
+
+def _parse_batch_size(value: Optional[str]) -> Optional[int]:
+    if value is None or value == "auto":
+        return None
+    try:
+        size = int(value)
+    except ValueError:
+        raise UsageError(_("--batch-size takes a number or 'auto'")) from None
+    if size < 1:
+        raise UsageError(_("--batch-size must be at least 1"))
+    return size
+
+
+def _run(config: RunConfig) -> None:
+    from . import pipeline
+    from .ui import RichReporter, print_report, stderr
+
+    try:
+        outcome = pipeline.run(config, RichReporter())
+    except ChatVLMError as exc:
+        stderr.print(f"[bold red]{_('error')}:[/] {exc}", highlight=False)
+        raise typer.Exit(exc.exit_code)
+    except KeyboardInterrupt:
+        stderr.print(f"[bold red]{_('interrupted')}[/]: " + _("pages already written are kept; rerun the same command to resume"))
+        raise typer.Exit(EXIT_ABORTED)
+    print_report(outcome.report)
+    raise typer.Exit(outcome.exit_code)
+
+
+def _build_config(command: str, inputs: List[str], out: Path, model: str, formats: str, pages: Optional[str], dpi: int,
+                  force: bool, lang: Optional[str], model_path: Optional[Path], device: Optional[str],
+                  dtype: Optional[str], attn: Optional[str], batch_size: Optional[str], max_new_tokens: Optional[int],
+                  max_pixels: Optional[int], overlay: bool, skip_headers: bool, max_image_pixels: int,
+                  workers: Optional[int], extra: Optional[dict] = None) -> RunConfig:
+    if dpi < 30 or dpi > 1200:
+        raise UsageError(_("--dpi must be between 30 and 1200"))
+    fmt = _parse_formats(formats)
+    backend_extra = dict(extra or {})
+    if workers:
+        backend_extra["workers"] = workers
+    if attn and attn not in ("flash_attention_2", "sdpa", "eager"):
+        raise UsageError(_("--attn must be flash_attention_2, sdpa or eager"))
+    config = RunConfig(
+        inputs=list(inputs), out=out, model=model, formats=fmt, pages=pages, dpi=dpi, force=force,
+        overlay=overlay, skip_headers=skip_headers, max_image_pixels=max_image_pixels, command=command,
+        task=task_for_formats(fmt, command),
+        backend=BackendOptions(model_path=model_path, device=device, dtype=dtype, attn=attn, lang=lang, extra=backend_extra),
+        generation=GenerationParams(max_new_tokens=max_new_tokens, batch_size=_parse_batch_size(batch_size), max_pixels=max_pixels),
+    )
+    from .sources import parse_page_ranges
+    parse_page_ranges(pages)   # a bad range is a usage error before anything runs
+    from .registry import get_spec
+    if model != "auto":
+        spec = get_spec(model)
+        if config.task not in spec.tasks:
+            # e.g. layout JSON from a model without boxes: fall back to its markdown.
+            config.task = "markdown" if "markdown" in spec.tasks else spec.tasks[0]
+    return config
+
+
+# Options shared by `ocr` and `layout`, declared once.
+def _common_options(func):
+    return func
+
+
+@app.command(help=_("OCR images and PDFs into text, markdown and/or layout JSON, one file per page."))
+def ocr(
+    inputs: List[str] = typer.Argument(..., help=_("Files, folders, globs (** allowed) or @list.txt files.")),
+    out: Path = typer.Option(Path("out"), "--out", "-o", help=_("Output folder.")),
+    model: str = typer.Option("auto", "--model", "-m", help=_("Model name (see `chatvlm models`); auto = best available.")),
+    formats: str = typer.Option("text,markdown", "--format", "-f", help=_("Comma-separated: text, markdown, json.")),
+    pages: Optional[str] = typer.Option(None, "--pages", help=_("Pages of every document, e.g. 1-3,7.")),
+    dpi: int = typer.Option(200, "--dpi", help=_("Resolution for rendering PDF pages.")),
+    force: bool = typer.Option(False, "--force", help=_("Redo pages the manifest says are done.")),
+    lang: Optional[str] = typer.Option(None, "--lang", help=_("Tesseract languages, e.g. eng+rus.")),
+    model_path: Optional[Path] = typer.Option(None, "--model-path", help=_("Local checkpoint folder for --model.")),
+    device: Optional[str] = typer.Option(None, "--device", help=_("cuda, cuda:N or cpu (default: best available).")),
+    dtype: Optional[str] = typer.Option(None, "--dtype", help=_("bfloat16, float16 or float32.")),
+    attn: Optional[str] = typer.Option(None, "--attn", help=_("Attention kernel: flash_attention_2, sdpa or eager.")),
+    batch_size: Optional[str] = typer.Option(None, "--batch-size", "-b", help=_("Pages per batch, or auto.")),
+    max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", help=_("Generation limit per page.")),
+    max_pixels: Optional[int] = typer.Option(None, "--max-pixels", help=_("Model pixel budget per page (overrides the model's).")),
+    overlay: bool = typer.Option(False, "--overlay", help=_("Also draw layout boxes on each page (page-NNNN.layout.png).")),
+    skip_headers: bool = typer.Option(False, "--skip-headers", help=_("Leave page headers and footers out of markdown.")),
+    max_image_pixels: int = typer.Option(50_000_000, "--max-image-pixels", help=_("Pages above this are downscaled; far above it, refused.")),
+    workers: Optional[int] = typer.Option(None, "--workers", help=_("CPU engine worker threads (default: all cores).")),
+) -> None:
+    try:
+        config = _build_config("ocr", inputs, out, model, formats, pages, dpi, force, lang, model_path, device, dtype,
+                               attn, batch_size, max_new_tokens, max_pixels, overlay, skip_headers, max_image_pixels, workers)
+    except ChatVLMError as exc:
+        _fail(exc)
+    _run(config)
+
+
+@app.command(help=_("Layout analysis: blocks with boxes, categories and text per page (JSON + markdown)."))
+def layout(
+    inputs: List[str] = typer.Argument(..., help=_("Files, folders, globs (** allowed) or @list.txt files.")),
+    out: Path = typer.Option(Path("out"), "--out", "-o", help=_("Output folder.")),
+    model: str = typer.Option("dots_ocr", "--model", "-m", help=_("Layout model: dots_ocr, deepseek_ocr, deepseek_ocr2 or tesseract.")),
+    mode: str = typer.Option("all", "--mode", help=_("all = boxes and text; layout-only = boxes and categories.")),
+    pages: Optional[str] = typer.Option(None, "--pages", help=_("Pages of every document, e.g. 1-3,7.")),
+    dpi: int = typer.Option(200, "--dpi", help=_("Resolution for rendering PDF pages.")),
+    force: bool = typer.Option(False, "--force", help=_("Redo pages the manifest says are done.")),
+    overlay: bool = typer.Option(False, "--overlay", help=_("Also draw layout boxes on each page (page-NNNN.layout.png).")),
+    skip_headers: bool = typer.Option(False, "--skip-headers", help=_("Leave page headers and footers out of markdown.")),
+    lang: Optional[str] = typer.Option(None, "--lang", help=_("Tesseract languages, e.g. eng+rus.")),
+    model_path: Optional[Path] = typer.Option(None, "--model-path", help=_("Local checkpoint folder for --model.")),
+    device: Optional[str] = typer.Option(None, "--device", help=_("cuda, cuda:N or cpu (default: best available).")),
+    dtype: Optional[str] = typer.Option(None, "--dtype", help=_("bfloat16, float16 or float32.")),
+    attn: Optional[str] = typer.Option(None, "--attn", help=_("Attention kernel: flash_attention_2, sdpa or eager.")),
+    batch_size: Optional[str] = typer.Option(None, "--batch-size", "-b", help=_("Pages per batch, or auto.")),
+    max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", help=_("Generation limit per page.")),
+    max_pixels: Optional[int] = typer.Option(None, "--max-pixels", help=_("Model pixel budget per page (overrides the model's).")),
+    max_image_pixels: int = typer.Option(50_000_000, "--max-image-pixels", help=_("Pages above this are downscaled; far above it, refused.")),
+) -> None:
+    if mode not in ("all", "layout-only"):
+        _fail(UsageError(_("--mode must be all or layout-only")))
+    try:
+        config = _build_config("layout", inputs, out, model, "json,markdown", pages, dpi, force, lang, model_path, device,
+                               dtype, attn, batch_size, max_new_tokens, max_pixels, overlay, skip_headers,
+                               max_image_pixels, None, extra={"layout_mode": mode})
+        from .registry import get_spec
+        if "layout" not in get_spec(config.model if model != "auto" else "tesseract").tasks:
+            raise UsageError(_("model '{name}' gives no layout boxes; use dots_ocr, deepseek_ocr, deepseek_ocr2 or tesseract").format(name=model))
+    except ChatVLMError as exc:
+        _fail(exc)
+    _run(config)
+
+
+@app.command(help=_("List the known models: backend, checkpoint, tasks and whether they can run here."))
+def models() -> None:
+    from .model_info import print_models
+    print_models()
+
+
+def _fail(exc: ChatVLMError) -> None:
+    from .ui import stderr
+    stderr.print(f"[bold red]{_('error')}:[/] {exc}", highlight=False)
+    raise typer.Exit(exc.exit_code if exc.exit_code else EXIT_USAGE)
+
+
+GLOBAL_FLAGS = ("-q", "--quiet", "-v", "-vv", "-vvv", "--verbose")
+
+
+def hoist_global_options(argv: list[str]) -> list[str]:
+    """Let -q/-v/--ui-lang stand anywhere (`chatvlm ocr x -q`), as users type them.
+
+    Typer only accepts app-level options before the subcommand, so they are moved there.
+    """
+    hoisted: list[str] = []
+    rest: list[str] = []
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg == "--":
+            rest.extend(argv[i:])
+            break
+        if arg in GLOBAL_FLAGS:
+            hoisted.append(arg)
+        elif arg == "--ui-lang" and i + 1 < len(argv):
+            hoisted.extend(argv[i:i + 2])
+            i += 1
+        elif arg.startswith("--ui-lang="):
+            hoisted.append(arg)
+        else:
+            rest.append(arg)
+        i += 1
+    return hoisted + rest
+
+
+def main() -> None:
+    app(args=hoist_global_options(sys.argv[1:]), prog_name="chatvlm")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,221 @@
+"""One run: inputs -> pages -> backend -> files, manifest and report.
+
+The CLI and the Python API both call `run()`. Nothing here prints: progress and
+messages go through a `Reporter`, so the CLI can draw a rich progress bar and tests
+can watch the events.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from .config import RunConfig
+from .errors import EXIT_ABORTED, EXIT_OK, EXIT_PAGES_FAILED, ChatVLMError, InputError, ModelUnavailableError
+from .i18n import _
+from .layout import blocks_to_markdown, draw_overlay, picture_crops
+from .records import Page, PageResult, RawOutput
+from .registry import ModelSpec, all_specs, get_spec
+from .scheduler import Job, batches, generate_with_backoff, rendered_pages
+from .sources import expand_inputs, open_document, parse_page_ranges, select_pages
+from .timing import RunStats, stopwatch
+from .writers import REPORT, Manifest, atomic_write_text, manifest_entry, options_hash, page_stem, write_page
+
+
+class Reporter:
+    """Receives progress events; the base class ignores them."""
+
+    def start(self, total: int, model: str) -> None: ...
+    def advance(self, result: PageResult) -> None: ...
+    def message(self, text: str, level: str = "info") -> None: ...
+    def finish(self) -> None: ...
+
+
+@dataclass
+class RunOutcome:
+    exit_code: int
+    report: dict[str, Any]
+    results: list[dict[str, Any]] = field(default_factory=list)   # manifest entries of this run
+
+
+# --------------------------------------------------------------------------- model choice
+
+def resolve_model(name: str, reporter: Reporter, model_path: Optional[Path] = None) -> ModelSpec:
+    """`auto` = the best VLM whose weights are already here, else tesseract (with a hint)."""
+    if name != "auto":
+        return get_spec(name)
+    from .weights import weights_available
+
+    ranked = sorted((s for s in all_specs() if s.auto_rank is not None), key=lambda s: s.auto_rank)
+    if model_path is not None:
+        raise ChatVLMError(_("--model-path needs --model NAME (which model is in that folder?)"))
+    for spec in ranked:
+        if spec.repo_id and weights_available(spec):
+            return spec
+    best = next((s for s in ranked if s.repo_id), None)
+    if best is not None:
+        reporter.message(_("no VLM weights found locally; using tesseract. For better accuracy: --model {name} (downloads {gb} GB)").format(
+            name=best.name, gb=best.download_gb), "hint")
+    return get_spec("tesseract")
+
+
+# --------------------------------------------------------------------------- the run
+
+def run(config: RunConfig, reporter: Optional[Reporter] = None, backend=None) -> RunOutcome:
+    """Run `config` to the end. Raises ChatVLMError only when nothing could run."""
+    reporter = reporter or Reporter()
+    spec = backend.spec if backend is not None else resolve_model(config.model, reporter, config.backend.model_path)
+    out = config.out
+    out.mkdir(parents=True, exist_ok=True)
+    manifest = Manifest(out)
+    opts = options_hash(config.options_key())
+    stats = RunStats(model=spec.name)
+    results: list[dict[str, Any]] = []
+
+    def finish_page(result: PageResult) -> None:
+        entry = manifest_entry(result, opts)
+        manifest.append(entry)
+        results.append(entry)
+        stats.record(result.status, result.timings, result.finish_reason, result.input_tokens,
+                     result.output_tokens, result.repaired)
+        reporter.advance(result)
+
+    # Plan: open every input (hash, page count) before loading the model, so bad files
+    # are reported at once and the progress bar knows the total.
+    ranges = parse_page_ranges(config.pages)
+    failed_files: list[Page] = []
+    jobs: list[Job] = []
+    skipped: list[Page] = []
+    for item in expand_inputs(config.inputs):
+        if item.error:
+            failed_files.append(Page(source=item.path, doc_key=item.doc_key, page=None, error=item.error))
+            continue
+        try:
+            doc = open_document(item.path, item.doc_key, config.max_image_pixels)
+        except InputError as exc:
+            failed_files.append(Page(source=item.path, doc_key=item.doc_key, page=None, error=str(exc)))
+            continue
+        for number in select_pages(doc.page_count, ranges):
+            page = Page(source=item.path, doc_key=item.doc_key, page=number, sha256=doc.sha256,
+                        page_count=doc.page_count)
+            if not config.force and manifest.is_done(str(item.path), number, doc.sha256, spec.name, opts):
+                skipped.append(page)
+                continue
+            jobs.append(Job(page=page, render=_renderer(doc, number, config)))
+    for index, job in enumerate(jobs):
+        job.page.index = index
+
+    reporter.start(len(jobs) + len(failed_files) + len(skipped), spec.name)
+    try:
+        for page in failed_files:
+            reporter.message(_("{path}: {reason}").format(path=page.source, reason=page.error), "error")
+            finish_page(PageResult.failed(page, spec.name, page.error or "unreadable"))
+        for page in skipped:
+            previous = manifest.entries[(str(page.source), page.page)]
+            result = PageResult(page=page, model=spec.name, status="skipped", outputs=previous.get("outputs", []),
+                                finish_reason=previous.get("finish_reason"), input_tokens=previous.get("input_tokens"),
+                                output_tokens=previous.get("output_tokens"))
+            finish_page(result)
+
+        engine: dict[str, Any] = {}
+        if jobs:
+            if backend is None:
+                from .backends.base import create_backend
+                backend = create_backend(spec, config.backend)
+                load_start = time.perf_counter()
+                backend.load()   # ModelUnavailableError propagates: nothing can run
+                stats.load_s = backend.load_s or (time.perf_counter() - load_start)
+            _recognise_all(config, spec, backend, jobs, stats, finish_page, reporter)
+            engine = backend.describe()
+    finally:
+        manifest.close()
+        reporter.finish()
+
+    report = stats.report(engine, extra={
+        "command": config.command,
+        "task": config.task,
+        "formats": list(config.formats),
+        "dpi": config.dpi,
+        "inputs": list(config.inputs),
+        "out": str(out),
+    })
+    atomic_write_text(out / REPORT, json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+    code = EXIT_PAGES_FAILED if stats.failed else EXIT_OK
+    return RunOutcome(exit_code=code, report=report, results=results)
+
+
+def _renderer(doc, number: int, config: RunConfig):
+    return lambda: doc.render(number, config.dpi, config.max_image_pixels)
+
+
+def _recognise_all(config: RunConfig, spec: ModelSpec, backend, jobs: list[Job], stats: RunStats,
+                   finish_page, reporter: Reporter) -> None:
+    params = config.generation
+    state = {"batch_size": backend.default_batch_size(params)}
+
+    def shrink(size: int) -> None:
+        if size < state["batch_size"]:
+            state["batch_size"] = size
+            reporter.message(_("out of memory: batch size lowered to {n}").format(n=size), "warning")
+
+    pages = rendered_pages(jobs, prefetch=max(config.prefetch, state["batch_size"] * 2))
+    for batch in batches(pages, state["batch_size"]):
+        if len(batch) == 1 and not batch[0].ok:
+            page = batch[0]
+            reporter.message(_("{path} page {page}: {reason}").format(path=page.source, page=page.page, reason=page.error), "error")
+            finish_page(PageResult.failed(page, spec.name, page.error or "unreadable"))
+            continue
+        start = time.perf_counter()
+        outputs = generate_with_backoff(lambda b: backend.generate_batch(b, config.task, params), batch, shrink)
+        elapsed = time.perf_counter() - start
+        stats.gpu_busy_s += elapsed
+        stats.batches += 1
+        for page, raw in zip(batch, outputs):
+            page.timings["recognise"] = elapsed / len(batch) if not isinstance(raw, RawOutput) or not raw.generate_s else raw.generate_s
+            if isinstance(raw, RawOutput) and raw.preprocess_s:
+                page.timings["preprocess"] = raw.preprocess_s
+            finish_page(_finish(config, spec, backend, page, raw, reporter))
+            page.image = None   # the page is done: free its pixels
+
+
+def _finish(config: RunConfig, spec: ModelSpec, backend, page: Page, raw, reporter: Reporter) -> PageResult:
+    if isinstance(raw, BaseException) or (isinstance(raw, RawOutput) and raw.error):
+        reason = raw.error if isinstance(raw, RawOutput) else f"{raw.__class__.__name__}: {raw}"
+        reporter.message(_("{path} page {page}: recognition failed: {reason}").format(path=page.source, page=page.page, reason=reason), "error")
+        return PageResult.failed(page, spec.name, _("recognition failed: {reason}").format(reason=reason))
+    timings = page.timings
+    try:
+        with stopwatch(timings, "postprocess"):
+            result = backend.postprocess(page, raw, config.task)
+            _add_page_images(config, page, result)
+        result.timings = timings
+        with stopwatch(timings, "write"):
+            result.outputs = write_page(config.out, result, config.formats)
+        result.timings = timings
+    except Exception as exc:
+        reporter.message(_("{path} page {page}: cannot write output: {reason}").format(path=page.source, page=page.page, reason=exc), "error")
+        return PageResult.failed(page, spec.name, f"postprocess/write failed: {exc.__class__.__name__}: {exc}")
+    if result.finish_reason == "loop":
+        reporter.message(_("{path} page {page}: the model started repeating itself; output cut at the repetition").format(
+            path=page.source, page=page.page), "warning")
+    return result
+
+
+def _add_page_images(config: RunConfig, page: Page, result: PageResult) -> None:
+    """Picture crops for the markdown, and the overlay picture, from the page's pixels."""
+    if not result.layout or page.image is None:
+        if result.layout is not None and config.skip_headers:
+            result.markdown = blocks_to_markdown(result.layout, skip_headers=True)
+        return
+    stem = page_stem(page.page)
+    if "markdown" in config.formats and any(b.category == "Picture" for b in result.layout):
+        names, crops = picture_crops(page.image, result.layout, stem)
+        result.markdown = blocks_to_markdown(result.layout, skip_headers=config.skip_headers, picture_names=names)
+        result.images.update(crops)
+    elif config.skip_headers:
+        result.markdown = blocks_to_markdown(result.layout, skip_headers=True)
+    if config.overlay:
+        result.images[f"{stem}.layout.png"] = draw_overlay(page.image, result.layout)

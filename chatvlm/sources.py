@@ -1,0 +1,471 @@
+"""Inputs -> documents -> pages.
+
+Expands files, folders (recursive), globs (`**` included, expanded by us so quoting
+does not matter) and `@list.txt` files; sniffs each file's type by its first bytes;
+renders PDF pages lazily, one at a time, with poppler. A file that cannot be read
+becomes an error record that names it and says why; it never crashes the batch.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, Optional
+
+from .errors import InputError, UsageError
+from .i18n import _
+
+GLOB_CHARS = re.compile(r"[*?\[]")
+
+# When a folder is expanded, only files with these extensions are taken (ground-truth
+# .txt/.json files often sit beside scans). Files named explicitly or matched by a glob
+# are always taken and sniffed by content, so a text file named .png still gets its error.
+DOCUMENT_EXTENSIONS = {".pdf", ".png", ".jpg", ".jpeg", ".jpe", ".tif", ".tiff", ".webp", ".gif", ".bmp"}
+
+# Pages above this many pixels are rendered or scaled down to it; images declaring more
+# than REFUSE_FACTOR times it are refused outright (decompression bombs).
+DEFAULT_MAX_PIXELS = 50_000_000
+REFUSE_FACTOR = 8
+
+
+@dataclass
+class InputFile:
+    path: Path
+    doc_key: str                      # output folder, relative to OUT
+    error: Optional[str] = None       # the argument itself was bad (no such file, empty glob)
+
+
+@dataclass
+class Document:
+    """An opened input file: its kind, page count and hash. Rendering is lazy."""
+
+    path: Path
+    doc_key: str
+    kind: str                         # "pdf" | "png" | "jpeg" | "tiff" | "webp" | "gif" | "bmp"
+    sha256: str
+    page_count: int
+    page_sizes: dict[int, tuple[float, float]] = field(default_factory=dict)  # PDF: points
+
+    def render(self, page: int, dpi: int = 200, max_pixels: int = DEFAULT_MAX_PIXELS):
+        """Return page `page` (1-based) as an RGB PIL image, at most max_pixels large."""
+        if self.kind == "pdf":
+            return _render_pdf_page(self, page, dpi, max_pixels)
+        return _load_image_frame(self.path, page - 1, max_pixels)
+
+
+# --------------------------------------------------------------------------- inputs
+
+def expand_inputs(inputs: list[str]) -> list[InputFile]:
+    """Expand CLI arguments into input files, deduplicated, in a stable order."""
+    found: list[InputFile] = []
+    seen: set[Path] = set()
+    used_keys: set[str] = set()
+
+    def add(path: Path, base: Optional[Path], error: Optional[str] = None) -> None:
+        if error is None:
+            real = path.resolve()
+            if real in seen:
+                return
+            seen.add(real)
+        key = _unique_key(_doc_key(path, base), path, used_keys)
+        found.append(InputFile(path=path, doc_key=key, error=error))
+
+    for arg in _read_list_files(inputs):
+        if GLOB_CHARS.search(arg):
+            matches = sorted(glob.glob(arg, recursive=True))
+            files = [Path(m) for m in matches if Path(m).is_file()]
+            if not files:
+                add(Path(arg), None, _("no file matches this pattern"))
+            base = _glob_base(arg)
+            for f in files:
+                add(f, base)
+        else:
+            path = Path(arg).expanduser()
+            if path.is_dir():
+                files = sorted(p for p in path.rglob("*") if p.is_file() and not _hidden(p, path)
+                               and p.suffix.lower() in DOCUMENT_EXTENSIONS)
+                for f in files:
+                    add(f, path)
+            elif path.is_file():
+                add(path, None)
+            else:
+                add(path, None, _("no such file or folder"))
+    return found
+
+
+def _read_list_files(inputs: list[str]) -> list[str]:
+    out: list[str] = []
+    for arg in inputs:
+        if arg.startswith("@") and len(arg) > 1:
+            list_path = Path(arg[1:])
+            try:
+                lines = list_path.read_text(encoding="utf-8").splitlines()
+            except OSError as exc:
+                raise UsageError(_("cannot read list file {path}: {reason}").format(path=list_path, reason=exc.strerror)) from None
+            for line in lines:
+                line = line.strip()
+                if line and not line.startswith("#"):
+                    # Relative entries are relative to the list file, like most tools do.
+                    entry = Path(line).expanduser()
+                    if not entry.is_absolute() and not GLOB_CHARS.search(line):
+                        candidate = list_path.parent / entry
+                        entry = candidate if candidate.exists() or not entry.exists() else entry
+                    out.append(str(entry))
+        else:
+            out.append(arg)
+    return out
+
+
+def _hidden(path: Path, root: Path) -> bool:
+    return any(part.startswith(".") for part in path.relative_to(root).parts)
+
+
+def _glob_base(pattern: str) -> Path:
+    parts = Path(pattern).parts
+    base_parts = []
+    for part in parts:
+        if GLOB_CHARS.search(part):
+            break
+        base_parts.append(part)
+    return Path(*base_parts) if base_parts else Path(".")
+
+
+def _doc_key(path: Path, base: Optional[Path]) -> str:
+    if base is not None:
+        try:
+            rel = path.relative_to(base)
+        except ValueError:
+            rel = Path(path.name)
+    else:
+        rel = Path(path.name)
+    rel = rel.with_suffix("") if rel.suffix else rel
+    parts = [p for p in rel.parts if p not in ("", ".", "..")]
+    key = "/".join(_safe_part(p) for p in parts) or "input"
+    return key
+
+
+def _safe_part(part: str) -> str:
+    cleaned = re.sub(r"[\x00-\x1f/\\:*?\"<>|]", "_", part).strip()
+    return cleaned or "_"
+
+
+def _unique_key(key: str, path: Path, used: set[str]) -> str:
+    if key not in used:
+        used.add(key)
+        return key
+    # Same stem twice (a.png and a.pdf, or two arguments with the same file name):
+    # keep the extension, then count, so outputs never collide.
+    candidate = f"{key}_{path.suffix.lstrip('.')}" if path.suffix else key
+    n = 2
+    while candidate in used:
+        candidate = f"{key}-{n}"
+        n += 1
+    used.add(candidate)
+    return candidate
+
+
+# --------------------------------------------------------------------------- page ranges
+
+def parse_page_ranges(spec: Optional[str]) -> Optional[list[tuple[int, Optional[int]]]]:
+    """'1-3,7,10-' -> [(1, 3), (7, 7), (10, None)]; None selects every page."""
+    if spec is None or not spec.strip():
+        return None
+    ranges: list[tuple[int, Optional[int]]] = []
+    for chunk in spec.split(","):
+        chunk = chunk.strip()
+        m = re.fullmatch(r"(\d+)\s*(?:-\s*(\d*))?", chunk)
+        if not m:
+            raise UsageError(_("bad page range '{spec}': use forms like 1-3,7,10-").format(spec=chunk))
+        start = int(m.group(1))
+        end: Optional[int]
+        if m.group(2) is None:
+            end = start
+        elif m.group(2) == "":
+            end = None
+        else:
+            end = int(m.group(2))
+        if start < 1 or (end is not None and end < start):
+            raise UsageError(_("bad page range '{spec}': pages are numbered from 1").format(spec=chunk))
+        ranges.append((start, end))
+    return ranges
+
+
+def select_pages(page_count: int, ranges: Optional[list[tuple[int, Optional[int]]]]) -> list[int]:
+    if ranges is None:
+        return list(range(1, page_count + 1))
+    chosen = set()
+    for start, end in ranges:
+        stop = page_count if end is None else min(end, page_count)
+        chosen.update(range(start, stop + 1))
+    return sorted(chosen)
+
+
+# --------------------------------------------------------------------------- opening
+
+MAGIC = (
+    (b"%PDF", "pdf"),
+    (b"\x89PNG\r\n\x1a\n", "png"),
+    (b"\xff\xd8\xff", "jpeg"),
+    (b"II*\x00", "tiff"),
+    (b"MM\x00*", "tiff"),
+    (b"GIF87a", "gif"),
+    (b"GIF89a", "gif"),
+    (b"BM", "bmp"),
+)
+
+
+def sniff(head: bytes) -> Optional[str]:
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "webp"
+    for magic, kind in MAGIC:
+        if head.startswith(magic):
+            return kind
+    # PDF allows junk before the header within the first 1024 bytes.
+    if b"%PDF-" in head[:1024]:
+        return "pdf"
+    return None
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def open_document(path: Path, doc_key: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> Document:
+    """Open an input file far enough to know its kind and page count.
+
+    Raises InputError with a reason a user can act on.
+    """
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as fh:
+            head = fh.read(1024)
+    except OSError as exc:
+        raise InputError(_("cannot read file: {reason}").format(reason=exc.strerror or exc)) from None
+    if size == 0:
+        raise InputError(_("empty file (0 bytes)"))
+    kind = sniff(head)
+    if kind is None:
+        shown = "".join(c if c.isprintable() else " " for c in head[:16].decode("utf-8", "replace")).strip()
+        raise InputError(_("not a PDF or a supported image (PNG, JPEG, TIFF, WebP, GIF, BMP); it starts with '{head}'").format(head=shown))
+    digest = file_sha256(path)
+    if kind == "pdf":
+        count, sizes = _pdf_info(path)
+        return Document(path, doc_key, kind, digest, count, sizes)
+    count = _image_frame_count(path, kind, max_pixels)
+    return Document(path, doc_key, kind, digest, count)
+
+
+# --------------------------------------------------------------------------- PDFs
+
+def _pdf_info(path: Path) -> tuple[int, dict[int, tuple[float, float]]]:
+    from pdf2image import pdfinfo_from_path
+    from pdf2image.exceptions import PDFInfoNotInstalledError, PDFPageCountError
+
+    try:
+        info = pdfinfo_from_path(str(path), timeout=60)
+    except PDFInfoNotInstalledError:
+        raise InputError(_("poppler (pdfinfo) is not installed; install poppler-utils to read PDFs")) from None
+    except PDFPageCountError as exc:
+        raise InputError(_pdf_reason(str(exc))) from None
+    except Exception as exc:  # poppler can fail in many ways on broken files
+        raise InputError(_pdf_reason(str(exc))) from None
+    if str(info.get("Encrypted", "no")).lower().startswith("yes"):
+        raise InputError(_("the PDF is encrypted (password protected); decrypt it first (e.g. qpdf --decrypt)"))
+    pages = int(info.get("Pages", 0) or 0)
+    if pages <= 0:
+        raise InputError(_("the PDF has no pages (damaged or truncated file)"))
+    sizes: dict[int, tuple[float, float]] = {}
+    m = re.match(r"\s*([\d.]+)\s*x\s*([\d.]+)", str(info.get("Page size", "")))
+    if m:
+        # pdfinfo reports the first page's size; others are checked when rendered.
+        sizes[1] = (float(m.group(1)), float(m.group(2)))
+    return pages, sizes
+
+
+def _pdf_reason(message: str) -> str:
+    low = message.lower()
+    if "incorrect password" in low or "encrypt" in low:
+        return _("the PDF is encrypted (password protected); decrypt it first (e.g. qpdf --decrypt)")
+    if "couldn't find trailer" in low or "couldn't read xref" in low or "may not be a pdf" in low or "unable to get page count" in low:
+        return _("damaged or truncated PDF (poppler: {detail})").format(detail=_first_line(message))
+    return _("cannot read PDF (poppler: {detail})").format(detail=_first_line(message))
+
+
+def _first_line(message: str) -> str:
+    lines = [ln.strip() for ln in message.splitlines() if ln.strip()]
+    interesting = [ln for ln in lines if "error" in ln.lower()] or lines
+    text = interesting[0] if interesting else "unknown error"
+    return text[:200]
+
+
+def _pdf_page_points(doc: Document, page: int) -> Optional[tuple[float, float]]:
+    if page in doc.page_sizes:
+        return doc.page_sizes[page]
+    from pdf2image import pdfinfo_from_path
+    try:
+        info = pdfinfo_from_path(str(doc.path), first_page=page, last_page=page, timeout=60)
+    except Exception:
+        return None
+    for key, value in info.items():
+        if key.startswith("Page") and key.endswith("size"):
+            m = re.match(r"\s*([\d.]+)\s*x\s*([\d.]+)", str(value))
+            if m:
+                doc.page_sizes[page] = (float(m.group(1)), float(m.group(2)))
+                return doc.page_sizes[page]
+    return None
+
+
+def _render_pdf_page(doc: Document, page: int, dpi: int, max_pixels: int):
+    from pdf2image import convert_from_path
+
+    points = _pdf_page_points(doc, page)
+    if points is not None:
+        w_px, h_px = points[0] / 72 * dpi, points[1] / 72 * dpi
+        if w_px * h_px > max_pixels * REFUSE_FACTOR:
+            raise InputError(_("page {page} is {w:.0f}x{h:.0f} px at {dpi} DPI ({mp:.0f} MP), above the limit of {limit:.0f} MP; "
+                               "lower --dpi or raise --max-image-pixels").format(
+                page=page, w=w_px, h=h_px, dpi=dpi, mp=w_px * h_px / 1e6, limit=max_pixels * REFUSE_FACTOR / 1e6))
+        if w_px * h_px > max_pixels:
+            # Lower the DPI for this page instead of allocating gigabytes.
+            dpi = max(10, int(dpi * (max_pixels / (w_px * h_px)) ** 0.5))
+    try:
+        images = convert_from_path(str(doc.path), dpi=dpi, first_page=page, last_page=page,
+                                   timeout=300, thread_count=1)
+    except Exception as exc:
+        raise InputError(_("cannot render page {page}: {reason}").format(page=page, reason=_pdf_reason(str(exc)))) from None
+    if not images:
+        raise InputError(_("cannot render page {page}: poppler returned no image").format(page=page))
+    image = images[0]
+    return _to_rgb(_bound_pixels(image, max_pixels))
+
+
+# --------------------------------------------------------------------------- images
+
+def _open_image(path: Path, max_pixels: int):
+    from PIL import Image
+
+    # Pillow's own bomb check uses a global; raise it to our refusal limit for this
+    # open so that legitimate large scans pass and bombs still fail before decoding.
+    Image.MAX_IMAGE_PIXELS = max_pixels * REFUSE_FACTOR // 2
+    try:
+        img = Image.open(path)
+    except Image.DecompressionBombError as exc:
+        raise InputError(_("image too large ({detail}); refusing to decode it").format(detail=_bomb_detail(str(exc)))) from None
+    except Exception as exc:
+        if "cannot identify image file" in str(exc):
+            raise InputError(_("corrupt image: its header cannot be decoded")) from None
+        raise InputError(_("cannot read image: {reason}").format(reason=_clean(exc))) from None
+    w, h = img.size
+    if w <= 0 or h <= 0:
+        raise InputError(_("image has invalid dimensions {w}x{h}").format(w=w, h=h))
+    if w * h > max_pixels * REFUSE_FACTOR:
+        raise InputError(_("image too large ({w}x{h} = {mp:.0f} MP, limit {limit:.0f} MP); refusing to decode it").format(
+            w=w, h=h, mp=w * h / 1e6, limit=max_pixels * REFUSE_FACTOR / 1e6))
+    return img
+
+
+def _bomb_detail(message: str) -> str:
+    m = re.search(r"\((\d+) pixels\)", message)
+    return f"{int(m.group(1)) / 1e6:.0f} MP" if m else message
+
+
+def _clean(exc: Exception) -> str:
+    text = str(exc) or exc.__class__.__name__
+    return text.splitlines()[0][:200]
+
+
+def _image_frame_count(path: Path, kind: str, max_pixels: int) -> int:
+    img = _open_image(path, max_pixels)
+    try:
+        # Multi-page TIFFs (and animated GIF/WebP) are documents of several pages.
+        count = int(getattr(img, "n_frames", 1) or 1) if kind in ("tiff", "gif", "webp") else 1
+        # Decode the first frame now so a truncated or corrupt file fails here, with its name.
+        try:
+            img.load()
+        except Exception as exc:
+            raise InputError(_("corrupt or truncated image: {reason}").format(reason=_clean(exc))) from None
+        return max(count, 1)
+    finally:
+        img.close()
+
+
+def _load_image_frame(path: Path, frame: int, max_pixels: int):
+    from PIL import ImageOps
+
+    img = _open_image(path, max_pixels)
+    try:
+        if frame:
+            img.seek(frame)
+        img.load()
+        img = ImageOps.exif_transpose(img)
+        return _to_rgb(_bound_pixels(img, max_pixels))
+    except InputError:
+        raise
+    except Exception as exc:
+        raise InputError(_("corrupt or truncated image: {reason}").format(reason=_clean(exc))) from None
+
+
+def _bound_pixels(img, max_pixels: int):
+    w, h = img.size
+    if w * h <= max_pixels:
+        return img
+    scale = (max_pixels / (w * h)) ** 0.5
+    from PIL import Image
+    return img.resize((max(1, int(w * scale)), max(1, int(h * scale))), Image.LANCZOS if img.mode not in ("1", "P") else Image.NEAREST)
+
+
+def _to_rgb(img):
+    from PIL import Image
+
+    if img.mode == "RGB":
+        return img
+    if img.mode in ("RGBA", "LA") or (img.mode == "P" and "transparency" in img.info):
+        # Transparent pixels become white paper, not black.
+        rgba = img.convert("RGBA")
+        background = Image.new("RGB", rgba.size, (255, 255, 255))
+        background.paste(rgba, mask=rgba.getchannel("A"))
+        return background
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        import numpy as np
+        arr = np.asarray(img, dtype=np.float64)
+        lo, hi = float(arr.min()), float(arr.max())
+        arr = (arr - lo) / (hi - lo or 1.0) * 255.0
+        return Image.fromarray(arr.astype("uint8")).convert("RGB")
+    return img.convert("RGB")
+
+
+# --------------------------------------------------------------------------- convenience
+
+def iter_pages(inputs: list[str], pages: Optional[str] = None, dpi: int = 200,
+               max_pixels: int = DEFAULT_MAX_PIXELS) -> Iterator["PageItem"]:
+    """Every page of every input, rendered lazily (the Python API's `chatvlm.pages`)."""
+    from .records import Page
+
+    ranges = parse_page_ranges(pages)
+    for item in expand_inputs(inputs):
+        if item.error:
+            yield Page(source=item.path, doc_key=item.doc_key, page=None, error=item.error)
+            continue
+        try:
+            doc = open_document(item.path, item.doc_key, max_pixels)
+        except InputError as exc:
+            yield Page(source=item.path, doc_key=item.doc_key, page=None, error=str(exc))
+            continue
+        for number in select_pages(doc.page_count, ranges):
+            page = Page(source=item.path, doc_key=item.doc_key, page=number, sha256=doc.sha256, page_count=doc.page_count)
+            try:
+                page.image = doc.render(number, dpi, max_pixels)
+            except InputError as exc:
+                page.error = str(exc)
+            yield page
+
+
+PageItem = "chatvlm.records.Page"

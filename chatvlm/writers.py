@@ -1,0 +1,188 @@
+"""Per-page output files, the manifest and resume.
+
+Every file is written atomically (temp file in the same folder, fsync, rename), so a
+run killed at any moment leaves either the old file or the new one, never half of
+one. The manifest line for a page is appended only after its files are in place, so
+a line saying `ok` can be trusted; resume trusts the manifest, not file existence.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import threading
+from pathlib import Path
+from typing import Any, Iterable, Optional
+
+from .records import PageResult
+
+MANIFEST = "manifest.jsonl"
+REPORT = "report.json"
+DONE_STATUSES = ("ok", "skipped")
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_save_image(path: Path, image) -> None:
+    import io
+    buf = io.BytesIO()
+    fmt = "PNG" if path.suffix.lower() == ".png" else "JPEG"
+    image.save(buf, format=fmt)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def options_hash(options: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(options, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def page_stem(page_number: Optional[int]) -> str:
+    return f"page-{page_number:04d}" if page_number is not None else "file"
+
+
+class Manifest:
+    """OUT/manifest.jsonl: one JSON line per page, appended as pages finish.
+
+    On open, earlier lines are read (a torn last line from a killed run is ignored)
+    and kept by key (source, page): the last line wins. `compact()` rewrites the file
+    with one line per key, so reruns never duplicate entries.
+    """
+
+    def __init__(self, out: Path):
+        self.path = out / MANIFEST
+        self.entries: dict[tuple[str, Optional[int]], dict[str, Any]] = {}
+        self._lock = threading.Lock()
+        self._load()
+        self._fh = None
+
+    def _load(self) -> None:
+        if not self.path.exists():
+            return
+        with open(self.path, "r", encoding="utf-8", errors="replace") as fh:
+            for line in fh:
+                line = line.strip()
+                if not line:
+                    continue
+                try:
+                    entry = json.loads(line)
+                except json.JSONDecodeError:
+                    continue  # torn write from a killed run: that page is simply redone
+                if isinstance(entry, dict) and "source" in entry:
+                    self.entries[(entry["source"], entry.get("page"))] = entry
+
+    def is_done(self, source: str, page: int, sha256: str, model: str, options: str) -> Optional[dict[str, Any]]:
+        entry = self.entries.get((source, page))
+        if (entry and entry.get("status") in DONE_STATUSES and entry.get("sha256") == sha256
+                and entry.get("model") == model and entry.get("options") == options):
+            return entry
+        return None
+
+    def append(self, entry: dict[str, Any]) -> None:
+        line = json.dumps(entry, ensure_ascii=False, separators=(",", ":")) + "\n"
+        with self._lock:
+            if self._fh is None:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                # A torn last line must not glue onto the next entry.
+                needs_newline = self.path.exists() and self.path.stat().st_size > 0 and not self._ends_with_newline()
+                self._fh = open(self.path, "a", encoding="utf-8")
+                if needs_newline:
+                    self._fh.write("\n")
+            self._fh.write(line)
+            self._fh.flush()
+            os.fsync(self._fh.fileno())
+            self.entries[(entry["source"], entry.get("page"))] = entry
+
+    def _ends_with_newline(self) -> bool:
+        with open(self.path, "rb") as fh:
+            fh.seek(-1, os.SEEK_END)
+            return fh.read(1) == b"\n"
+
+    def compact(self) -> None:
+        with self._lock:
+            if self._fh is not None:
+                self._fh.close()
+                self._fh = None
+            if not self.entries and not self.path.exists():
+                return
+            text = "".join(json.dumps(e, ensure_ascii=False, separators=(",", ":")) + "\n" for e in self.entries.values())
+            atomic_write_text(self.path, text)
+
+    def close(self) -> None:
+        self.compact()
+
+
+def write_page(out: Path, result: PageResult, formats: Iterable[str]) -> list[str]:
+    """Write a recognised page's files; returns their paths relative to OUT."""
+    page = result.page
+    folder = out / page.doc_key
+    stem = page_stem(page.page)
+    written: list[str] = []
+
+    def put_text(suffix: str, text: str) -> None:
+        path = folder / f"{stem}{suffix}"
+        atomic_write_text(path, text)
+        written.append(path.relative_to(out).as_posix())
+
+    formats = set(formats)
+    # Picture crops and overlays first, so the markdown never links to a missing file.
+    for name, image in result.images.items():
+        path = folder / name
+        atomic_save_image(path, image)
+        written.append(path.relative_to(out).as_posix())
+    if "text" in formats and result.text is not None:
+        put_text(".txt", result.text)
+    if "markdown" in formats and result.markdown is not None:
+        put_text(".md", result.markdown)
+    if "json" in formats:
+        doc = {
+            "source": str(page.source),
+            "page": page.page,
+            "model": result.model,
+            "width": result.width,
+            "height": result.height,
+            "repaired": result.repaired,
+            "blocks": [b.to_dict() for b in (result.layout or [])],
+        }
+        put_text(".json", json.dumps(doc, ensure_ascii=False, indent=1) + "\n")
+    return written
+
+
+def manifest_entry(result: PageResult, options: str) -> dict[str, Any]:
+    page = result.page
+    entry = {
+        "source": str(page.source),
+        "page": page.page,
+        "sha256": page.sha256 or None,
+        "model": result.model,
+        "status": result.status,
+        "error": result.error,
+        "outputs": result.outputs,
+        "finish_reason": result.finish_reason,
+        "input_tokens": result.input_tokens,
+        "output_tokens": result.output_tokens,
+        "timings": {k: round(v, 4) for k, v in result.timings.items()},
+        "options": options,
+    }
+    if result.repaired:
+        entry["repaired"] = True
+    return entry
