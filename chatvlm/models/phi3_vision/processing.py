@@ -295,7 +295,13 @@ def processor_from_pretrained(
 
 
 def load_tokenizer(path: str | Path) -> Any:
-    """The checkpoint's tokenizer through transformers' generic fast tokenizer (no remote code)."""
-    from transformers import AutoTokenizer
+    """The checkpoint's tokenizer (`tokenizer.json`) through transformers' generic fast
+    tokenizer, left padding. Loaded by class, never through AutoTokenizer: that reads
+    config.json, whose `auto_map` points at the remote code, and makes transformers stop
+    and ask whether to run it."""
+    from transformers import PreTrainedTokenizerFast
 
-    return AutoTokenizer.from_pretrained(str(path), padding_side="left")
+    file = Path(path) / "tokenizer.json"
+    if not file.is_file():
+        raise FileNotFoundError(f"no tokenizer.json in {path}")
+    return PreTrainedTokenizerFast.from_pretrained(str(path), padding_side="left")

@@ -53,7 +53,7 @@ def build_tiny_tokenizer(folder: str | Path, vocab_size: int = 32064) -> Any:
     Returns the loaded tokenizer.
     """
     from tokenizers import AddedToken, Tokenizer, decoders, models, processors
-    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+    from transformers import PreTrainedTokenizerFast
 
     n_fixed = len(BASE_TOKENS) + len(BYTE_TOKENS)
     if vocab_size < n_fixed + ADDED_TOKENS:
@@ -91,7 +91,7 @@ def build_tiny_tokenizer(folder: str | Path, vocab_size: int = 32064) -> Any:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     fast.save_pretrained(str(folder))
-    return AutoTokenizer.from_pretrained(str(folder), padding_side="left")
+    return PreTrainedTokenizerFast.from_pretrained(str(folder), padding_side="left")
 
 
 def tiny_config(
