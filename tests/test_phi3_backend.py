@@ -51,17 +51,22 @@ def checkpoint(tmp_path_factory) -> Path:
     return copy_checkpoint(tmp_path_factory.mktemp("phi3_ckpt") / "ckpt")
 
 
-@pytest.fixture(scope="module")
-def stopping_checkpoint(tmp_path_factory) -> Path:
-    """The fixture with the `<|end|>` row of lm_head scaled up, so the random model ends its
-    turn after a few tokens, at a different step for each page."""
+def boosted_checkpoint(folder: Path, token_id: int, factor: float) -> Path:
+    """A fixture copy with one lm_head row scaled: the random model then favours that token."""
     from safetensors.torch import load_file, save_file
 
-    folder = copy_checkpoint(tmp_path_factory.mktemp("phi3_stop") / "ckpt")
+    copy_checkpoint(folder)
     tensors = load_file(str(folder / "model.safetensors"))
-    tensors["lm_head.weight"][END_ID] *= 3.0
+    tensors["lm_head.weight"][token_id] *= factor
     save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
     return folder
+
+
+@pytest.fixture(scope="module")
+def stopping_checkpoint(tmp_path_factory) -> Path:
+    """`<|end|>` boosted: the random model ends its turn after a few tokens, at a different
+    step for each page."""
+    return boosted_checkpoint(tmp_path_factory.mktemp("phi3_stop") / "ckpt", END_ID, 3.0)
 
 
 @pytest.fixture(scope="module")
@@ -195,6 +200,26 @@ def test_batched_equals_one_page_at_a_time_with_stops(stopping_backend, stopping
     assert both[0].output_tokens != both[1].output_tokens
     assert all("<|end|>" not in b.text for b in both)
     assert stopping_backend.stop_token_ids()[0] == END_ID and stopping_backend.pad_token_id() == 32000
+
+
+def test_loop_guard_stops_and_trims_a_repeating_page(stopping_backend, pages, tmp_path):
+    from chatvlm.config import GenerationParams
+
+    # The page's first greedy token, boosted: the model then repeats it at every step.
+    (first,) = stopping_backend.generate_batch(as_pages(pages[:1]), "text", GenerationParams(max_new_tokens=1))
+    token_id = stopping_backend.tokenizer.convert_tokens_to_ids(first.text)
+    assert first.text and token_id != stopping_backend.tokenizer.unk_token_id
+    looping = make_backend(boosted_checkpoint(tmp_path / "loop", token_id, 4.0))
+    looping.load()
+    looping.loop_settings = {"min_repeats": 4, "min_span": 8}     # defaults need 256+ tokens
+    try:
+        (raw,) = looping.generate_batch(as_pages(pages[:1]), "text", GenerationParams(max_new_tokens=40))
+        assert raw.finish_reason == "loop" and raw.extra["loop_trimmed"]
+        assert raw.output_tokens < 40 and raw.text == first.text             # one copy kept
+        (off,) = looping.generate_batch(as_pages(pages[:1]), "text", GenerationParams(max_new_tokens=12, loop_guard=False))
+        assert off.finish_reason == "length" and off.text == first.text * 12
+    finally:
+        looping.close()
 
 
 def test_ask_one_shot_and_multi_turn(stopping_backend, pages):
