@@ -468,6 +468,8 @@ def run_bench(config: BenchConfig, models: list[str], reporter: Optional[Reporte
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "models": [],
     }
+    if any(get_spec(name).repo_id for name in models):
+        _preimport()   # library import time is not model load time
     for name in models:
         reporter.message(_("benchmarking {name}").format(name=name), "info")
         row = bench_model(config, name, warmup_page, reporter)
@@ -696,6 +698,14 @@ def _write_olmocr_layout(folder: Path, records: list[PageRecord], repeat: int) -
 
 
 # =========================================================================== memory and hardware
+
+def _preimport() -> None:
+    try:
+        import torch  # noqa: F401
+        import transformers  # noqa: F401
+    except ImportError:
+        pass
+
 
 def _cuda_in_use(config: BenchConfig, backend=None) -> bool:
     if "torch" not in sys.modules:

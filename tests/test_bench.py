@@ -330,3 +330,66 @@ def test_model_without_weights_is_a_row(tmp_path):
     [row] = outcome.report["models"]
     assert row["status"] == "unavailable" and "--model-path got_ocr_hf=DIR" in row["error"]
     assert outcome.exit_code == 3
+
+
+# =========================================================================== transformers models (tiny)
+
+TINY_QWEN2_VL = {
+    "model_type": "qwen2_vl",
+    "text_config": {"vocab_size": 400, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+                    "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 4096,
+                    "rope_parameters": {"rope_type": "default", "mrope_section": [2, 1, 1], "rope_theta": 1000000.0},
+                    "tie_word_embeddings": True},
+    "vision_config": {"depth": 1, "embed_dim": 32, "hidden_size": 32, "num_heads": 2, "mlp_ratio": 2,
+                      "patch_size": 14, "spatial_merge_size": 2, "temporal_patch_size": 2},
+    "tie_word_embeddings": True,
+}
+
+
+@needs_corpus
+def test_synthetic_tiny_config_generates_exactly_n_tokens(tmp_path):
+    pytest.importorskip("transformers")
+    config_path = tmp_path / "tiny_qwen2_vl.json"
+    config_path.write_text(json.dumps(TINY_QWEN2_VL))
+    config = _config(tmp_path, [PHOTOTEST, KOMI_LINE], synthetic=True, tokens=6,
+                     synthetic_configs={"qwen_vl_2b": config_path})
+    config.base.generation.max_pixels = 40_000      # a small page budget keeps the CPU run short
+    outcome = bench.run_bench(config, ["qwen_vl_2b", "tesseract"])
+    report = json.loads((tmp_path / "out" / "bench.json").read_text())
+    qwen, tess = report["models"]
+    assert qwen["status"] == "ok", qwen["error"]
+    assert [(d["output_tokens"], d["finish_reason"]) for d in qwen["pages_detail"]] == [(6, "length"), (6, "length")]
+    assert qwen["output_tokens"] == 12 and qwen["output_tokens_per_page"] == 6
+    assert qwen["output_tokens_per_s"] > 0 and qwen["pages"]["looped"] == 0
+    assert qwen["engine"]["synthetic"] is True and qwen["engine"]["model_class"] == "Qwen2VLForConditionalGeneration"
+    assert qwen["accuracy"] is None                                  # random weights: no accuracy
+    assert tess["status"] == "unavailable" and "synthetic" in tess["error"]
+    assert report["synthetic"] is True and report["tokens_per_page"] == 6
+    assert "RANDOM weights" in report["title"]
+    table = (tmp_path / "out" / "bench.md").read_text()
+    assert "RANDOM weights" in table and "CER" not in table and "tokens/page" in table
+    assert outcome.exit_code == 1   # tesseract did not run
+
+
+@needs_corpus
+def test_tiny_checkpoint_and_broken_checkpoint_rows(tmp_path):
+    _needs_tesseract()
+    testing = pytest.importorskip("chatvlm.testing")
+    ckpt = testing.build_tiny_checkpoint("qwen_vl_2b", tmp_path / "qwen")
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "config.json").write_text("{}")
+    config = _config(tmp_path, [KOMI_LINE], model_paths={"qwen_vl_2b": ckpt, "got_ocr_hf": broken})
+    config.base.generation.max_new_tokens = 8
+    config.base.generation.max_pixels = 40_000
+    outcome = bench.run_bench(config, ["got_ocr_hf", "qwen_vl_2b", "tesseract"])
+    rows = {r["model"]: r for r in outcome.report["models"]}
+    assert rows["got_ocr_hf"]["status"] == "unavailable" and "got_ocr_hf" in rows["got_ocr_hf"]["error"]
+    q = rows["qwen_vl_2b"]
+    assert q["status"] == "ok", q["error"]
+    assert q["pages"]["ok"] == 1 and 0 < q["pages_detail"][0]["output_tokens"] <= 8
+    assert q["dtype"] == "float32" and q["attention"] in ("sdpa", "eager") and q["device"] == "cpu"
+    assert q["load_s"] > 0 and q["output_tokens_per_s"] > 0
+    assert (tmp_path / "out" / "qwen_vl_2b" / KOMI_LINE.stem / "page-0001.md").exists()
+    assert rows["tesseract"]["status"] == "ok"
+    assert outcome.exit_code == 1
