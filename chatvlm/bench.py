@@ -527,7 +527,7 @@ def _empty_row(name: str) -> dict[str, Any]:
     return {
         "model": name, "status": "ok", "error": None, "engine": {}, "device": None, "dtype": None,
         "attention": None, "load_s": None, "warmup_s": None, "time_to_first_page_s": None,
-        "pages": {"total": 0, "ok": 0, "failed": 0, "looped": 0, "truncated": 0},
+        "pages": {"total": 0, "ok": 0, "failed": 0, "looped": 0, "truncated": 0, "unreadable_inputs": 0},
         "pages_per_s": None, "input_tokens": 0, "output_tokens": 0, "output_tokens_per_s": None,
         "output_tokens_per_page": None, "page_latency_p50_s": None, "page_latency_p90_s": None,
         "peak_gpu_memory_gb": None, "accuracy": None, "runs": [], "outputs": None,
@@ -640,8 +640,10 @@ def _describe_failure(exc: BaseException) -> str:
 
 
 def _fill_speed(row: dict[str, Any], records_by_repeat: list[list[PageRecord]], engine: dict[str, Any]) -> None:
-    records = [r for recs in records_by_repeat for r in recs]
+    every = [r for recs in records_by_repeat for r in recs]
+    records = [r for r in every if r.page is not None]   # an unreadable file is not a page
     pages = row["pages"]
+    pages["unreadable_inputs"] = len(every) - len(records)
     pages["total"] = len(records)
     pages["ok"] = sum(r.status == "ok" for r in records)
     pages["failed"] = sum(r.status == "error" for r in records)
@@ -650,8 +652,8 @@ def _fill_speed(row: dict[str, Any], records_by_repeat: list[list[PageRecord]], 
     reports = [run["report"] for run in row["runs"]]
     wall = sum(rep.get("wall_s") or 0.0 for rep in reports)
     busy = sum(rep.get("recognise_busy_s") or 0.0 for rep in reports)
-    processed = pages["ok"] + pages["failed"]
-    row["pages_per_s"] = round(processed / wall, 4) if wall and processed else None
+    # pages recognised per second of the timed runs (a page that failed is not throughput)
+    row["pages_per_s"] = round(pages["ok"] / wall, 4) if wall and pages["ok"] else None
     row["input_tokens"] = sum(rep.get("input_tokens") or 0 for rep in reports)
     row["output_tokens"] = sum(r.output_tokens or 0 for r in records)
     row["output_tokens_per_s"] = round(row["output_tokens"] / busy, 2) if busy and row["output_tokens"] else None
@@ -876,12 +878,13 @@ def render_markdown(report: dict[str, Any]) -> str:
         lines += [""] + [f"- {n}" for n in notes]
     lines += ["", _hardware_line(report.get("hardware") or {}) + ".",
               _("Pages: {n} per model and repeat; warm-up page excluded from pages/s and latency; "
-                "1st page s = load + one cold page.").format(n=_pages_per_run(report)), ""]
+                "1st page s = load + one cold page; pages/s counts pages recognised without error.").format(n=_pages_per_run(report)), ""]
     return "\n".join(lines)
 
 
 def _pages_per_run(report: dict[str, Any]) -> str:
-    counts = {len([d for d in row.get("pages_detail", []) if d["repeat"] == 1]) for row in report["models"] if row["status"] == "ok"}
+    counts = {len([d for d in row.get("pages_detail", []) if d["repeat"] == 1 and d["page"] is not None])
+              for row in report["models"] if row["status"] == "ok"}
     return "/".join(str(c) for c in sorted(counts)) or "0"
 
 

@@ -103,11 +103,12 @@ def prepare_checkpoint(name: str, config: dict[str, Any], folder: Path) -> Path:
     from transformers import AutoConfig
 
     from .errors import ModelUnavailableError
+    from .i18n import _
 
     if name not in RECIPES:
-        raise ModelUnavailableError(f"not available yet: no synthetic recipe for model '{name}'")
+        raise ModelUnavailableError(_("not available yet: no synthetic recipe for model '{name}'").format(name=name))
     if not config or "model_type" not in config:
-        raise ModelUnavailableError(f"model '{name}': the synthetic config needs a model_type")
+        raise ModelUnavailableError(_("model '{name}': the synthetic config needs a model_type").format(name=name))
     config, processor = RECIPES[name](config)
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)

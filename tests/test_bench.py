@@ -220,6 +220,7 @@ def _config(tmp_path: Path, inputs, **kw) -> bench.BenchConfig:
 def test_bench_tesseract_and_failing_models(tmp_path, fake_models):
     _needs_tesseract()
     folder = _inputs(tmp_path)
+    (folder / "junk.png").write_text("not an image")     # an unreadable input: not a page, not throughput
     config = _config(tmp_path, [folder], layout="olmocr-bench")
     models = ["bench_crash", "tesseract", "bench_missing_module"]
     outcome = bench.run_bench(config, models)
@@ -236,7 +237,7 @@ def test_bench_tesseract_and_failing_models(tmp_path, fake_models):
 
     t = rows["tesseract"]
     assert t["status"] == "ok" and t["error"] is None
-    assert t["pages"] == {"total": 2, "ok": 2, "failed": 0, "looped": 0, "truncated": 0}
+    assert t["pages"] == {"total": 2, "ok": 2, "failed": 0, "looped": 0, "truncated": 0, "unreadable_inputs": 1}
     assert t["load_s"] > 0 and t["warmup_s"] > 0
     assert t["time_to_first_page_s"] == pytest.approx(t["load_s"] + t["warmup_s"], abs=1e-3)
     assert t["pages_per_s"] > 0 and 0 < t["page_latency_p50_s"] <= t["page_latency_p90_s"]
