@@ -90,6 +90,8 @@ def run(config: RunConfig, reporter: Optional[Reporter] = None, backend=None) ->
     jobs: list[Job] = []
     skipped: list[Page] = []
     for item in expand_inputs(config.inputs):
+        if config.max_pages is not None and len(jobs) + len(skipped) >= config.max_pages:
+            break
         if item.error:
             failed_files.append(Page(source=item.path, doc_key=item.doc_key, page=None, error=item.error))
             continue
@@ -99,6 +101,8 @@ def run(config: RunConfig, reporter: Optional[Reporter] = None, backend=None) ->
             failed_files.append(Page(source=item.path, doc_key=item.doc_key, page=None, error=str(exc)))
             continue
         for number in select_pages(doc.page_count, ranges):
+            if config.max_pages is not None and len(jobs) + len(skipped) >= config.max_pages:
+                break
             page = Page(source=item.path, doc_key=item.doc_key, page=number, sha256=doc.sha256,
                         page_count=doc.page_count)
             if not config.force and manifest.is_done(str(item.path), number, doc.sha256, spec.name, opts):

@@ -362,7 +362,7 @@ class HFBackend(Backend):
     def load(self) -> None:
         if self.model is not None:
             return
-        path = resolve_weights(self.spec, self.options)
+        path = self.synthetic_checkpoint() if self.options.synthetic else resolve_weights(self.spec, self.options)
         t_import = time.perf_counter()
         try:
             import torch  # noqa: F401
@@ -398,6 +398,13 @@ class HFBackend(Backend):
         import transformers
         cls = getattr(transformers, self.auto_class)
         kwargs: dict[str, Any] = {"dtype": dtype, "attn_implementation": self.attn_argument(attn)}
+        if self.options.synthetic:
+            # bench --synthetic: the real architecture with random weights, created on the device.
+            import torch
+            config = transformers.AutoConfig.from_pretrained(str(path))
+            build = getattr(cls, "from_config", None) if cls.__name__.startswith("Auto") else cls._from_config
+            with torch.device(self.device):
+                return build(config, **kwargs)
         if self.device.startswith("cuda"):
             kwargs["device_map"] = self.device
         model = cls.from_pretrained(str(path), **kwargs)
@@ -411,9 +418,24 @@ class HFBackend(Backend):
     def after_load(self) -> None:
         """Subclasses: adjust the processor (pixel budget) or the model after loading."""
 
+    def synthetic_checkpoint(self) -> Path:
+        """bench --synthetic: a folder with the full config (options.extra["config"]) and the real
+        processor, no weights (chatvlm.synthetic); load_model then builds random weights."""
+        import tempfile
+
+        from ..synthetic import prepare_checkpoint
+
+        self._synthetic_dir = Path(tempfile.mkdtemp(prefix=f"chatvlm-synthetic-{self.spec.name}-"))
+        self._facts["synthetic"] = True
+        return prepare_checkpoint(self.spec.name, self.options.extra.get("config") or self.spec.full_config or {},
+                                  self._synthetic_dir)
+
     def close(self) -> None:
         self.model = None
         self.processor = None
+        if getattr(self, "_synthetic_dir", None) is not None:
+            shutil.rmtree(self._synthetic_dir, ignore_errors=True)
+            self._synthetic_dir = None
         if "torch" in sys.modules:
             import torch
             if torch.cuda.is_available():
@@ -555,12 +577,13 @@ class HFBackend(Backend):
         limit = self.max_positions()
         if limit:
             max_new = max(1, min(max_new, limit - prompt_len))
-        stop_ids = self.stop_token_ids()
-        stop_strings = self.stop_strings()
+        synthetic = self.options.synthetic   # bench --synthetic: exactly max_new tokens, no stop, no loop guard
+        stop_ids = [] if synthetic else self.stop_token_ids()
+        stop_strings = [] if synthetic else self.stop_strings()
 
         tracker = make_tracker(prompt_len, batch, stop_ids=stop_ids, stop_strings=stop_strings,
-                               decode=self._decode_raw if stop_strings else None, loop_guard=params.loop_guard,
-                               **self.loop_settings)
+                               decode=self._decode_raw if stop_strings else None,
+                               loop_guard=params.loop_guard and not synthetic, **self.loop_settings)
         processors = [as_logits_processor(p) for p in self.logits_processors(task, params, inputs)]
         penalty = self.repetition_penalty(params)
         if penalty != 1.0:
@@ -572,7 +595,8 @@ class HFBackend(Backend):
         # A fresh config: only what chatvlm decides (greedy, stops, budget), nothing inherited
         # from the checkpoint's generation_config.json (sampling defaults, penalties).
         generation_config = GenerationConfig(
-            max_new_tokens=max_new, do_sample=bool(params.do_sample), num_beams=1,
+            max_new_tokens=max_new, min_new_tokens=max_new if synthetic else None,
+            do_sample=bool(params.do_sample), num_beams=1,
             pad_token_id=self.pad_token_id(), eos_token_id=stop_ids or None,
             bos_token_id=self.generation_config_value("bos_token_id"),
         )
@@ -606,7 +630,7 @@ class HFBackend(Backend):
                     if cut >= 0:
                         text = text[:cut]
             trimmed = False
-            if params.loop_guard and reason in ("loop", "length"):
+            if params.loop_guard and not synthetic and reason in ("loop", "length"):
                 text, trimmed = trim_repetition(text, **self.text_loop_settings())
                 if trimmed:
                     reason = "loop"
