@@ -1,11 +1,15 @@
 """The layout toolkit shared by every model that gives boxes (dots.ocr, DeepSeek-OCR, tesseract).
 
-- schema: LayoutBlock (records.py) with dots.ocr's 11 categories; other labels map onto them
-- boxes mapped from a model's input frame back to page pixels, clamped to the page
-- salvage of truncated or looping JSON output (keep complete blocks, drop the broken tail,
-  drop repeats) — the page is then marked `repaired`, never silently
-- markdown rendering (formulas as $$ blocks, tables as HTML, pictures as cropped files)
-- overlay pictures: each block's box, index and category in a colour per category
+Rules follow dots.ocr's own post-processing (../shared/reference/dots_ocr.md §7-§10):
+- schema: LayoutBlock (records.py) with dots.ocr's 11 categories; other models' labels map
+  onto them, an unknown label is kept as it is (never dropped)
+- boxes mapped from a model's input frame back to page pixels (int-truncated like
+  post_process_cells), clamped to the page; boxes with no place on the page are left out
+- salvage of truncated or looping JSON output (keep every complete block, drop the broken
+  tail, drop repeats) — the page is then marked `repaired` with a dropped count, never silently
+- markdown rendering (layoutjson2md: formulas as $$ blocks, tables as HTML, pictures as
+  cropped files linked from the markdown, optional header/footer skipping)
+- overlay pictures: each block filled at 30 % in its category colour, `index_category` label
 """
 
 from __future__ import annotations
