@@ -217,8 +217,10 @@ def _finish(config: RunConfig, spec: ModelSpec, backend, page: Page, raw, report
 
 def _add_page_images(config: RunConfig, page: Page, result: PageResult) -> None:
     """Picture crops for the markdown, and the overlay picture, from the page's pixels."""
-    if not result.layout or page.image is None:
-        if result.layout is not None and config.skip_headers:
+    if result.layout is None:
+        return
+    if page.image is None:
+        if config.skip_headers:
             result.markdown = blocks_to_markdown(result.layout, skip_headers=True)
         return
     stem = page_stem(page.page)
