@@ -47,7 +47,7 @@ def resolve_model(name: str, reporter: Reporter, model_path: Optional[Path] = No
     """`auto` = the best VLM whose weights are already here, else tesseract (with a hint)."""
     if name != "auto":
         return get_spec(name)
-    from .weights import weights_available
+    from .backends.hf import weights_available
 
     ranked = sorted((s for s in all_specs() if s.auto_rank is not None), key=lambda s: s.auto_rank)
     if model_path is not None:
