@@ -88,6 +88,26 @@ def bucketed_windows(pages: Iterable[Page], batch_size: Callable[[], int], cost:
         yield flush()
 
 
+def auto_batch_size(free_bytes: int, per_page_bytes: int, headroom: float = 0.8, cap: int = 256) -> int:
+    """The largest power-of-two batch whose per-page memory fits in the free memory.
+
+    An estimate, not a promise: the out-of-memory back-off catches what it gets wrong and
+    the smaller size is kept from then on.
+    """
+    if per_page_bytes <= 0 or free_bytes <= 0:
+        return 1
+    fits = int(free_bytes * headroom // per_page_bytes)
+    size = 1
+    while size * 2 <= min(fits, cap):
+        size *= 2
+    return size
+
+
+def kv_cache_bytes_per_token(layers: int, kv_heads: int, head_dim: int, dtype_bytes: int) -> int:
+    """Keys and values of one token across all layers."""
+    return 2 * layers * kv_heads * head_dim * dtype_bytes
+
+
 def is_out_of_memory(exc: BaseException) -> bool:
     name = exc.__class__.__name__
     return name in ("OutOfMemoryError", "MemoryError") or "out of memory" in str(exc).lower()

@@ -83,3 +83,16 @@ def test_backoff_splits_until_it_fits_and_isolates_a_bad_page():
     assert isinstance(out[5], ValueError) and out[6:] == ["ok6", "ok7"]
     assert shrunk and min(shrunk) <= 2
     assert is_out_of_memory(RuntimeError("CUDA out of memory")) and not is_out_of_memory(ValueError("x"))
+
+
+def test_auto_batch_size_from_free_memory():
+    from chatvlm.scheduler import auto_batch_size, kv_cache_bytes_per_token
+
+    # Qwen2-VL-2B LM in bf16: 28 layers, 2 KV heads of 128 -> 28 KiB per token
+    per_token = kv_cache_bytes_per_token(28, 2, 128, 2)
+    assert per_token == 28 * 1024
+    per_page = 2 * (1344 + 512) * per_token           # ~100 MiB with activations
+    assert auto_batch_size(70 * 2**30, per_page) == 256   # an H100 after loading: capped
+    assert auto_batch_size(10 * 2**30, per_page) == 64
+    assert auto_batch_size(100 * 2**20, per_page) == 1
+    assert auto_batch_size(0, per_page) == 1
