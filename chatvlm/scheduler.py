@@ -66,7 +66,7 @@ def bucketed_windows(pages: Iterable[Page], batch_size: Callable[[], int], cost:
 
     Pages are taken a window at a time (window_batches batches' worth), sorted by cost
     inside the window and cut into batches, so a batch does not pad a small page up to a
-    big one. Yields (window in input order, batches); the caller writes results of the
+    big one. The first window holds one batch only, so the first page is written early. Yields (window in input order, batches); the caller writes results of the
     window in input order, so outputs and the manifest keep the input's order. Pages that
     failed to render come back as batches of one.
     """
@@ -79,11 +79,13 @@ def bucketed_windows(pages: Iterable[Page], batch_size: Callable[[], int], cost:
         groups += [[p] for p in window if not p.ok]
         return list(window), groups
 
+    batches_per_window = 1
     for page in pages:
         window.append(page)
-        if len(window) >= max(1, batch_size()) * window_batches:
+        if len(window) >= max(1, batch_size()) * batches_per_window:
             yield flush()
             window = []
+            batches_per_window = window_batches
     if window:
         yield flush()
 
