@@ -189,6 +189,12 @@ register(ModelSpec(
 ))
 
 # --- dots_ocr ---------------------------------------------------------------
+# Prompts are official prompt-mode names (chatvlm.models.dots_ocr.PROMPTS holds the verbatim
+# text, checked by SHA-256): one layout pass serves layout and markdown; `--mode layout-only`
+# -> prompt_layout_only_en; text -> prompt_ocr. Pixel budget: dots_ocr/utils/consts.py (the
+# checkpoint's preprocessor_config.json says the same and is what load() reads).
+# max_new_tokens: the official vLLM parser's 16384 (a dense page can need >10k tokens; the
+# loop guard stops runaway pages early). Greedy, no repetition penalty (reference §11).
 register(ModelSpec(
     name="dots_ocr",
     backend="chatvlm.backends.dots_ocr:DotsOcrBackend",
@@ -197,7 +203,39 @@ register(ModelSpec(
     revision="main",
     download_gb=6.1,
     tasks=("text", "markdown", "layout"),
+    prompts={
+        "layout": "prompt_layout_all_en",
+        "markdown": "prompt_layout_all_en",
+        "text": "prompt_ocr",
+        "layout-only": "prompt_layout_only_en",
+    },
+    min_pixels=3136,
+    max_pixels=11289600,
+    max_new_tokens=16384,
+    dtype="bfloat16",
     auto_rank=3,
+    extra={"framing": "string"},   # vLLM/string chat framing (published scores); "hf" = demo_hf.py
+    full_config={
+        "architectures": ["DotsOCRForCausalLM"], "model_type": "dots_ocr",
+        "auto_map": {"AutoConfig": "configuration_dots.DotsOCRConfig",
+                     "AutoModelForCausalLM": "modeling_dots_ocr.DotsOCRForCausalLM"},
+        "attention_bias": True, "attention_dropout": 0.0, "hidden_act": "silu",
+        "hidden_size": 1536, "initializer_range": 0.02, "intermediate_size": 8960,
+        "max_position_embeddings": 131072, "max_window_layers": 28,
+        "num_attention_heads": 12, "num_hidden_layers": 28, "num_key_value_heads": 2,
+        "rms_norm_eps": 1e-06, "rope_scaling": None, "rope_theta": 1000000,
+        "sliding_window": 131072, "tie_word_embeddings": False, "torch_dtype": "bfloat16",
+        "transformers_version": "4.51.0", "use_cache": True, "use_sliding_window": False,
+        "vocab_size": 151936, "image_token_id": 151665, "video_token_id": 151656,
+        "vision_config": {
+            "embed_dim": 1536, "hidden_size": 1536, "intermediate_size": 4224,
+            "num_hidden_layers": 42, "num_attention_heads": 12, "num_channels": 3,
+            "patch_size": 14, "post_norm": True, "rms_norm_eps": 1e-05,
+            "spatial_merge_size": 2, "temporal_patch_size": 1, "use_bias": False,
+            "attn_implementation": "flash_attention_2", "init_merger_std": 0.02,
+            "initializer_range": 0.02, "is_causal": False,
+        },
+    },
 ))
 
 # --- phi3_vision ------------------------------------------------------------

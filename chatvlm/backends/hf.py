@@ -362,7 +362,7 @@ class HFBackend(Backend):
     def load(self) -> None:
         if self.model is not None:
             return
-        path = resolve_weights(self.spec, self.options)
+        path = self.synthetic_checkpoint() if self.options.synthetic else resolve_weights(self.spec, self.options)
         t_import = time.perf_counter()
         try:
             import torch  # noqa: F401
@@ -398,6 +398,13 @@ class HFBackend(Backend):
         import transformers
         cls = getattr(transformers, self.auto_class)
         kwargs: dict[str, Any] = {"dtype": dtype, "attn_implementation": self.attn_argument(attn)}
+        if self.options.synthetic:
+            # bench --synthetic: the real architecture with random weights, created on the device.
+            import torch
+            config = transformers.AutoConfig.from_pretrained(str(path))
+            build = getattr(cls, "from_config", None) if cls.__name__.startswith("Auto") else cls._from_config
+            with torch.device(self.device):
+                return build(config, **kwargs)
         if self.device.startswith("cuda"):
             kwargs["device_map"] = self.device
         model = cls.from_pretrained(str(path), **kwargs)
@@ -411,9 +418,24 @@ class HFBackend(Backend):
     def after_load(self) -> None:
         """Subclasses: adjust the processor (pixel budget) or the model after loading."""
 
+    def synthetic_checkpoint(self) -> Path:
+        """bench --synthetic: a folder with the full config (options.extra["config"]) and the real
+        processor, no weights (chatvlm.synthetic); load_model then builds random weights."""
+        import tempfile
+
+        from ..synthetic import prepare_checkpoint
+
+        self._synthetic_dir = Path(tempfile.mkdtemp(prefix=f"chatvlm-synthetic-{self.spec.name}-"))
+        self._facts["synthetic"] = True
+        return prepare_checkpoint(self.spec.name, self.options.extra.get("config") or self.spec.full_config or {},
+                                  self._synthetic_dir)
+
     def close(self) -> None:
         self.model = None
         self.processor = None
+        if getattr(self, "_synthetic_dir", None) is not None:
+            shutil.rmtree(self._synthetic_dir, ignore_errors=True)
+            self._synthetic_dir = None
         if "torch" in sys.modules:
             import torch
             if torch.cuda.is_available():
@@ -454,9 +476,44 @@ class HFBackend(Backend):
         return facts
 
     def default_batch_size(self, params: GenerationParams) -> int:
+        """--batch-size, else on a GPU the largest batch the free memory holds (`auto`), else 1."""
         if params.batch_size:
             return params.batch_size
-        return self.default_gpu_batch if self.device.startswith("cuda") else 1
+        if not self.device.startswith("cuda"):
+            return 1
+        try:
+            import torch
+            free, _total = torch.cuda.mem_get_info(torch.device(self.device))
+            per_page = self.page_memory_bytes(params)
+        except Exception:
+            return self.default_gpu_batch
+        from ..scheduler import auto_batch_size
+        size = auto_batch_size(free, per_page)
+        self._facts["auto_batch_size"] = size
+        self._facts["estimated_page_memory_mb"] = round(per_page / 2**20, 1)
+        return size
+
+    def prompt_tokens_estimate(self) -> int:
+        """Prompt length of a typical page: image tokens at the pixel budget plus the text.
+
+        Qwen-style models give one token per 28x28 pixels (32x32 for Qwen3); backends with a
+        different rule override this.
+        """
+        pixels = self.spec.max_pixels or 1_003_520
+        return int(pixels / (28 * 28)) + 64
+
+    def page_memory_bytes(self, params: GenerationParams) -> int:
+        """GPU memory one page costs in a batch: its KV cache for prompt + new tokens, with
+        the same again for activations (vision tower, attention workspace, logits)."""
+        from ..scheduler import kv_cache_bytes_per_token
+        text = self.model.config.get_text_config() if hasattr(self.model.config, "get_text_config") else self.model.config
+        heads = int(getattr(text, "num_attention_heads"))
+        kv_heads = int(getattr(text, "num_key_value_heads", None) or heads)
+        head_dim = int(getattr(text, "head_dim", None) or text.hidden_size // heads)
+        dtype_bytes = 2 if "16" in str(self.dtype) else 4
+        tokens = self.prompt_tokens_estimate() + self.max_new_tokens(params)
+        per_token = kv_cache_bytes_per_token(int(text.num_hidden_layers), kv_heads, head_dim, dtype_bytes)
+        return 2 * tokens * per_token
 
     # ----------------------------------------------------------------- generation hooks
     def build_inputs(self, pages: list[Page], task: str, params: GenerationParams) -> dict:
@@ -555,12 +612,13 @@ class HFBackend(Backend):
         limit = self.max_positions()
         if limit:
             max_new = max(1, min(max_new, limit - prompt_len))
-        stop_ids = self.stop_token_ids()
-        stop_strings = self.stop_strings()
+        synthetic = self.options.synthetic   # bench --synthetic: exactly max_new tokens, no stop, no loop guard
+        stop_ids = [] if synthetic else self.stop_token_ids()
+        stop_strings = [] if synthetic else self.stop_strings()
 
         tracker = make_tracker(prompt_len, batch, stop_ids=stop_ids, stop_strings=stop_strings,
-                               decode=self._decode_raw if stop_strings else None, loop_guard=params.loop_guard,
-                               **self.loop_settings)
+                               decode=self._decode_raw if stop_strings else None,
+                               loop_guard=params.loop_guard and not synthetic, **self.loop_settings)
         processors = [as_logits_processor(p) for p in self.logits_processors(task, params, inputs)]
         penalty = self.repetition_penalty(params)
         if penalty != 1.0:
@@ -572,7 +630,8 @@ class HFBackend(Backend):
         # A fresh config: only what chatvlm decides (greedy, stops, budget), nothing inherited
         # from the checkpoint's generation_config.json (sampling defaults, penalties).
         generation_config = GenerationConfig(
-            max_new_tokens=max_new, do_sample=bool(params.do_sample), num_beams=1,
+            max_new_tokens=max_new, min_new_tokens=max_new if synthetic else None,
+            do_sample=bool(params.do_sample), num_beams=1,
             pad_token_id=self.pad_token_id(), eos_token_id=stop_ids or None,
             bos_token_id=self.generation_config_value("bos_token_id"),
         )
@@ -606,7 +665,7 @@ class HFBackend(Backend):
                     if cut >= 0:
                         text = text[:cut]
             trimmed = False
-            if params.loop_guard and reason in ("loop", "length"):
+            if params.loop_guard and not synthetic and reason in ("loop", "length"):
                 text, trimmed = trim_repetition(text, **self.text_loop_settings())
                 if trimmed:
                     reason = "loop"
