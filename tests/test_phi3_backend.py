@@ -216,8 +216,8 @@ def test_loop_guard_stops_and_trims_a_repeating_page(stopping_backend, pages, tm
         (raw,) = looping.generate_batch(as_pages(pages[:1]), "text", GenerationParams(max_new_tokens=40))
         assert raw.finish_reason == "loop" and raw.extra["loop_trimmed"]
         assert raw.output_tokens < 40 and raw.text == first.text             # one copy kept
-        (off,) = looping.generate_batch(as_pages(pages[:1]), "text", GenerationParams(max_new_tokens=12, loop_guard=False))
-        assert off.finish_reason == "length" and off.text == first.text * 12
+        (off,) = looping.generate_batch(as_pages(pages[:1]), "text", GenerationParams(max_new_tokens=8, loop_guard=False))
+        assert off.finish_reason == "length" and off.text == first.text * 8
     finally:
         looping.close()
 
@@ -226,7 +226,7 @@ def test_ask_one_shot_and_multi_turn(stopping_backend, pages):
     from chatvlm.config import GenerationParams
     from chatvlm.models.phi3_vision import OCR_PROMPTS
 
-    params = GenerationParams(max_new_tokens=12, loop_guard=False)
+    params = GenerationParams(max_new_tokens=6, loop_guard=False)
     image = Image.open(pages[0]).convert("RGB")
     answer = stopping_backend.ask(image, OCR_PROMPTS["text"], params=params)
     # The same question is the text task's prompt: ask must build the very same input.
@@ -268,6 +268,24 @@ def test_num_crops_option_and_page_cost(checkpoint, pages):
     assert make_backend(checkpoint).num_crops == 16
     with pytest.raises(UsageError):
         make_backend(checkpoint, num_crops="many")
+
+
+def test_bench_synthetic_builds_from_a_config_and_generates_exactly_n_tokens(pages, tmp_path):
+    from chatvlm.models.phi3_vision.testing import tiny_config
+
+    config = tmp_path / "tiny_phi3.json"
+    config.write_text(json.dumps(tiny_config()))
+    out = tmp_path / "bench"
+    res = cli("bench", *map(str, pages), "-o", str(out), "-m", "phi3_vision", "--synthetic", "--tokens", "5",
+              "--synthetic-config", f"phi3_vision={config}", "-b", "2")
+    assert res.exit_code == 0, res.output
+    report = json.loads((out / "bench.json").read_text())
+    (row,) = report["models"]
+    assert row["status"] == "ok", row["error"]
+    assert row["engine"]["synthetic"] is True and row["engine"]["model_class"] == "Phi3VForCausalLM"
+    assert row["engine"]["num_crops"] == 16
+    assert [(d["output_tokens"], d["finish_reason"]) for d in row["pages_detail"]] == [(5, "length"), (5, "length")]
+    assert report["synthetic"] is True and row["accuracy"] is None
 
 
 # ------------------------------------------------------------------ postprocess on literal answers
