@@ -263,9 +263,13 @@ def test_num_crops_option_and_page_cost(checkpoint, pages):
         for page in as_pages(pages):
             _, _, n = backend.processor.preprocess_one(page.image)
             assert backend.page_cost(page) == n
+        # --batch-size auto sizes batches from the longest prompt a page can give
+        assert backend.prompt_tokens_estimate() >= int(inputs["attention_mask"].sum(dim=1).max())
+        assert backend.page_memory_bytes(GenerationParams(max_new_tokens=10)) > 0
     finally:
         backend.close()
     assert make_backend(checkpoint).num_crops == 16
+    assert make_backend(checkpoint).prompt_tokens_estimate() == 2653 + 64     # a 1x16 crop strip
     with pytest.raises(UsageError):
         make_backend(checkpoint, num_crops="many")
 

@@ -151,6 +151,15 @@ class Phi3VisionBackend(HFBackend):
         _, _, pad_w, pad_h = hd_grid(int(width), int(height), self.num_crops)
         return float(num_image_tokens(pad_h // 336, pad_w // 336))
 
+    def prompt_tokens_estimate(self) -> int:
+        """For --batch-size auto: the longest prompt a page can give at this num_crops (the
+        crop grid with the most placeholders, e.g. 2,653 tokens for a 1x16 strip at 16 crops;
+        an A4 page gives 2,509) plus the chat text."""
+        from ..models.phi3_vision import num_image_tokens
+
+        n = self.num_crops
+        return max(num_image_tokens(h, n // h) for h in range(1, n + 1)) + 64
+
     # ------------------------------------------------------------------ generation facts
     def stop_token_ids(self) -> list[int]:
         return self.processor.stop_token_ids() or super().stop_token_ids()
