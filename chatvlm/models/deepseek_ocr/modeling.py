@@ -135,12 +135,16 @@ class DeepseekOCRMoE(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(-1, x.shape[-1])
         idx, weight = self.gate(flat)
-        # Weighted sum of the chosen experts in float32 (the reference sums in the router dtype).
-        out = torch.zeros(flat.shape, dtype=torch.float32, device=flat.device)
-        for e in idx.unique().tolist():  # only the experts some token picked
-            token, slot = (idx == e).nonzero(as_tuple=True)
-            y = self.experts[e](flat[token]).float() * weight[token, slot, None]
-            out.index_add_(0, token, y)
+        # Sort the (token, slot) pairs by expert so each expert runs once on a contiguous
+        # slice; a single host sync (the counts) per layer, as in the reference's moe_infer.
+        flat_idx = idx.reshape(-1)
+        order = flat_idx.argsort(stable=True)
+        counts = torch.bincount(flat_idx, minlength=len(self.experts)).tolist()
+        token = order // idx.shape[-1]
+        outs = [self.experts[e](chunk) for e, chunk in enumerate(flat[token].split(counts)) if counts[e]]
+        # Weighted sum in float32 (the reference sums in the router's dtype).
+        y = torch.cat(outs).float() * weight.reshape(-1)[order, None]
+        out = torch.zeros(flat.shape, dtype=torch.float32, device=flat.device).index_add_(0, token, y)
         out = out.to(x.dtype).reshape(x.shape)
         if self.shared_experts is not None:
             out = out + self.shared_experts(x)
@@ -297,9 +301,12 @@ class DeepseekOCRModel(nn.Module):
               images_seq_mask: torch.Tensor | None = None, images_spatial_crop: Any = None) -> torch.Tensor:
         """Token embeddings with the image runs overwritten by vision features."""
         embeds = self.embed_tokens(input_ids)
-        if images is None or images_seq_mask is None or images_seq_mask.shape[-1] != input_ids.shape[-1]:
+        # A mask longer than the input means a decode step (vision already in the KV cache).
+        if images is None or images_seq_mask is None or len(images_seq_mask[0]) > input_ids.shape[-1]:
             return embeds
-        mask = images_seq_mask.to(device=embeds.device, dtype=torch.bool)
+        mask = torch.as_tensor(images_seq_mask).to(device=embeds.device, dtype=torch.bool)
+        if mask.shape[-1] < input_ids.shape[-1]:  # no-cache generation: appended tokens are text
+            mask = F.pad(mask, (0, input_ids.shape[-1] - mask.shape[-1]), value=False)
         if not bool(mask.any()):
             return embeds
         if len(images) != input_ids.shape[0]:
@@ -341,6 +348,8 @@ class DeepseekOCRForCausalLM(PreTrainedModel, GenerationMixin):
         self.model = DeepseekOCRModel(config)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.post_init()
+        if self.generation_config.pad_token_id is None:
+            self.generation_config.pad_token_id = 2  # "<｜▁pad▁｜>" of the official tokenizer
 
     # Weights come from a checkpoint or from testing.init_random_weights; keep the HF init cheap.
     def _init_weights(self, module: nn.Module) -> None:
