@@ -190,7 +190,8 @@ def test_batched_left_padded_generation_equals_single_pages(model, fixture_dir):
                                  logits_processor=LogitsProcessorList([guard]))
         for row, single in enumerate(singles):
             alone = model.generate(**single, max_new_tokens=8, do_sample=False)
-            assert batched[row, batch["input_ids"].shape[1]:].tolist() == alone[0, single["input_ids"].shape[1]:].tolist()
+            new_batched = batched[row, batch["input_ids"].shape[1]:].tolist()
+            assert new_batched == alone[0, single["input_ids"].shape[1]:].tolist()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -229,7 +230,8 @@ def test_random_checkpoint_of_other_sizes_round_trips_and_runs(tmp_path):
         for row, (page, prompt) in enumerate(zip(pages, prompts)):
             single = proc(images=[page], prompt=prompt, mode="gundam")
             alone = model.generate(**single, max_new_tokens=5, do_sample=False)
-            assert batched[row, batch["input_ids"].shape[1]:].tolist() == alone[0, single["input_ids"].shape[1]:].tolist()
+            new_batched = batched[row, batch["input_ids"].shape[1]:].tolist()
+            assert new_batched == alone[0, single["input_ids"].shape[1]:].tolist()
     assert isinstance(proc.decode(batched[0]), str)
 
     # A stray or missing parameter is an error, not a silent random init.

@@ -32,6 +32,12 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def default_dtype(device: str | torch.device | None = None) -> torch.dtype:
+    """bfloat16 on a GPU (the official inference dtype), float32 on CPU."""
+    device = torch.device(device) if device is not None else default_device()
+    return torch.bfloat16 if device.type == "cuda" else torch.float32
+
+
 def _weight_files(path: Path) -> list[Path]:
     index = path / "model.safetensors.index.json"
     if index.exists():
@@ -75,7 +81,8 @@ def load_model(path: str | Path, dtype: torch.dtype = torch.float32, device: str
                     continue
                 tensor = f.get_tensor(name)
                 if tuple(tensor.shape) != tuple(expected[name].shape):
-                    mismatched.append(f"{name}: checkpoint {tuple(tensor.shape)} vs model {tuple(expected[name].shape)}")
+                    mismatched.append(f"{name}: checkpoint {tuple(tensor.shape)} "
+                                      f"vs model {tuple(expected[name].shape)}")
                     continue
                 state[name] = tensor.to(dtype=dtype)
     missing = sorted(set(expected) - set(state) - set(mismatched))

@@ -227,7 +227,9 @@ class DeepseekOCRModel(nn.Module):
         self.projector = Projector(config)
         self.image_newline = nn.Parameter(torch.zeros(config.hidden_size))
         self.view_seperator = nn.Parameter(torch.zeros(config.hidden_size))  # (sic) official name
-        self.vision_chunk = 16  # views per encoder call; bounds activation memory on big batches
+        # Views per encoder call are bounded so that a chunk's SAM global-attention bias
+        # (views * heads * (S/16)^4 elements) stays near that of 16 tiles of 640 px.
+        self.vision_budget = 16 * 40 ** 4
 
     # -- vision -------------------------------------------------------------------------------
     def encode_views(self, pixels: torch.Tensor) -> torch.Tensor:
@@ -248,7 +250,8 @@ class DeepseekOCRModel(nn.Module):
         device = self.projector.layers.weight.device
         for members in groups.values():
             stack = torch.cat([views[i] for i in members]).to(device=device, dtype=dtype)
-            feats = torch.cat([self.encode_views(chunk) for chunk in stack.split(self.vision_chunk)])
+            per_call = max(1, self.vision_budget // (stack.shape[-1] // 16) ** 4)
+            feats = torch.cat([self.encode_views(chunk) for chunk in stack.split(per_call)])
             for i, part in zip(members, feats.split([views[i].shape[0] for i in members])):
                 out[i] = part
         return out  # type: ignore[return-value]

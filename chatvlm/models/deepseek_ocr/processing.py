@@ -161,7 +161,8 @@ class DeepseekOCRProcessor:
     def _queries(self, size: int) -> int:
         return math.ceil((size // self.patch_size) / self.downsample_ratio)
 
-    def views(self, image: Image.Image, mode: str = DEFAULT_MODE) -> tuple[list[Image.Image], Image.Image, tuple[int, int]]:
+    def views(self, image: Image.Image,
+              mode: str = DEFAULT_MODE) -> tuple[list[Image.Image], Image.Image, tuple[int, int]]:
         """The PIL views the model sees: (tiles row-major, global view, (w, h) grid)."""
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}; choose from {sorted(MODES)}")
