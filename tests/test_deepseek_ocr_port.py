@@ -299,7 +299,11 @@ def test_tiny_tokenizer_has_official_specials_inside_the_vocab(tmp_path):
 def test_zz_report_max_errors(capsys):
     """Prints the largest relative errors seen (run with -s to read them)."""
     if MAX_REL_ERRORS:
-        worst = max(MAX_REL_ERRORS, key=MAX_REL_ERRORS.get)
         with capsys.disabled():
-            print(f"\n[deepseek_ocr] max |port-ref|/max|ref| over {len(MAX_REL_ERRORS)} tensors: "
-                  f"{MAX_REL_ERRORS[worst]:.2e} ({worst})")
+            for mode in MODES:
+                errs = {k: v for k, v in MAX_REL_ERRORS.items() if k.startswith(mode + ".")}
+                if errs:
+                    worst = max(errs, key=errs.get)
+                    print(f"\n[deepseek_ocr] {mode}: max |port-ref|/max|ref| {errs[worst]:.2e} ({worst}); "
+                          f"logits {errs.get(mode + '.logits_last8', float('nan')):.2e}, "
+                          f"vision_embeds {errs.get(mode + '.vision_embeds', float('nan')):.2e}")
