@@ -280,8 +280,37 @@ def _fail(exc: ChatVLMError) -> None:
     raise typer.Exit(exc.exit_code if exc.exit_code else EXIT_USAGE)
 
 
+GLOBAL_FLAGS = ("-q", "--quiet", "-v", "-vv", "-vvv", "--verbose")
+
+
+def hoist_global_options(argv: list[str]) -> list[str]:
+    """Let -q/-v/--ui-lang stand anywhere (`chatvlm ocr x -q`), as users type them.
+
+    Typer only accepts app-level options before the subcommand, so they are moved there.
+    """
+    hoisted: list[str] = []
+    rest: list[str] = []
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg == "--":
+            rest.extend(argv[i:])
+            break
+        if arg in GLOBAL_FLAGS:
+            hoisted.append(arg)
+        elif arg == "--ui-lang" and i + 1 < len(argv):
+            hoisted.extend(argv[i:i + 2])
+            i += 1
+        elif arg.startswith("--ui-lang="):
+            hoisted.append(arg)
+        else:
+            rest.append(arg)
+        i += 1
+    return hoisted + rest
+
+
 def main() -> None:
-    app()
+    app(args=hoist_global_options(sys.argv[1:]), prog_name="chatvlm")
 
 
 if __name__ == "__main__":
