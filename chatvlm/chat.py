@@ -117,7 +117,7 @@ class ChatSession:
     def banner(self) -> None:
         self.errors.print(_("Chatting with {model} about {path}, page {page} of {count}.").format(
             model=self.model_name, path=self.source, page=self.page, count=self.page_count), style="bold")
-        self.errors.print(_("Type a question, or a command: /page N, /model NAME, /reset, /help, /exit."), style="dim")
+        self.errors.print(_("Type a question, or a command: /page N, /model NAME [DIR], /reset, /help, /exit."), style="dim")
 
     def command(self, line: str) -> bool:
         """Run a /command; False means the chat should end."""
@@ -126,8 +126,8 @@ class ChatSession:
         if name in ("exit", "quit", "q"):
             return False
         if name == "help":
-            self.errors.print(_("Commands: /page N (another page; starts a new conversation), /model NAME (another model; "
-                                "the conversation is kept), /reset (forget the conversation), /exit."))
+            self.errors.print(_("Commands: /page N (another page; starts a new conversation), /model NAME [DIR] (another model, "
+                                "optionally from a local checkpoint folder; the conversation is kept), /reset (forget the conversation), /exit."))
         elif name == "reset":
             self.history.clear()
             self.errors.print(_("Conversation cleared."))
@@ -144,7 +144,8 @@ class ChatSession:
             if not arg:
                 raise UsageError(_("/model needs a model name; chat-capable models: {models}").format(
                     models=", ".join(s.name for s in chat_models())))
-            self.load(arg)
+            model_name, _sep, folder = arg.partition(" ")
+            self.load(model_name, Path(folder.strip()).expanduser() if folder.strip() else None)
             self.errors.print(_("Now chatting with {model}.").format(model=self.model_name))
         else:
             raise UsageError(_("unknown command '/{name}'; type /help").format(name=name))
