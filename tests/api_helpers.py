@@ -36,13 +36,19 @@ def cer(reference: str, hypothesis: str) -> float:
     return previous[-1] / max(1, len(ref))
 
 
+_BUILT: dict[str, Path] = {}
+
+
 def tiny_checkpoint(name: str, folder: Path) -> Path:
-    """A tiny random-weight checkpoint of `name` (skips while chatvlm.testing has no builder)."""
+    """A tiny random-weight checkpoint of `name`, built once per test process (the API and
+    ask tests share it); skips while chatvlm.testing has no builder for it."""
     testing = pytest.importorskip("chatvlm.testing", reason="chatvlm.testing (tiny checkpoints) not on this branch yet")
-    try:
-        return testing.build_tiny_checkpoint(name, folder)
-    except ValueError as exc:
-        pytest.skip(str(exc))
+    if name not in _BUILT:
+        try:
+            _BUILT[name] = testing.build_tiny_checkpoint(name, folder)
+        except ValueError as exc:
+            pytest.skip(str(exc))
+    return _BUILT[name]
 
 
 @pytest.fixture(autouse=True)

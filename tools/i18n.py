@@ -72,9 +72,9 @@ def extract(package: Path = PACKAGE) -> tuple[dict[str, Message], list[Problem]]
     for path in source_files(package):
         rel = path.relative_to(package.parent).as_posix()
         tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
-        for node in ast.walk(tree):
-            if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in MARKERS):
-                continue
+        calls = [node for node in ast.walk(tree)
+                 if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in MARKERS]
+        for node in sorted(calls, key=lambda n: (n.lineno, n.col_offset)):   # source order
             if len(node.args) != 1 or node.keywords:
                 continue
             arg = node.args[0]
@@ -319,7 +319,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     for lang in LANGUAGES:
         if args.action == "update":
             added, dropped = update(lang)
-            print(f"{lang}: {added} new message(s), {dropped} obsolete dropped; now translate the empty msgstr entries")
+            print(f"{lang}: {added} new message(s), {dropped} obsolete dropped"
+                  + ("; now translate the empty msgstr entries and compile" if added else ""))
         elif args.action == "compile":
             mo_path(lang).write_bytes(compile_mo(read_po(po_path(lang))))
             print(f"{lang}: wrote {mo_path(lang).relative_to(ROOT)}")
