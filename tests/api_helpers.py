@@ -54,7 +54,7 @@ def tiny_checkpoint(name: str, folder: Path) -> Path:
 @pytest.fixture(autouse=True)
 def english_interface():
     """Start (and end) each test with the English interface, whatever the machine's locale.
-    Test modules opt in with `from api_helpers import english_interface`."""
+    Test modules opt in with `from tests.api_helpers import english_interface`."""
     from chatvlm.i18n import set_language
 
     set_language("en")

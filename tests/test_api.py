@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 import chatvlm
-from api_helpers import ENGLISH, RUSSIAN, cer, english_interface, render_page, tiny_checkpoint  # noqa: F401
+from tests.api_helpers import ENGLISH, RUSSIAN, cer, english_interface, render_page, tiny_checkpoint  # noqa: F401
 from chatvlm.errors import InputError, UnknownModelError, UsageError
 from chatvlm.records import LayoutBlock
 

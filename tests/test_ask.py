@@ -8,7 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 import chatvlm
-from api_helpers import ENGLISH, english_interface, render_page, tiny_checkpoint  # noqa: F401
+from tests.api_helpers import ENGLISH, english_interface, render_page, tiny_checkpoint  # noqa: F401
 from chatvlm.chat import ChatSession, choose_chat_model
 from chatvlm.cli import app
 from chatvlm.errors import EXIT_USAGE, ModelUnavailableError, UsageError

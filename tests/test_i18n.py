@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from api_helpers import english_interface  # noqa: F401
+from tests.api_helpers import english_interface  # noqa: F401
 from chatvlm import i18n
 
 ROOT = Path(__file__).resolve().parents[1]
