@@ -152,14 +152,23 @@ class ChatSession:
         return True
 
     def interact(self, stream: TextIO) -> None:
-        interactive = stream.isatty() if hasattr(stream, "isatty") else False
+        interactive = stream is sys.stdin and stream.isatty()
         self.banner()
+        if interactive:
+            try:
+                import readline  # noqa: F401  (line editing and history for input())
+            except ImportError:
+                pass
         while True:
             if interactive:
-                self.errors.print("[bold cyan]>[/] ", end="")
-            line = stream.readline()
-            if not line:
-                break
+                try:
+                    line = input("> ")
+                except EOFError:
+                    break
+            else:
+                line = stream.readline()
+                if not line:
+                    break
             line = line.strip()
             if not line:
                 continue
