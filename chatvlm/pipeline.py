@@ -19,7 +19,7 @@ from .i18n import _
 from .layout import blocks_to_markdown, draw_overlay, picture_crops
 from .records import Page, PageResult, RawOutput
 from .registry import ModelSpec, all_specs, get_spec
-from .scheduler import Job, batches, generate_with_backoff, rendered_pages
+from .scheduler import Job, bucketed_windows, generate_with_backoff, rendered_pages
 from .sources import expand_inputs, open_document, parse_page_ranges, select_pages
 from .timing import RunStats, stopwatch
 from .writers import REPORT, Manifest, atomic_write_text, manifest_entry, options_hash, page_stem, write_page
@@ -161,23 +161,30 @@ def _recognise_all(config: RunConfig, spec: ModelSpec, backend, jobs: list[Job],
             state["batch_size"] = size
             reporter.message(_("out of memory: batch size lowered to {n}").format(n=size), "warning")
 
-    pages = rendered_pages(jobs, prefetch=max(config.prefetch, state["batch_size"] * 2))
-    for batch in batches(pages, state["batch_size"]):
-        if len(batch) == 1 and not batch[0].ok:
-            page = batch[0]
-            reporter.message(_("{path} page {page}: {reason}").format(path=page.source, page=page.page, reason=page.error), "error")
-            finish_page(PageResult.failed(page, spec.name, page.error or "unreadable"))
-            continue
-        start = time.perf_counter()
-        outputs = generate_with_backoff(lambda b: backend.generate_batch(b, config.task, params), batch, shrink)
-        elapsed = time.perf_counter() - start
-        stats.gpu_busy_s += elapsed
-        stats.batches += 1
-        for page, raw in zip(batch, outputs):
-            page.timings["recognise"] = elapsed / len(batch) if not isinstance(raw, RawOutput) or not raw.generate_s else raw.generate_s
-            if isinstance(raw, RawOutput) and raw.preprocess_s:
-                page.timings["preprocess"] = raw.preprocess_s
-            finish_page(_finish(config, spec, backend, page, raw, reporter))
+    pages = rendered_pages(jobs, prefetch=max(config.prefetch, state["batch_size"] * 4))
+    for window, groups in bucketed_windows(pages, lambda: state["batch_size"], backend.page_cost):
+        outputs: dict[int, Any] = {}
+        for batch in groups:
+            if len(batch) == 1 and not batch[0].ok:
+                continue
+            start = time.perf_counter()
+            raws = generate_with_backoff(lambda b: backend.generate_batch(b, config.task, params), batch, shrink)
+            elapsed = time.perf_counter() - start
+            stats.gpu_busy_s += elapsed
+            stats.batches += 1
+            for page, raw in zip(batch, raws):
+                measured = raw.generate_s if isinstance(raw, RawOutput) and raw.generate_s else elapsed / len(batch)
+                page.timings["recognise"] = measured
+                if isinstance(raw, RawOutput) and raw.preprocess_s:
+                    page.timings["preprocess"] = raw.preprocess_s
+                outputs[id(page)] = raw
+        # Results go to the writers in input order, whatever order the buckets ran in.
+        for page in window:
+            if not page.ok:
+                reporter.message(_("{path} page {page}: {reason}").format(path=page.source, page=page.page, reason=page.error), "error")
+                finish_page(PageResult.failed(page, spec.name, page.error or "unreadable"))
+            else:
+                finish_page(_finish(config, spec, backend, page, outputs[id(page)], reporter))
             page.image = None   # the page is done: free its pixels
 
 

@@ -61,22 +61,32 @@ def rendered_pages(jobs: Iterable[Job], prefetch: int = 4, workers: int = 2) -> 
             yield pending.popleft().result()
 
 
-def batches(pages: Iterable[Page], batch_size: int) -> Iterator[list[Page]]:
-    """Group pages into batches; pages that failed to render are passed through alone."""
-    batch: list[Page] = []
+def bucketed_windows(pages: Iterable[Page], batch_size: Callable[[], int], cost: Callable[[Page], float],
+                     window_batches: int = 4) -> Iterator[tuple[list[Page], list[list[Page]]]]:
+    """Group pages into batches of similar cost (e.g. image-token count).
+
+    Pages are taken a window at a time (window_batches batches' worth), sorted by cost
+    inside the window and cut into batches, so a batch does not pad a small page up to a
+    big one. Yields (window in input order, batches); the caller writes results of the
+    window in input order, so outputs and the manifest keep the input's order. Pages that
+    failed to render come back as batches of one.
+    """
+    window: list[Page] = []
+
+    def flush() -> tuple[list[Page], list[list[Page]]]:
+        good = sorted((p for p in window if p.ok), key=cost)
+        size = max(1, batch_size())
+        groups = [good[i:i + size] for i in range(0, len(good), size)]
+        groups += [[p] for p in window if not p.ok]
+        return list(window), groups
+
     for page in pages:
-        if not page.ok:
-            if batch:
-                yield batch
-                batch = []
-            yield [page]
-            continue
-        batch.append(page)
-        if len(batch) >= batch_size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
+        window.append(page)
+        if len(window) >= max(1, batch_size()) * window_batches:
+            yield flush()
+            window = []
+    if window:
+        yield flush()
 
 
 def is_out_of_memory(exc: BaseException) -> bool:

@@ -47,6 +47,11 @@ class Backend(ABC):
     def default_batch_size(self, params: GenerationParams) -> int:
         return params.batch_size or 1
 
+    def page_cost(self, page: Page) -> float:
+        """Relative cost of a page, for bucketing batches (GPU backends: image tokens)."""
+        width, height = page.size
+        return float(width * height)
+
     def ask(self, image, question: str, history: Optional[list[tuple[str, str]]] = None,
             params: Optional[GenerationParams] = None) -> str:
         """Answer a free-form question about one page (chat-capable VLMs only)."""

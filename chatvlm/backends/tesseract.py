@@ -64,6 +64,10 @@ class TesseractBackend(Backend):
     # ------------------------------------------------------------------ load
     def load(self) -> None:
         start = time.perf_counter()
+        if self.workers > 1:
+            # Parallelism comes from our worker threads; Tesseract's own OpenMP threads on
+            # top of them only oversubscribe the cores (the advice OCRmyPDF follows too).
+            os.environ.setdefault("OMP_THREAD_LIMIT", "1")
         try:
             import tesserocr
         except ImportError as exc:
