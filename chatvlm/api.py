@@ -260,7 +260,7 @@ class Model:
     def _run(self, images: list[ImageInput], task: str) -> list[PageResult]:
         from .scheduler import generate_with_backoff
 
-        def page(index: int, image: ImageInput) -> Page:
+        def make_page(index: int, image: ImageInput) -> Page:
             source = Path(image) if isinstance(image, (str, Path)) else Path(f"<image {index + 1}>")
             return Page(source=source, doc_key=source.stem, page=1, image=to_image(image), index=index)
 
@@ -269,7 +269,7 @@ class Model:
         errors: dict[int, str] = {}
         for start in range(0, len(images), size):
             # Decoded one batch at a time, so a long list of paths never sits in memory as pixels.
-            chunk = [page(start + i, image) for i, image in enumerate(images[start:start + size])]
+            chunk = [make_page(start + i, image) for i, image in enumerate(images[start:start + size])]
             outputs = generate_with_backoff(lambda b: self.backend.generate_batch(b, task, self.params), chunk)
             for page, raw in zip(chunk, outputs):
                 if isinstance(raw, BaseException) or (isinstance(raw, RawOutput) and raw.error):
