@@ -249,6 +249,58 @@ def layout(
     _run(config)
 
 
+@app.command(help=_("Run the same pages through several models: speed and accuracy in one table (bench.json, bench.md)."))
+def bench(
+    inputs: List[str] = typer.Argument(..., help=_("Files, folders, globs (** allowed) or @list.txt files.")),
+    out: Path = typer.Option(Path("bench-out"), "--out", "-o", help=_("Output folder (bench.json, bench.md, one folder per model).")),
+    models: Optional[str] = typer.Option(None, "--models", "-m", help=_("all, or comma-separated names (default: every model with local weights, plus tesseract).")),
+    model_path: Optional[List[str]] = typer.Option(None, "--model-path", help=_("NAME=DIR: local checkpoint folder of a model (repeatable).")),
+    max_pages: Optional[int] = typer.Option(None, "--max-pages", help=_("Use at most this many pages in all.")),
+    repeats: int = typer.Option(1, "--repeats", help=_("Run the pages this many times per model.")),
+    layout: Optional[str] = typer.Option(None, "--layout", help=_("Also write outputs for a scorer: olmocr-bench (<name>_pg<N>_repeat<K>.md).")),
+    ignore_case: str = typer.Option("auto", "--ignore-case", help=_("Compare with ground truth ignoring case: auto (when it is all capitals), yes or no.")),
+    synthetic: bool = typer.Option(False, "--synthetic", help=_("Random weights at full size from each model's full config: measures speed only.")),
+    tokens: int = typer.Option(512, "--tokens", help=_("With --synthetic: tokens generated per page.")),
+    synthetic_config: Optional[List[str]] = typer.Option(None, "--synthetic-config", help=_("NAME=config.json: full config to build a model from (repeatable).")),
+    pages: Optional[str] = typer.Option(None, "--pages", help=_("Pages of every document, e.g. 1-3,7.")),
+    dpi: int = typer.Option(200, "--dpi", help=_("Resolution for rendering PDF pages.")),
+    lang: Optional[str] = typer.Option(None, "--lang", help=_("Tesseract languages, e.g. eng+rus.")),
+    device: Optional[str] = typer.Option(None, "--device", help=_("cuda, cuda:N or cpu (default: best available).")),
+    dtype: Optional[str] = typer.Option(None, "--dtype", help=_("bfloat16, float16 or float32.")),
+    attn: Optional[str] = typer.Option(None, "--attn", help=_("Attention kernel: flash_attention_2, sdpa or eager.")),
+    batch_size: Optional[str] = typer.Option(None, "--batch-size", "-b", help=_("Pages per batch, or auto.")),
+    max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", help=_("Generation limit per page.")),
+    max_pixels: Optional[int] = typer.Option(None, "--max-pixels", help=_("Model pixel budget per page (overrides the model's).")),
+    max_image_pixels: int = typer.Option(50_000_000, "--max-image-pixels", help=_("Pages above this are downscaled; far above it, refused.")),
+    workers: Optional[int] = typer.Option(None, "--workers", help=_("CPU engine worker threads (default: all cores).")),
+) -> None:
+    from . import bench as bench_mod
+    from .ui import RichReporter, stderr, stdout
+
+    try:
+        if max_pages is not None and max_pages < 1:
+            raise UsageError(_("--max-pages must be at least 1"))
+        if ignore_case not in ("auto", "yes", "no"):
+            raise UsageError(_("--ignore-case must be auto, yes or no"))
+        base = _build_config("bench", inputs, out, "auto", "text,markdown", pages, dpi, True, lang, None, device, dtype,
+                             attn, batch_size, max_new_tokens, max_pixels, False, False, max_image_pixels, workers)
+        base.max_pages = max_pages
+        config = bench_mod.BenchConfig(
+            base=base, model_paths=bench_mod.parse_assignments(model_path, "--model-path"), repeats=repeats,
+            layout=layout, synthetic=synthetic, tokens=tokens, ignore_case=ignore_case, command_line=list(sys.argv),
+            synthetic_configs=bench_mod.parse_assignments(synthetic_config, "--synthetic-config"))
+        names = bench_mod.select_models(models, config)
+        outcome = bench_mod.run_bench(config, names, RichReporter())
+    except ChatVLMError as exc:
+        _fail(exc)
+    except KeyboardInterrupt:
+        stderr.print(f"[bold red]{_('interrupted')}[/]: " + _("models finished so far are in bench.json"))
+        raise typer.Exit(EXIT_ABORTED)
+    stdout.print(bench_mod.render_table(outcome.report))
+    stdout.print(_("Written: {json}, {md}").format(json=out / bench_mod.BENCH_JSON, md=out / bench_mod.BENCH_MD), highlight=False)
+    raise typer.Exit(outcome.exit_code)
+
+
 @app.command(help=_("List the known models: backend, checkpoint, tasks and whether they can run here."))
 def models() -> None:
     from .model_info import print_models

@@ -43,6 +43,7 @@ class RunConfig:
     task: str = "markdown"                   # "text" | "markdown" | "layout"
     formats: tuple[str, ...] = ("text", "markdown")
     pages: Optional[str] = None              # "1-3,7"
+    max_pages: Optional[int] = None          # stop planning after this many pages in all (bench --max-pages)
     dpi: int = 200
     force: bool = False
     overlay: bool = False

@@ -1,17 +1,23 @@
 """The layout toolkit shared by every model that gives boxes (dots.ocr, DeepSeek-OCR, tesseract).
 
-- schema: LayoutBlock (records.py) with dots.ocr's 11 categories; other labels map onto them
-- boxes mapped from a model's input frame back to page pixels, clamped to the page
-- salvage of truncated or looping JSON output (keep complete blocks, drop the broken tail,
-  drop repeats) — the page is then marked `repaired`, never silently
-- markdown rendering (formulas as $$ blocks, tables as HTML, pictures as cropped files)
-- overlay pictures: each block's box, index and category in a colour per category
+Rules follow dots.ocr's own post-processing (../shared/reference/dots_ocr.md §7-§10):
+- schema: LayoutBlock (records.py) with dots.ocr's 11 categories; other models' labels map
+  onto them, an unknown label is kept as it is (never dropped)
+- boxes mapped from a model's input frame back to page pixels (int-truncated like
+  post_process_cells), clamped to the page; boxes with no place on the page are left out
+- salvage of truncated or looping JSON output (keep every complete block, drop the broken
+  tail, drop repeats) — the page is then marked `repaired` with a dropped count, never silently
+- markdown rendering (layoutjson2md: formulas as $$ blocks, tables as HTML, pictures as
+  cropped files linked from the markdown, optional header/footer skipping)
+- overlay pictures: each block filled at 30 % in its category colour, `index_category` label
 """
 
 from __future__ import annotations
 
 import json
+import math
 import re
+from collections import Counter
 from typing import Any, Iterable, Optional
 
 from .records import LayoutBlock
@@ -21,12 +27,15 @@ CATEGORIES = (
     "Picture", "Section-header", "Table", "Text", "Title",
 )
 
+# dots.ocr's overlay colours (layout_utils.draw_layout_on_image); any other label falls back to green.
 COLOURS = {
     "Text": (0, 128, 0), "Picture": (255, 0, 255), "Caption": (255, 165, 0),
-    "Section-header": (0, 200, 200), "Footnote": (0, 128, 0), "Formula": (128, 128, 128),
-    "Table": (230, 90, 150), "Title": (255, 0, 0), "List-item": (0, 0, 255),
+    "Section-header": (0, 255, 255), "Footnote": (0, 128, 0), "Formula": (128, 128, 128),
+    "Table": (255, 192, 203), "Title": (255, 0, 0), "List-item": (0, 0, 255),
     "Page-header": (0, 128, 0), "Page-footer": (128, 0, 128), "Other": (165, 42, 42),
+    "Unknown": (0, 0, 0),
 }
+DEFAULT_COLOUR = (0, 128, 0)
 
 # Labels other models use, lower-cased, onto the schema's categories.
 _ALIASES = {
@@ -46,27 +55,36 @@ _ALIASES = {
 
 
 def normalize_category(label: Optional[str]) -> str:
-    if not label:
+    """One of the 11 categories when the label is one or has a known alias; "Text" when
+    empty; any other label is kept as it is (dots.ocr treats it as unknown, never drops it)."""
+    if label is None:
         return "Text"
     label = str(label).strip()
-    if label in CATEGORIES:
+    if not label:
+        return "Text"
+    if label in CATEGORIES or label in COLOURS:
         return label
-    return _ALIASES.get(label.lower(), _ALIASES.get(label.lower().replace(" ", "_"), "Text"))
+    key = label.lower()
+    return _ALIASES.get(key) or _ALIASES.get(key.replace(" ", "_")) or label
 
 
 # --------------------------------------------------------------------------- boxes
 
 def clamp_bbox(bbox: Iterable[float], width: int, height: int) -> Optional[list[int]]:
-    """Clamp to the page; None when the box is empty or inverted after clamping."""
+    """Clamp to the page and truncate to ints (as dots.ocr's post_process_cells does);
+    None when the box is not 4 numbers, or empty / inverted after clamping."""
     try:
         x1, y1, x2, y2 = (float(v) for v in bbox)
     except (TypeError, ValueError):
         return None
+    if not all(math.isfinite(v) for v in (x1, y1, x2, y2)):
+        return None
     x1, x2 = max(0.0, min(x1, width)), max(0.0, min(x2, width))
     y1, y2 = max(0.0, min(y1, height)), max(0.0, min(y2, height))
-    if x2 <= x1 or y2 <= y1:
+    box = [int(x1), int(y1), int(x2), int(y2)]
+    if box[2] <= box[0] or box[3] <= box[1]:
         return None
-    return [int(x1), int(y1), int(round(x2)), int(round(y2))]
+    return box
 
 
 def scale_bbox(bbox: Iterable[float], from_size: tuple[float, float], to_size: tuple[int, int]) -> list[float]:
@@ -80,15 +98,21 @@ def scale_bbox(bbox: Iterable[float], from_size: tuple[float, float], to_size: t
 
 def cells_to_blocks(cells: list[dict[str, Any]], frame_size: tuple[float, float],
                     page_size: tuple[int, int]) -> list[LayoutBlock]:
-    """dots-style cells ({bbox, category, text}) in the model frame -> blocks in page pixels."""
+    """dots-style cells ({bbox, category, text}) in the model frame -> blocks in page pixels.
+
+    A cell whose bbox is missing, not 4 numbers, inverted or outside the page has no place
+    on the page and is left out (callers count len(cells) - len(blocks) as dropped).
+    """
     blocks: list[LayoutBlock] = []
     for cell in cells:
+        if not isinstance(cell, dict):
+            continue
         bbox = cell.get("bbox")
         if not isinstance(bbox, (list, tuple)) or len(bbox) != 4:
             continue
         try:
             mapped = scale_bbox([float(v) for v in bbox], frame_size, page_size)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, ZeroDivisionError):
             continue
         clamped = clamp_bbox(mapped, *page_size)
         if clamped is None:
@@ -100,86 +124,215 @@ def cells_to_blocks(cells: list[dict[str, Any]], frame_size: tuple[float, float]
 
 
 # --------------------------------------------------------------------------- salvage
+#
+# dots.ocr's own OutputCleaner (output_cleaner.py) keeps the complete cells of a broken
+# output with a regex that cannot see a cell whose text holds a brace (every LaTeX
+# formula): here the array is walked with a real JSON decoder instead, so every complete
+# cell survives whatever its text. The rest follows the official steps: a missing ","
+# between cells is tolerated, the unfinished last cell is dropped (unless it is the only
+# one: then its bbox, category and the readable start of its text are kept), and the
+# anti-loop pass drops a bbox seen before and a (category, text) pair seen 5+ times.
 
-_CELL_RE = re.compile(r"\{[^{}]*?\"bbox\"\s*:\s*\[[^\]]*?\][^{}]*?\}", re.DOTALL)
+_CELL_START = re.compile(r'\{\s*"bbox"\s*:')
+_FENCE = re.compile(r"^\s*```[a-zA-Z]*\s*\n?(.*?)\n?\s*(?:```\s*)?$", re.DOTALL)
+REPEAT_PAIR_MIN = 5      # a (category, text) pair this often is a loop: keep the first
 
 
 def parse_cells(raw: str) -> tuple[list[dict[str, Any]], bool, int]:
     """Parse a model's JSON array of cells, salvaging what a truncated or looping output allows.
 
-    Returns (cells, repaired, dropped): repaired is True when the text was not valid JSON
-    or blocks had to be dropped; dropped counts the blocks removed as repeats.
+    Returns (cells, repaired, dropped): repaired is True when the output was not a clean
+    JSON array of cells (malformed, truncated, cells repeated or unusable; a ``` fence
+    around valid JSON is not a repair); dropped counts the cells, or broken fragments of
+    cells, left out.
     """
-    text = raw.strip()
-    text = re.sub(r"^```(?:json)?\s*|\s*```$", "", text)  # models sometimes fence their JSON
+    text = (raw or "").strip()
+    if not text:
+        return [], False, 0
+    fenced = _FENCE.match(text) if text.startswith("```") else None
+    if fenced:
+        text = fenced.group(1).strip()
     try:
         data = json.loads(text)
-        if isinstance(data, dict):
-            data = [data]
-        if isinstance(data, list) and all(isinstance(c, dict) for c in data):
-            cells, dropped = _drop_repeats(data)
-            return cells, dropped > 0, dropped
     except json.JSONDecodeError:
-        pass
-    # Truncated or malformed: keep every complete cell object; the broken tail is dropped.
-    cells = []
-    for match in _CELL_RE.finditer(text):
+        data = None
+    if isinstance(data, dict):
+        data = [data]
+    if isinstance(data, list) and data:
+        cells, bad = _clean_list(data)
+        cells, repeats = _drop_repeats(cells)
+        dropped = bad + repeats
+        return cells, dropped > 0, dropped
+    if isinstance(data, list):      # "[]": a page with nothing on it
+        return [], False, 0
+    cells, dropped = _scan_cells(text)
+    if not cells:
+        single = _single_partial_cell(text)
+        if single is not None:
+            cells, dropped = [single], max(0, dropped - 1)
+    cleaned, bad = _clean_list(cells)
+    cleaned, repeats = _drop_repeats(cleaned)
+    return cleaned, True, dropped + bad + repeats
+
+
+def _scan_cells(text: str) -> tuple[list[dict[str, Any]], int]:
+    """Every complete JSON object in a broken array, in order; (cells, broken fragments)."""
+    decoder = json.JSONDecoder()
+    cells: list[dict[str, Any]] = []
+    broken = 0
+    start = text.find("{")
+    pos = start if start >= 0 else len(text)
+    n = len(text)
+    while pos < n:
+        while pos < n and text[pos] in " \t\r\n,[]":
+            pos += 1
+        if pos >= n:
+            break
+        if text[pos] == "{":
+            try:
+                obj, end = decoder.raw_decode(text, pos)
+            except json.JSONDecodeError:
+                obj, end = None, pos
+            if isinstance(obj, dict):
+                cells.append(obj)
+                pos = end
+                continue
+            broken += 1     # an unfinished or mangled cell
+        # Skip to the next cell start.
+        nxt = _CELL_START.search(text, pos + 1)
+        if nxt is None:
+            break
+        pos = nxt.start()
+    return cells, broken
+
+
+def _single_partial_cell(text: str) -> Optional[dict[str, Any]]:
+    """The official last resort for an output that is one unfinished cell: its bbox (4 ints),
+    category (default Text) and the start of its text (at most 10,000 characters)."""
+    if not re.match(r'\[?\s*\{\s*"bbox"', text):
+        return None
+    box = re.search(r'"bbox"\s*:\s*\[([^\]]+)\]', text)
+    if not box:
+        return None
+    try:
+        coords = [int(float(v)) for v in box.group(1).split(",")]
+    except ValueError:
+        return None
+    if len(coords) != 4:
+        return None
+    cat = re.search(r'"category"\s*:\s*"([^"]+)"', text)
+    cell: dict[str, Any] = {"bbox": coords, "category": cat.group(1) if cat else "Text"}
+    body = re.search(r'"text"\s*:\s*"(.{0,10000})', text, re.DOTALL)
+    if body:
+        partial = _partial_json_string(body.group(1))
+        if partial:
+            cell["text"] = partial
+    return cell
+
+
+def _partial_json_string(chars: str) -> str:
+    """Decode the body of a JSON string that may be cut anywhere (even mid-escape)."""
+    end = chars.find('"')
+    while end > 0 and chars[end - 1] == "\\" and (len(chars[:end]) - len(chars[:end].rstrip("\\"))) % 2 == 1:
+        end = chars.find('"', end + 1)
+    body = chars if end < 0 else chars[:end]
+    for cut in range(len(body), max(-1, len(body) - 8), -1):
         try:
-            cell = json.loads(match.group(0))
+            return json.loads('"' + body[:cut] + '"')
         except json.JSONDecodeError:
             continue
-        if isinstance(cell, dict):
-            cells.append(cell)
-    cells, dropped = _drop_repeats(cells)
-    return cells, True, dropped
+    return ""
+
+
+def _clean_list(items: list[Any]) -> tuple[list[dict[str, Any]], int]:
+    """The official clean-up of a parsed list: non-dicts go; a 3-number bbox is removed
+    (category and text kept); any other malformed bbox drops the cell; a cell without a
+    bbox stays only if it has a category. Returns (cells, dropped)."""
+    out: list[dict[str, Any]] = []
+    for item in items:
+        if not isinstance(item, dict):
+            continue
+        if "bbox" in item:
+            bbox = item["bbox"]
+            if isinstance(bbox, list) and len(bbox) == 4:
+                out.append(item)
+            elif isinstance(bbox, list) and len(bbox) == 3:
+                kept = {k: item[k] for k in ("category", "text") if k in item}
+                if kept:
+                    out.append(kept)
+        elif "category" in item:
+            out.append(item)
+    return out, len(items) - len(out)
 
 
 def _drop_repeats(cells: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], int]:
-    """A looping model repeats blocks: drop a box seen before, and a (category, text) seen 5+ times."""
-    def pair_of(cell: dict[str, Any]) -> tuple[str, str]:
-        return str(cell.get("category")), str(cell.get("text", ""))
+    """A looping model repeats blocks: drop a bbox seen before, and a (category, text)
+    pair after its first copy when it occurs 5+ times (cells without text have no pair)."""
+    def pair_of(cell: dict[str, Any]) -> Optional[tuple[str, str]]:
+        if "category" not in cell or "text" not in cell:
+            return None
+        return str(cell.get("category")), str(cell.get("text"))
 
-    totals: dict[tuple[str, str], int] = {}
-    for cell in cells:
-        totals[pair_of(cell)] = totals.get(pair_of(cell), 0) + 1
+    def box_of(cell: dict[str, Any]) -> Optional[tuple]:
+        bbox = cell.get("bbox")
+        if isinstance(bbox, list) and bbox:
+            try:
+                return tuple(bbox)
+            except TypeError:
+                return None
+        return None
+
+    totals = Counter(p for p in map(pair_of, cells) if p is not None)
     seen_boxes: set[tuple] = set()
     seen_pairs: set[tuple[str, str]] = set()
     kept = []
     for cell in cells:
-        bbox = cell.get("bbox")
-        box_key = tuple(bbox) if isinstance(bbox, list) else None
-        pair = pair_of(cell)
-        if box_key is not None and box_key in seen_boxes:
-            continue
-        if pair in seen_pairs and totals[pair] >= 5:
-            continue
-        if box_key is not None:
-            seen_boxes.add(box_key)
-        seen_pairs.add(pair)
+        box, pair = box_of(cell), pair_of(cell)
+        try:
+            if box is not None and box in seen_boxes:
+                continue
+            if box is not None:
+                seen_boxes.add(box)
+        except TypeError:   # unhashable values inside the bbox
+            box = None
+        if pair is not None:
+            if pair in seen_pairs and totals[pair] >= REPEAT_PAIR_MIN:
+                continue
+            seen_pairs.add(pair)
         kept.append(cell)
     return kept, len(cells) - len(kept)
 
 
 # --------------------------------------------------------------------------- markdown
 
-_HAS_LATEX = re.compile(r"\$\$.*?\$\$|\$.*?\$|\\begin\{.*?\}.*?\\end\{.*?\}|\\[a-zA-Z]+\{.*?\}|\\[a-zA-Z]+|\\\[.*?\\\]|\\\(.*?\\\)", re.DOTALL)
+_LATEX_PATTERNS = (
+    r"\$\$.*?\$\$", r"\$[^$\n]+?\$", r"\\begin\{.*?\}.*?\\end\{.*?\}", r"\\[a-zA-Z]+\{.*?\}",
+    r"\\[a-zA-Z]+", r"\\\[.*?\\\]", r"\\\(.*?\\\)",
+)
+_PREAMBLE = re.compile(r"\\documentclass\{[^}]+\}|\\usepackage\[[^\]]*\]\{[^}]+\}|\\usepackage\{[^}]+\}"
+                       r"|\\begin\{document\}|\\end\{document\}", re.IGNORECASE)
+
+
+def _has_latex(text: str) -> bool:
+    return any(re.search(p, text, re.DOTALL) for p in _LATEX_PATTERNS)
 
 
 def formula_markdown(text: str) -> str:
-    """LaTeX from a Formula block as a display-math markdown block (dots.ocr's rules)."""
+    """LaTeX from a Formula block as a display-math markdown block (dots.ocr's
+    get_formula_in_markdown, rule for rule)."""
     t = text.strip()
     if t.startswith("$$") and t.endswith("$$") and len(t) >= 4:
         inner = t[2:-2].strip()
         return f"$$\n{inner}\n$$" if "$" not in inner else t
     if t.startswith("\\[") and t.endswith("\\]"):
         return f"$$\n{t[2:-2].strip()}\n$$"
-    if re.search(r"\\\[.*?\\\]", t, re.DOTALL) or re.search(r"\$.*?\$", t, re.DOTALL):
+    if re.search(r"\\\[.*\\\]", t) or re.search(r"\$([^$]+)\$", t):
         return t
-    if not _HAS_LATEX.search(t):
+    if not _has_latex(t):
         return t
     if "usepackage" in t:
-        t = re.sub(r"\\documentclass\{.*?\}|\\usepackage(\[.*?\])?\{.*?\}|\\begin\{document\}|\\end\{document\}", "", t).strip()
-    if t.startswith("`") and t.endswith("`"):
+        t = _PREAMBLE.sub("", t).strip()
+    if len(t) >= 2 and t.startswith("`") and t.endswith("`"):
         t = t[1:-1]
     return f"$$\n{t}\n$$"
 
@@ -247,21 +400,47 @@ def picture_crops(image, blocks: list[LayoutBlock], stem: str) -> tuple[dict[int
 
 # --------------------------------------------------------------------------- overlay
 
+OVERLAY_FILL_OPACITY = 0.3
+OVERLAY_FONT_SIZE = 20
+
+
+def _font(size: int):
+    from PIL import ImageFont
+
+    for name in ("DejaVuSans.ttf", "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf"):
+        try:
+            return ImageFont.truetype(name, size)
+        except OSError:
+            continue
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1
+        return ImageFont.load_default()
+
+
 def draw_overlay(image, blocks: list[LayoutBlock]):
-    """The page with each block's box filled at 30 % and labelled `index_category`."""
-    from PIL import Image, ImageDraw, ImageFont
+    """The page with every block drawn as dots.ocr draws it: the box filled in its category
+    colour at 30 % opacity (no outline), and the label `index_category` in the same colour
+    at the box's top-right corner (baseline 20 px below the top, font size 20), kept on
+    the page when the box touches its right edge."""
+    from PIL import Image, ImageDraw
 
     base = image.convert("RGBA")
     layer = Image.new("RGBA", base.size, (0, 0, 0, 0))
     draw = ImageDraw.Draw(layer)
-    size = max(12, min(base.size) // 60)
-    try:
-        font = ImageFont.truetype("DejaVuSans.ttf", size)
-    except OSError:
-        font = ImageFont.load_default()
+    font = _font(OVERLAY_FONT_SIZE)
+    alpha = round(255 * OVERLAY_FILL_OPACITY)
     for i, block in enumerate(blocks):
-        colour = COLOURS.get(block.category, (0, 128, 0))
         x1, y1, x2, y2 = block.bbox
-        draw.rectangle([x1, y1, x2, y2], fill=colour + (77,), outline=colour + (255,), width=2)
-        draw.text((x1 + 2, max(0, y1 - size - 2)), f"{i}_{block.category}", fill=colour + (255,), font=font)
-    return Image.alpha_composite(base, layer).convert("RGB")
+        draw.rectangle([x1, y1, x2 - 1, y2 - 1], fill=COLOURS.get(block.category, DEFAULT_COLOUR) + (alpha,))
+    page = Image.alpha_composite(base, layer)
+    draw = ImageDraw.Draw(page)
+    width = page.size[0]
+    for i, block in enumerate(blocks):
+        colour = COLOURS.get(block.category, DEFAULT_COLOUR)
+        x1, y1, x2, y2 = block.bbox
+        label = f"{i}_{block.category}"
+        text_w = draw.textlength(label, font=font)
+        anchor = "ls" if x2 + text_w <= width else "rs"
+        draw.text((x2, y1 + OVERLAY_FONT_SIZE), label, fill=colour + (255,), font=font, anchor=anchor)
+    return page.convert("RGB")

@@ -18,48 +18,35 @@ def model_status(spec: ModelSpec) -> tuple[bool, str]:
         if data is None:
             return False, _("no Tesseract language data")
         return True, _("languages: {langs}").format(langs="+".join(l for l in available_languages(data) if l != "osd"))
-    from .weights import cached_snapshot, folder_size_gb
-    folder = cached_snapshot(spec)
-    if folder is None:
-        return False, _("weights not downloaded ({gb} GB); use --model-path DIR or let --model {name} download them").format(
-            gb=spec.download_gb, name=spec.name)
-    return True, _("in HF cache ({gb:.1f} GB)").format(gb=folder_size_gb(folder))
-
-
-def attention_here() -> str:
-    """The attention kernel a VLM would use on this machine."""
-    try:
-        import torch
-    except ImportError:
-        return "–"
-    if torch.cuda.is_available():
-        try:
-            import flash_attn  # noqa: F401
-            major, _minor = torch.cuda.get_device_capability()
-            if major >= 8:
-                return "flash_attention_2"
-        except ImportError:
-            pass
-    return "sdpa"
+    from .backends.hf import weights_available
+    found = weights_available(spec)
+    if found is None:
+        return False, _("not downloaded ({gb} GB)").format(gb=spec.download_gb)
+    return True, _("in HF cache ({gb:.1f} GB)").format(gb=found["bytes"] / 1e9)
 
 
 def print_models() -> None:
     from rich.table import Table
     from .ui import stdout
 
-    attn = attention_here()
-    table = Table(title=_("known models"), title_justify="left")
+    from .backends.hf import planned_attention
+    from rich import box
+    table = Table(title=_("known models"), title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
     table.add_column(_("name"), no_wrap=True, style="bold")
-    for col in (_("backend"), _("checkpoint"), _("tasks"), _("attention"), _("usable here")):
-        table.add_column(col)
+    table.add_column(_("backend"), no_wrap=True)
+    table.add_column(_("checkpoint"), overflow="fold")
+    table.add_column(_("tasks"))
+    table.add_column(_("attention"), no_wrap=True)
+    table.add_column(_("usable here"))
     for spec in all_specs():
         usable, note = model_status(spec)
         table.add_row(
             spec.name,
             spec.backend.rsplit(".", 1)[-1].split(":")[0],
             f"{spec.repo_id}@{spec.revision}" if spec.repo_id else "–",
-            ", ".join(spec.tasks),
-            "–" if spec.repo_id is None else attn,
+            " ".join({"text": "txt", "markdown": "md"}.get(t, t) for t in spec.tasks),
+            "–" if spec.repo_id is None else planned_attention(spec),
             ("[green]" + _("yes") + "[/] " if usable else "[yellow]" + _("no") + "[/] ") + note,
         )
     stdout.print(table)
+    stdout.print(_("Weights that are not here: `chatvlm ocr --model NAME` downloads them, or point --model-path at a local copy."))

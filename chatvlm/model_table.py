@@ -18,6 +18,10 @@ register(ModelSpec(
 ))
 
 # --- qwen_vl_2b -------------------------------------------------------------
+# Pixel budget: 256..2048 merged 28-px patches (image tokens) per page. The checkpoint's
+# own max (12.8 MP = 16384 tokens) would turn an A4 page at 200 DPI into 4,819 tokens;
+# 2048 tokens keep body text legible (~1,120 x 1,430 px for A4) at a bounded cost.
+# repetition_penalty 1.05 = the checkpoint's generation_config.json (applied padding-safe).
 register(ModelSpec(
     name="qwen_vl_2b",
     backend="chatvlm.backends.qwen2_vl:Qwen2VLBackend",
@@ -30,11 +34,38 @@ register(ModelSpec(
         "text": "Read all the text in the image.",
         "markdown": "Convert the content of this image to Markdown. Output only the Markdown, without any explanations.",
     },
+    min_pixels=256 * 28 * 28,
+    max_pixels=2048 * 28 * 28,
+    max_new_tokens=4096,
+    dtype="bfloat16",
     can_chat=True,
     auto_rank=1,
+    extra={"repetition_penalty": 1.05},
+    full_config={
+        "architectures": ["Qwen2VLForConditionalGeneration"], "model_type": "qwen2_vl",
+        "bos_token_id": 151643, "eos_token_id": 151645,
+        "vision_start_token_id": 151652, "vision_end_token_id": 151653, "vision_token_id": 151654,
+        "image_token_id": 151655, "video_token_id": 151656,
+        "hidden_act": "silu", "hidden_size": 1536, "intermediate_size": 8960,
+        "num_hidden_layers": 28, "num_attention_heads": 12, "num_key_value_heads": 2,
+        "max_position_embeddings": 32768, "max_window_layers": 28,
+        "rms_norm_eps": 1e-06, "rope_theta": 1000000.0,
+        "sliding_window": 32768, "use_sliding_window": False,
+        "tie_word_embeddings": True, "torch_dtype": "bfloat16", "use_cache": True,
+        "vocab_size": 151936, "initializer_range": 0.02, "attention_dropout": 0.0,
+        "rope_scaling": {"type": "mrope", "mrope_section": [16, 24, 24]},
+        "vision_config": {
+            "depth": 32, "embed_dim": 1280, "mlp_ratio": 4, "num_heads": 16, "in_chans": 3,
+            "hidden_size": 1536, "patch_size": 14, "spatial_patch_size": 14,
+            "spatial_merge_size": 2, "temporal_patch_size": 2,
+        },
+    },
 ))
 
 # --- qwen3_vl_2b ------------------------------------------------------------
+# Pixel budget: 512..2048 merged 32-px patches, the budget of Qwen's document-parsing
+# cookbook (min_pixels=512*32*32, max_pixels=2048*32*32). No penalty: the checkpoint ships none
+# for greedy decoding (its presence_penalty 1.5 is a vLLM sampling setting).
 register(ModelSpec(
     name="qwen3_vl_2b",
     backend="chatvlm.backends.qwen3_vl:Qwen3VLBackend",
@@ -47,11 +78,39 @@ register(ModelSpec(
         "text": "Read all the text in the image.",
         "markdown": "qwenvl markdown",
     },
+    min_pixels=512 * 32 * 32,
+    max_pixels=2048 * 32 * 32,
+    max_new_tokens=4096,
+    dtype="bfloat16",
     can_chat=True,
     auto_rank=2,
+    full_config={
+        "architectures": ["Qwen3VLForConditionalGeneration"], "model_type": "qwen3_vl",
+        "image_token_id": 151655, "video_token_id": 151656,
+        "vision_start_token_id": 151652, "vision_end_token_id": 151653,
+        "tie_word_embeddings": True,
+        "text_config": {
+            "model_type": "qwen3_vl_text", "vocab_size": 151936, "hidden_size": 2048,
+            "intermediate_size": 6144, "num_hidden_layers": 28, "num_attention_heads": 16,
+            "num_key_value_heads": 8, "head_dim": 128, "max_position_embeddings": 262144,
+            "rms_norm_eps": 1e-06, "rope_theta": 5000000, "hidden_act": "silu",
+            "attention_bias": False, "attention_dropout": 0.0, "dtype": "bfloat16",
+            "tie_word_embeddings": True, "bos_token_id": 151643, "eos_token_id": 151645,
+            "rope_scaling": {"mrope_interleaved": True, "mrope_section": [24, 20, 20], "rope_type": "default"},
+        },
+        "vision_config": {
+            "model_type": "qwen3_vl", "depth": 24, "hidden_size": 1024,
+            "hidden_act": "gelu_pytorch_tanh", "intermediate_size": 4096, "num_heads": 16,
+            "in_channels": 3, "patch_size": 16, "spatial_merge_size": 2, "temporal_patch_size": 2,
+            "out_hidden_size": 2048, "num_position_embeddings": 2304,
+            "deepstack_visual_indexes": [5, 11, 17], "initializer_range": 0.02,
+        },
+    },
 ))
 
 # --- got_ocr_hf -------------------------------------------------------------
+# The processor writes GOT's own prompt (plain " OCR: " for text, " OCR with format: "
+# for markdown); pages with aspect ratio >= 1.8 are tiled (crop_to_patches, <= 6 tiles).
 register(ModelSpec(
     name="got_ocr_hf",
     backend="chatvlm.backends.got_ocr:GotOcrBackend",
@@ -60,10 +119,37 @@ register(ModelSpec(
     revision="main",
     download_gb=1.4,
     tasks=("text", "markdown"),
+    prompts={"text": "OCR: ", "markdown": "OCR with format: "},   # informational: the processor builds them
+    max_new_tokens=4096,
+    dtype="bfloat16",
     auto_rank=5,
+    extra={"crop": "auto", "crop_min_aspect": 1.8, "max_patches": 6},
+    full_config={
+        "architectures": ["GotOcr2ForConditionalGeneration"], "model_type": "got_ocr2",
+        "image_token_index": 151859, "image_seq_length": 576, "tie_word_embeddings": True,
+        "torch_dtype": "bfloat16",
+        "text_config": {
+            "model_type": "qwen2", "vocab_size": 151860, "hidden_size": 1024, "intermediate_size": 2816,
+            "num_hidden_layers": 24, "num_attention_heads": 16, "num_key_value_heads": 16,
+            "max_position_embeddings": 32768, "max_window_layers": 21, "rms_norm_eps": 1e-06,
+            "rope_theta": 1000000.0, "tie_word_embeddings": True, "use_sliding_window": False,
+            "hidden_act": "silu",
+        },
+        "vision_config": {
+            "model_type": "got_ocr2_vision", "hidden_size": 768, "output_channels": 256,
+            "num_hidden_layers": 12, "num_attention_heads": 12, "num_channels": 3, "image_size": 1024,
+            "patch_size": 16, "hidden_act": "gelu", "layer_norm_eps": 1e-06, "qkv_bias": True,
+            "use_abs_pos": True, "use_rel_pos": True, "window_size": 14,
+            "global_attn_indexes": [2, 5, 8, 11], "mlp_dim": 3072,
+        },
+    },
 ))
 
 # --- deepseek_ocr2 ----------------------------------------------------------
+# Official prompts (no trailing space, as in the vLLM config and the transformers docs);
+# anti-loop: the official image runner's windowed no-repeat n-gram (20 within 90 tokens,
+# <td>/</td> whitelisted). full_config: the LM is DeepSeek-OCR v1's DeepSeek3B-MoE decoder
+# and the encoder Qwen2-0.5B-shaped (paper); derived, not checked against the hub file.
 register(ModelSpec(
     name="deepseek_ocr2",
     backend="chatvlm.backends.deepseek_ocr2:DeepseekOcr2Backend",
@@ -77,10 +163,38 @@ register(ModelSpec(
         "markdown": "<image>\n<|grounding|>Convert the document to markdown.",
         "layout": "<image>\n<|grounding|>Convert the document to markdown.",
     },
+    max_new_tokens=8192,             # capped at the 8192-token context minus the prompt
+    dtype="bfloat16",
     auto_rank=4,
+    extra={"ngram_size": 20, "ngram_window": 90, "ngram_whitelist": ["<td>", "</td>"]},
+    full_config={
+        "model_type": "deepseek_ocr2", "image_token_id": 128815, "tie_word_embeddings": False,
+        "text_config": {
+            "vocab_size": 129280, "hidden_size": 1280, "intermediate_size": 6848,
+            "num_hidden_layers": 12, "num_attention_heads": 10, "num_key_value_heads": 10,
+            "max_position_embeddings": 8192, "n_routed_experts": 64, "num_experts_per_tok": 6,
+            "n_shared_experts": 2, "moe_intermediate_size": 896, "topk_method": "greedy",
+            "mlp_layer_types": ["dense"] + ["sparse"] * 11,
+            "bos_token_id": 0, "eos_token_id": 1, "pad_token_id": 2,
+        },
+        "vision_config": {
+            "sam_config": {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12,
+                           "image_size": 1024, "patch_size": 16, "global_attn_indexes": [2, 5, 8, 11],
+                           "downsample_channels": [512, 896]},
+            "encoder_config": {"hidden_size": 896, "intermediate_size": 4864, "num_hidden_layers": 24,
+                               "num_attention_heads": 14, "num_key_value_heads": 2,
+                               "max_position_embeddings": 32768},
+        },
+    },
 ))
 
 # --- dots_ocr ---------------------------------------------------------------
+# Prompts are official prompt-mode names (chatvlm.models.dots_ocr.PROMPTS holds the verbatim
+# text, checked by SHA-256): one layout pass serves layout and markdown; `--mode layout-only`
+# -> prompt_layout_only_en; text -> prompt_ocr. Pixel budget: dots_ocr/utils/consts.py (the
+# checkpoint's preprocessor_config.json says the same and is what load() reads).
+# max_new_tokens: the official vLLM parser's 16384 (a dense page can need >10k tokens; the
+# loop guard stops runaway pages early). Greedy, no repetition penalty (reference §11).
 register(ModelSpec(
     name="dots_ocr",
     backend="chatvlm.backends.dots_ocr:DotsOcrBackend",
@@ -89,7 +203,39 @@ register(ModelSpec(
     revision="main",
     download_gb=6.1,
     tasks=("text", "markdown", "layout"),
+    prompts={
+        "layout": "prompt_layout_all_en",
+        "markdown": "prompt_layout_all_en",
+        "text": "prompt_ocr",
+        "layout-only": "prompt_layout_only_en",
+    },
+    min_pixels=3136,
+    max_pixels=11289600,
+    max_new_tokens=16384,
+    dtype="bfloat16",
     auto_rank=3,
+    extra={"framing": "string"},   # vLLM/string chat framing (published scores); "hf" = demo_hf.py
+    full_config={
+        "architectures": ["DotsOCRForCausalLM"], "model_type": "dots_ocr",
+        "auto_map": {"AutoConfig": "configuration_dots.DotsOCRConfig",
+                     "AutoModelForCausalLM": "modeling_dots_ocr.DotsOCRForCausalLM"},
+        "attention_bias": True, "attention_dropout": 0.0, "hidden_act": "silu",
+        "hidden_size": 1536, "initializer_range": 0.02, "intermediate_size": 8960,
+        "max_position_embeddings": 131072, "max_window_layers": 28,
+        "num_attention_heads": 12, "num_hidden_layers": 28, "num_key_value_heads": 2,
+        "rms_norm_eps": 1e-06, "rope_scaling": None, "rope_theta": 1000000,
+        "sliding_window": 131072, "tie_word_embeddings": False, "torch_dtype": "bfloat16",
+        "transformers_version": "4.51.0", "use_cache": True, "use_sliding_window": False,
+        "vocab_size": 151936, "image_token_id": 151665, "video_token_id": 151656,
+        "vision_config": {
+            "embed_dim": 1536, "hidden_size": 1536, "intermediate_size": 4224,
+            "num_hidden_layers": 42, "num_attention_heads": 12, "num_channels": 3,
+            "patch_size": 14, "post_norm": True, "rms_norm_eps": 1e-05,
+            "spatial_merge_size": 2, "temporal_patch_size": 1, "use_bias": False,
+            "attn_implementation": "flash_attention_2", "init_merger_std": 0.02,
+            "initializer_range": 0.02, "is_causal": False,
+        },
+    },
 ))
 
 # --- phi3_vision ------------------------------------------------------------

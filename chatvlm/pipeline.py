@@ -47,7 +47,7 @@ def resolve_model(name: str, reporter: Reporter, model_path: Optional[Path] = No
     """`auto` = the best VLM whose weights are already here, else tesseract (with a hint)."""
     if name != "auto":
         return get_spec(name)
-    from .weights import weights_available
+    from .backends.hf import weights_available
 
     ranked = sorted((s for s in all_specs() if s.auto_rank is not None), key=lambda s: s.auto_rank)
     if model_path is not None:
@@ -90,6 +90,8 @@ def run(config: RunConfig, reporter: Optional[Reporter] = None, backend=None) ->
     jobs: list[Job] = []
     skipped: list[Page] = []
     for item in expand_inputs(config.inputs):
+        if config.max_pages is not None and len(jobs) + len(skipped) >= config.max_pages:
+            break
         if item.error:
             failed_files.append(Page(source=item.path, doc_key=item.doc_key, page=None, error=item.error))
             continue
@@ -99,6 +101,8 @@ def run(config: RunConfig, reporter: Optional[Reporter] = None, backend=None) ->
             failed_files.append(Page(source=item.path, doc_key=item.doc_key, page=None, error=str(exc)))
             continue
         for number in select_pages(doc.page_count, ranges):
+            if config.max_pages is not None and len(jobs) + len(skipped) >= config.max_pages:
+                break
             page = Page(source=item.path, doc_key=item.doc_key, page=number, sha256=doc.sha256,
                         page_count=doc.page_count)
             if not config.force and manifest.is_done(str(item.path), number, doc.sha256, spec.name, opts):
@@ -213,8 +217,10 @@ def _finish(config: RunConfig, spec: ModelSpec, backend, page: Page, raw, report
 
 def _add_page_images(config: RunConfig, page: Page, result: PageResult) -> None:
     """Picture crops for the markdown, and the overlay picture, from the page's pixels."""
-    if not result.layout or page.image is None:
-        if result.layout is not None and config.skip_headers:
+    if result.layout is None:
+        return
+    if page.image is None:
+        if config.skip_headers:
             result.markdown = blocks_to_markdown(result.layout, skip_headers=True)
         return
     stem = page_stem(page.page)

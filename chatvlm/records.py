@@ -103,6 +103,7 @@ class PageResult:
     input_tokens: Optional[int] = None
     output_tokens: Optional[int] = None
     repaired: bool = False          # the model output was malformed and salvaged
+    dropped_blocks: int = 0         # blocks the salvage left out (broken tail, repeats, bad boxes)
     timings: dict[str, float] = field(default_factory=dict)
     images: dict[str, Any] = field(default_factory=dict)  # extra images to write (crops, overlay): name -> PIL image
     outputs: list[str] = field(default_factory=list)      # written paths, relative to OUT

@@ -161,6 +161,7 @@ def write_page(out: Path, result: PageResult, formats: Iterable[str]) -> list[st
             "width": result.width,
             "height": result.height,
             "repaired": result.repaired,
+            "dropped_blocks": result.dropped_blocks,
             "blocks": [b.to_dict() for b in (result.layout or [])],
         }
         put_text(".json", json.dumps(doc, ensure_ascii=False, indent=1) + "\n")
@@ -185,4 +186,5 @@ def manifest_entry(result: PageResult, options: str) -> dict[str, Any]:
     }
     if result.repaired:
         entry["repaired"] = True
+        entry["dropped_blocks"] = result.dropped_blocks
     return entry

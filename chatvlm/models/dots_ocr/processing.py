@@ -294,10 +294,8 @@ def processor_from_pretrained(path: str | Path, tokenizer: Any = None, framing: 
     # The image token id lives in the model's config.json (official: 151665).
     model_cfg_path = folder / "config.json"
     model_cfg = json.loads(model_cfg_path.read_text()) if model_cfg_path.exists() else {}
-    if tokenizer is None and any((folder / f).exists() for f in ("tokenizer.json", "vocab.json")):
-        from transformers import AutoTokenizer
-
-        tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    if tokenizer is None:
+        tokenizer = load_tokenizer(folder)
     return DotsOCRProcessor(
         min_pixels=cfg.get("min_pixels", size.get("shortest_edge", MIN_PIXELS)),
         max_pixels=cfg.get("max_pixels", size.get("longest_edge", MAX_PIXELS)),
@@ -312,3 +310,19 @@ def processor_from_pretrained(path: str | Path, tokenizer: Any = None, framing: 
         # Official: <|endoftext|>, as generate pads; small test vocabularies lack it.
         pad_token_id=EOS_TOKEN_IDS[0] if model_cfg.get("vocab_size", 151936) > EOS_TOKEN_IDS[0] else 0,
     )
+
+
+def load_tokenizer(folder: str | Path) -> Any:
+    """The checkpoint's tokenizer, or None when the folder has none. Loaded by class, never
+    through AutoTokenizer: that reads config.json, whose ``auto_map`` points at the remote
+    code and makes transformers stop and ask whether to run it."""
+    folder = Path(folder)
+    if (folder / "tokenizer.json").exists():
+        from transformers import PreTrainedTokenizerFast
+
+        return PreTrainedTokenizerFast.from_pretrained(str(folder))
+    if (folder / "vocab.json").exists() and (folder / "merges.txt").exists():
+        from transformers import Qwen2Tokenizer
+
+        return Qwen2Tokenizer.from_pretrained(str(folder))
+    return None

@@ -1,0 +1,665 @@
+"""Shared mechanics for backends that run a model through Hugging Face transformers.
+
+One place for: where the weights come from (`--model-path` or the standard HF cache,
+pinned revision, HF_HOME / HF_HUB_OFFLINE honoured, one clear error when missing),
+device / dtype / attention-kernel choice, and batched greedy generation with left
+padding, per-row finish reasons (stop / length / loop), token counts and timings.
+
+A model backend subclasses `HFBackend` and says only:
+
+    build_inputs(pages, task, params) -> dict of tensors   (the processor call, one batch)
+    postprocess(page, raw, task)       -> PageResult        (pure string work)
+
+and optionally overrides the class attributes and hooks documented on `HFBackend`
+(model class, attention support, stop tokens/strings, decode, logits processors).
+Nothing here imports torch or transformers at module level, so reading a backend's
+class attributes (`chatvlm models`) stays cheap.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Iterable, Optional
+
+from ..config import BackendOptions, GenerationParams
+from ..errors import ChatVLMError, ModelUnavailableError
+from ..layout import markdown_to_text  # noqa: F401  (re-exported for the model backends)
+from ..records import Page, PageResult, RawOutput
+from ..registry import ModelSpec
+from .base import Backend
+
+ATTN_ORDER = ("flash_attention_2", "sdpa", "eager")
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
+
+
+# --------------------------------------------------------------------------- weights
+
+def _hub_hint(spec: ModelSpec) -> str:
+    rev = f" --revision {spec.revision}" if spec.revision and spec.revision != "main" else ""
+    size = f" (~{spec.download_gb:g} GB)" if spec.download_gb else ""
+    return (f"provide the weights with --model-path DIR (a local checkpoint folder), or download them{size} "
+            f"with: huggingface-cli download {spec.repo_id}{rev}  (or `hf download`), "
+            f"then run again (HF_HOME={_hf_home()})")
+
+
+def _hf_home() -> str:
+    try:
+        from huggingface_hub import constants
+        return str(constants.HF_HOME)
+    except Exception:  # pragma: no cover - hub always installed with transformers
+        return os.environ.get("HF_HOME", "~/.cache/huggingface")
+
+
+def hub_offline() -> bool:
+    try:
+        from huggingface_hub import constants
+        return bool(constants.HF_HUB_OFFLINE)
+    except Exception:  # pragma: no cover
+        return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on")
+
+
+def _check_folder(spec: ModelSpec, folder: Path) -> Path:
+    if not folder.exists():
+        raise ModelUnavailableError(f"model '{spec.name}': --model-path {folder} does not exist")
+    if not folder.is_dir():
+        raise ModelUnavailableError(f"model '{spec.name}': --model-path {folder} is not a folder")
+    if not (folder / "config.json").exists():
+        raise ModelUnavailableError(
+            f"model '{spec.name}': {folder} is not a transformers checkpoint folder (no config.json); "
+            f"expected a copy of {spec.repo_id}")
+    if not any(p.name.endswith(WEIGHT_SUFFIXES) for p in folder.iterdir()):
+        raise ModelUnavailableError(f"model '{spec.name}': {folder} has a config.json but no weight files")
+    return folder
+
+
+def cached_snapshot(spec: ModelSpec) -> Optional[Path]:
+    """The local HF-cache folder of spec.repo_id@revision if it is complete, else None. No network."""
+    if not spec.repo_id:
+        return None
+    try:
+        from huggingface_hub import snapshot_download
+        path = Path(snapshot_download(repo_id=spec.repo_id, revision=spec.revision, local_files_only=True))
+    except Exception:
+        return None
+    return path if _snapshot_complete(path) else None
+
+
+def _snapshot_complete(path: Path) -> bool:
+    if not (path / "config.json").exists():
+        return False
+    index = next(iter(sorted(path.glob("*.index.json"))), None)
+    if index is not None:
+        try:
+            shards = set(json.loads(index.read_text()).get("weight_map", {}).values())
+        except (OSError, ValueError):
+            return False
+        return bool(shards) and all((path / s).exists() for s in shards)
+    return any(p.name.endswith(WEIGHT_SUFFIXES) for p in path.iterdir())
+
+
+def folder_size(path: Path) -> int:
+    total = 0
+    for p in Path(path).rglob("*"):
+        try:
+            if p.is_file():
+                total += p.resolve().stat().st_size
+        except OSError:
+            continue
+    return total
+
+
+def weights_available(spec: ModelSpec, model_path: Optional[Path] = None) -> Optional[dict[str, Any]]:
+    """Where this model's weights are, without network: {"path", "bytes", "source"} or None.
+
+    Used by `chatvlm models` (cached? size) and `--model auto` (best model available locally).
+    """
+    if model_path is not None:
+        try:
+            folder = _check_folder(spec, Path(model_path))
+        except ModelUnavailableError:
+            return None
+        return {"path": str(folder), "bytes": folder_size(folder), "source": "model-path"}
+    path = cached_snapshot(spec)
+    if path is None:
+        return None
+    return {"path": str(path), "bytes": folder_size(path), "source": "hf-cache"}
+
+
+def resolve_weights(spec: ModelSpec, options: BackendOptions) -> Path:
+    """The checkpoint folder to load: --model-path, else the HF cache, else a download.
+
+    Raises ModelUnavailableError with one message (model, repo, revision, how to get
+    the weights) when none works: never a stack trace.
+    """
+    if options.model_path is not None:
+        return _check_folder(spec, Path(options.model_path).expanduser())
+    if not spec.repo_id:
+        raise ModelUnavailableError(f"model '{spec.name}' has no checkpoint repository; use --model-path DIR")
+    local = cached_snapshot(spec)
+    if local is not None:
+        return local
+    what = f"model '{spec.name}' ({spec.repo_id} @ {spec.revision or 'main'})"
+    if hub_offline():
+        raise ModelUnavailableError(
+            f"{what}: weights are not in the local Hugging Face cache and HF_HUB_OFFLINE is set; " + _hub_hint(spec))
+    try:
+        from huggingface_hub import snapshot_download
+        print(f"downloading {spec.repo_id} @ {spec.revision or 'main'}"
+              + (f" (~{spec.download_gb:g} GB)" if spec.download_gb else "") + " ...", file=sys.stderr)
+        path = Path(snapshot_download(repo_id=spec.repo_id, revision=spec.revision,
+                                      ignore_patterns=["*.pt", "*.pth", "*.msgpack", "*.h5", "original/*"]))
+    except Exception as exc:  # network errors, 404, gated repos, disk full: all one message
+        reason = _short_reason(exc)
+        raise ModelUnavailableError(
+            f"{what}: weights are not in the local Hugging Face cache and could not be downloaded "
+            f"({reason}); " + _hub_hint(spec)) from None
+    if not _snapshot_complete(path):
+        raise ModelUnavailableError(f"{what}: the downloaded snapshot at {path} is incomplete; " + _hub_hint(spec))
+    return path
+
+
+def _short_reason(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    name = type(exc).__name__
+    if len(text) > 160:
+        text = text[:157] + "..."
+    return f"{name}: {text}" if text else name
+
+
+# --------------------------------------------------------------------------- device, dtype, attention
+
+def gpu_info() -> Optional[dict[str, Any]]:
+    """{"name", "capability"} of GPU 0, or None. Uses torch if already imported, else nvidia-smi."""
+    if "torch" in sys.modules:
+        import torch
+        if torch.cuda.is_available():
+            major, minor = torch.cuda.get_device_capability(0)
+            return {"name": torch.cuda.get_device_name(0), "capability": major + minor / 10}
+        return None
+    exe = shutil.which("nvidia-smi")
+    if not exe:
+        return None
+    try:
+        out = subprocess.run([exe, "--query-gpu=name,compute_cap", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=10).stdout.strip().splitlines()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if not out:
+        return None
+    name, _, cap = out[0].rpartition(",")
+    try:
+        return {"name": name.strip(), "capability": float(cap)}
+    except ValueError:
+        return {"name": out[0].strip(), "capability": 0.0}
+
+
+def flash_attn_importable() -> bool:
+    return importlib.util.find_spec("flash_attn") is not None
+
+
+def choose_device(options: BackendOptions) -> str:
+    if options.device:
+        return options.device
+    import torch
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def choose_dtype(spec: ModelSpec, options: BackendOptions, device: str):
+    """CUDA: the spec's dtype (bf16; fp16 where the GPU lacks bf16). CPU: fp32. --dtype overrides."""
+    import torch
+
+    names = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16,
+             "half": torch.float16, "float32": torch.float32, "fp32": torch.float32, "float": torch.float32}
+    if options.dtype:
+        try:
+            return names[options.dtype.lower()]
+        except KeyError:
+            raise ChatVLMError(f"unknown dtype {options.dtype!r}; use bfloat16, float16 or float32") from None
+    if not device.startswith("cuda"):
+        return torch.float32
+    dtype = names.get((spec.dtype or "bfloat16").lower(), torch.bfloat16)
+    if dtype == torch.bfloat16 and not torch.cuda.is_bf16_supported():
+        return torch.float16
+    return dtype
+
+
+def choose_attention(supported: Iterable[str], device: str, dtype_name: str = "bfloat16",
+                     requested: Optional[str] = None, gpu: Optional[dict] = None) -> str:
+    """flash_attention_2 if it imports and the GPU supports it, else sdpa, else eager.
+
+    `requested` (--attn) wins when the model supports it; otherwise a clear error.
+    """
+    supported = tuple(supported)
+    if requested:
+        if requested not in supported:
+            raise ChatVLMError(f"attention '{requested}' is not supported by this model; choose from: "
+                               + ", ".join(supported))
+        if requested == "flash_attention_2" and not flash_attn_importable():
+            raise ChatVLMError("--attn flash_attention_2 needs the flash-attn package, which is not installed")
+        return requested
+    for kind in ATTN_ORDER:
+        if kind not in supported:
+            continue
+        if kind == "flash_attention_2":
+            on_gpu = device.startswith("cuda")
+            info = gpu if gpu is not None else (gpu_info() if on_gpu else None)
+            if not (on_gpu and flash_attn_importable() and info and info.get("capability", 0) >= 8.0
+                    and dtype_name in ("bfloat16", "float16")):
+                continue
+        return kind
+    return "eager"
+
+
+def planned_attention(spec: ModelSpec) -> str:
+    """The kernel this model would use on this machine (for `chatvlm models`); no torch import."""
+    try:
+        cls = spec.backend_class()
+    except Exception:
+        return "n/a"
+    supported = getattr(cls, "attn_support", None)
+    if not supported:
+        return "n/a"
+    gpu = gpu_info()
+    return choose_attention(supported, "cuda" if gpu else "cpu", spec.dtype if gpu else "float32", gpu=gpu)
+
+
+# --------------------------------------------------------------------------- batching helpers
+
+def collate_left(features: list[dict], pad_id: int, concat_keys: Iterable[str] = ("pixel_values",)) -> dict:
+    """Left-pad a list of single-sample processor outputs into one batch.
+
+    input_ids / attention_mask are left-padded with `pad_id` / 0; keys in `concat_keys`
+    are concatenated along dim 0 (per-image or per-tile tensors); other tensors are
+    stacked/concatenated when their shapes allow.
+    """
+    import torch
+
+    length = max(int(f["input_ids"].shape[-1]) for f in features)
+    ids, mask = [], []
+    for f in features:
+        row = f["input_ids"].reshape(-1)
+        att = f.get("attention_mask")
+        att = att.reshape(-1) if att is not None else torch.ones_like(row)
+        pad = length - row.shape[0]
+        ids.append(torch.cat([torch.full((pad,), pad_id, dtype=row.dtype), row]))
+        mask.append(torch.cat([torch.zeros(pad, dtype=att.dtype), att]))
+    batch = {"input_ids": torch.stack(ids), "attention_mask": torch.stack(mask)}
+    concat_keys = set(concat_keys)
+    for key in features[0]:
+        if key in batch:
+            continue
+        values = [f[key] for f in features if f.get(key) is not None]
+        if not values:
+            continue
+        if not isinstance(values[0], torch.Tensor):
+            batch[key] = values
+        elif key in concat_keys or values[0].dim() == 0:
+            batch[key] = torch.cat([v.reshape(1) if v.dim() == 0 else v for v in values])
+        else:
+            batch[key] = torch.cat(values)
+    return batch
+
+
+def strip_code_fence(text: str) -> str:
+    """Remove one ```markdown ... ``` fence wrapping the whole output (chat models add it)."""
+    m = re.fullmatch(r"\s*```[a-zA-Z]*\n(.*?)\n?```\s*", text, flags=re.S)
+    return m.group(1) if m else text
+
+
+# --------------------------------------------------------------------------- the base backend
+
+class HFBackend(Backend):
+    """A transformers model run in left-padded greedy batches.
+
+    Class attributes a subclass may set:
+        auto_class        transformers class name used to load (default AutoModelForImageTextToText)
+        processor_class   default AutoProcessor
+        attn_support      kernels the model accepts, in any order (default all three)
+        default_gpu_batch default batch size on a GPU when --batch-size is not given
+        skip_special_tokens  decode flag (DeepSeek decodes with specials and strips them itself)
+
+    Hooks (override as needed):
+        build_inputs(pages, task, params) -> dict     REQUIRED: one processor call for the batch
+        stop_token_ids() -> list[int]                 default: generation_config / tokenizer EOS
+        stop_strings() -> list[str]                   default: none
+        pad_token_id() -> int
+        logits_processors(task, params, inputs) -> list   model-specific anti-repetition, etc.
+        repetition_penalty(params) -> float            default: params, else spec.extra, else 1.0
+        decode(ids) -> str                             default: tokenizer decode + strip
+        attn_argument(kind) -> str | dict              what from_pretrained gets for attn_implementation
+        load_processor(path) / load_model(path, dtype, attn)
+        after_load()                                   e.g. set the pixel budget on the processor
+    """
+
+    auto_class: str = "AutoModelForImageTextToText"
+    processor_class: str = "AutoProcessor"
+    attn_support: tuple[str, ...] = ("flash_attention_2", "sdpa", "eager")
+    default_gpu_batch: int = 8
+    skip_special_tokens: bool = True
+
+    def __init__(self, spec: ModelSpec, options: Optional[BackendOptions] = None):
+        super().__init__(spec, options)
+        self.model = None
+        self.processor = None
+        self.path: Optional[Path] = None
+        self.device: str = "cpu"
+        self.dtype = None
+        self.attn: Optional[str] = None
+        self.peak_memory_bytes: int = 0
+        self._facts: dict[str, Any] = {}
+        # loop-guard thresholds (loop_guard.GenerationTracker keywords); tests lower them
+        self.loop_settings: dict[str, Any] = {}
+
+    # ----------------------------------------------------------------- loading
+    def load(self) -> None:
+        if self.model is not None:
+            return
+        path = self.synthetic_checkpoint() if self.options.synthetic else resolve_weights(self.spec, self.options)
+        t_import = time.perf_counter()
+        try:
+            import torch  # noqa: F401
+            import transformers  # noqa: F401
+        except ImportError as exc:
+            raise ModelUnavailableError(f"model '{self.spec.name}' needs torch and transformers: {exc}") from None
+        t0 = time.perf_counter()
+        self._facts["import_s"] = round(t0 - t_import, 3)
+        self.device = choose_device(self.options)
+        self.dtype = choose_dtype(self.spec, self.options, self.device)
+        dtype_name = str(self.dtype).replace("torch.", "")
+        self.attn = choose_attention(self.attn_support, self.device, dtype_name, self.options.attn)
+        try:
+            self.processor = self.load_processor(path)
+            self.model = self.load_model(path, self.dtype, self.attn)
+        except ChatVLMError:
+            raise
+        except Exception as exc:
+            raise ModelUnavailableError(
+                f"model '{self.spec.name}': could not load the checkpoint at {path} ({_short_reason(exc)}); "
+                f"is it a copy of {self.spec.repo_id}?") from None
+        self.model.eval()
+        self.path = path
+        self.after_load()
+        self.load_s = time.perf_counter() - t0
+
+    def load_processor(self, path: Path):
+        import transformers
+        cls = getattr(transformers, self.processor_class)
+        return cls.from_pretrained(str(path))
+
+    def load_model(self, path: Path, dtype, attn: str):
+        import transformers
+        cls = getattr(transformers, self.auto_class)
+        kwargs: dict[str, Any] = {"dtype": dtype, "attn_implementation": self.attn_argument(attn)}
+        if self.options.synthetic:
+            # bench --synthetic: the real architecture with random weights, created on the device.
+            import torch
+            config = transformers.AutoConfig.from_pretrained(str(path))
+            build = getattr(cls, "from_config", None) if cls.__name__.startswith("Auto") else cls._from_config
+            with torch.device(self.device):
+                return build(config, **kwargs)
+        if self.device.startswith("cuda"):
+            kwargs["device_map"] = self.device
+        model = cls.from_pretrained(str(path), **kwargs)
+        if not self.device.startswith("cuda"):
+            model = model.to(self.device)
+        return model
+
+    def attn_argument(self, kind: str):
+        return kind
+
+    def after_load(self) -> None:
+        """Subclasses: adjust the processor (pixel budget) or the model after loading."""
+
+    def synthetic_checkpoint(self) -> Path:
+        """bench --synthetic: a folder with the full config (options.extra["config"]) and the real
+        processor, no weights (chatvlm.synthetic); load_model then builds random weights."""
+        import tempfile
+
+        from ..synthetic import prepare_checkpoint
+
+        self._synthetic_dir = Path(tempfile.mkdtemp(prefix=f"chatvlm-synthetic-{self.spec.name}-"))
+        self._facts["synthetic"] = True
+        return prepare_checkpoint(self.spec.name, self.options.extra.get("config") or self.spec.full_config or {},
+                                  self._synthetic_dir)
+
+    def close(self) -> None:
+        self.model = None
+        self.processor = None
+        if getattr(self, "_synthetic_dir", None) is not None:
+            shutil.rmtree(self._synthetic_dir, ignore_errors=True)
+            self._synthetic_dir = None
+        if "torch" in sys.modules:
+            import torch
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+
+    # ----------------------------------------------------------------- facts
+    @property
+    def tokenizer(self):
+        return getattr(self.processor, "tokenizer", self.processor)
+
+    def describe(self) -> dict[str, Any]:
+        facts: dict[str, Any] = {
+            "engine": "transformers",
+            "model_class": type(self.model).__name__ if self.model is not None else None,
+            "checkpoint": str(self.path) if self.path else None,
+            "repo_id": self.spec.repo_id,
+            "revision": self.spec.revision,
+            "device": self.device,
+            "device_name": None,
+            "dtype": str(self.dtype).replace("torch.", "") if self.dtype is not None else None,
+            "attention": self.attn,
+            "load_s": round(self.load_s, 3),
+            "peak_gpu_memory_bytes": self.peak_memory_bytes or None,
+        }
+        try:
+            import torch
+            import transformers
+            facts["torch"] = torch.__version__
+            facts["transformers"] = transformers.__version__
+            if self.device.startswith("cuda") and torch.cuda.is_available():
+                facts["device_name"] = torch.cuda.get_device_name(torch.device(self.device))
+                facts["peak_gpu_memory_bytes"] = int(torch.cuda.max_memory_allocated(torch.device(self.device)))
+            elif self.device == "cpu":
+                facts["device_name"] = "cpu"
+        except Exception:
+            pass
+        facts.update(self._facts)
+        return facts
+
+    def default_batch_size(self, params: GenerationParams) -> int:
+        if params.batch_size:
+            return params.batch_size
+        return self.default_gpu_batch if self.device.startswith("cuda") else 1
+
+    # ----------------------------------------------------------------- generation hooks
+    def build_inputs(self, pages: list[Page], task: str, params: GenerationParams) -> dict:
+        raise NotImplementedError
+
+    def generation_config_value(self, key: str, default=None):
+        gc = getattr(self.model, "generation_config", None)
+        value = getattr(gc, key, None) if gc is not None else None
+        return default if value is None else value
+
+    def stop_token_ids(self) -> list[int]:
+        ids = self.generation_config_value("eos_token_id")
+        if ids is None:
+            ids = getattr(self.tokenizer, "eos_token_id", None)
+        if ids is None:
+            return []
+        return [int(i) for i in (ids if isinstance(ids, (list, tuple)) else [ids])]
+
+    def stop_strings(self) -> list[str]:
+        return []
+
+    def pad_token_id(self) -> int:
+        pad = getattr(self.tokenizer, "pad_token_id", None)
+        if pad is None:
+            pad = self.generation_config_value("pad_token_id")
+        if pad is None:
+            stops = self.stop_token_ids()
+            pad = stops[0] if stops else 0
+        return int(pad)
+
+    def repetition_penalty(self, params: GenerationParams) -> float:
+        if params.repetition_penalty is not None:
+            return float(params.repetition_penalty)
+        return float(self.spec.extra.get("repetition_penalty", 1.0))
+
+    def logits_processors(self, task: str, params: GenerationParams, inputs: dict) -> list:
+        return []
+
+    def max_new_tokens(self, params: GenerationParams) -> int:
+        return int(params.max_new_tokens or self.spec.max_new_tokens)
+
+    def text_loop_settings(self) -> dict[str, Any]:
+        """trim_repetition keywords matching the token-level settings (scaled ~2 chars/token)."""
+        out: dict[str, Any] = {}
+        if "min_repeats" in self.loop_settings:
+            out["min_repeats"] = max(2, int(self.loop_settings["min_repeats"]) - 2)
+        if "min_span" in self.loop_settings:
+            out["min_span"] = int(self.loop_settings["min_span"])
+        return out
+
+    def max_positions(self) -> Optional[int]:
+        """The language model's context length, to cap max_new_tokens (None: no cap)."""
+        config = getattr(self.model, "config", None)
+        text = getattr(config, "text_config", None) or config
+        value = getattr(text, "max_position_embeddings", None)
+        return int(value) if value else None
+
+    def _decode_raw(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+
+    def decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=self.skip_special_tokens,
+                                     clean_up_tokenization_spaces=False)
+
+    # ----------------------------------------------------------------- the batch
+    def generate_batch(self, pages: list[Page], task: str, params: GenerationParams) -> list[RawOutput]:
+        if not pages:
+            return []
+        if self.model is None:
+            self.load()
+        t0 = time.perf_counter()
+        inputs = self.build_inputs(pages, task, params)
+        preprocess_s = time.perf_counter() - t0
+        return self.generate_inputs(inputs, task, params, preprocess_s=preprocess_s)
+
+    def generate_inputs(self, inputs: dict, task: str, params: GenerationParams,
+                        preprocess_s: float = 0.0) -> list[RawOutput]:
+        """Greedy (by default) left-padded generation for one batch of processor outputs."""
+        import torch
+        from transformers import LogitsProcessorList, StoppingCriteriaList
+
+        from ..loop_guard import PaddingSafeRepetitionPenalty, as_logits_processor, make_tracker, trim_repetition
+
+        t0 = time.perf_counter()
+        inputs = self._to_device(inputs)
+        preprocess_s += time.perf_counter() - t0
+        input_ids = inputs["input_ids"]
+        attention = inputs.get("attention_mask")
+        if attention is None:
+            attention = torch.ones_like(input_ids)
+            inputs["attention_mask"] = attention
+        batch, prompt_len = input_ids.shape
+        input_counts = attention.sum(dim=1).tolist()
+        pad_lengths = [prompt_len - int(n) for n in input_counts]
+        max_new = self.max_new_tokens(params)
+        limit = self.max_positions()
+        if limit:
+            max_new = max(1, min(max_new, limit - prompt_len))
+        synthetic = self.options.synthetic   # bench --synthetic: exactly max_new tokens, no stop, no loop guard
+        stop_ids = [] if synthetic else self.stop_token_ids()
+        stop_strings = [] if synthetic else self.stop_strings()
+
+        tracker = make_tracker(prompt_len, batch, stop_ids=stop_ids, stop_strings=stop_strings,
+                               decode=self._decode_raw if stop_strings else None,
+                               loop_guard=params.loop_guard and not synthetic, **self.loop_settings)
+        processors = [as_logits_processor(p) for p in self.logits_processors(task, params, inputs)]
+        penalty = self.repetition_penalty(params)
+        if penalty != 1.0:
+            processors.insert(0, as_logits_processor(PaddingSafeRepetitionPenalty(penalty, pad_lengths)))
+        self._facts["repetition_penalty"] = penalty
+
+        from transformers import GenerationConfig
+
+        # A fresh config: only what chatvlm decides (greedy, stops, budget), nothing inherited
+        # from the checkpoint's generation_config.json (sampling defaults, penalties).
+        generation_config = GenerationConfig(
+            max_new_tokens=max_new, min_new_tokens=max_new if synthetic else None,
+            do_sample=bool(params.do_sample), num_beams=1,
+            pad_token_id=self.pad_token_id(), eos_token_id=stop_ids or None,
+            bos_token_id=self.generation_config_value("bos_token_id"),
+        )
+        gen_kwargs: dict[str, Any] = dict(
+            generation_config=generation_config, logits_processor=LogitsProcessorList(processors),
+            stopping_criteria=StoppingCriteriaList([tracker]),
+        )
+        on_cuda = self.device.startswith("cuda") and torch.cuda.is_available()
+        if on_cuda:
+            torch.cuda.synchronize()
+        t1 = time.perf_counter()
+        with torch.inference_mode():
+            out = self.model.generate(**inputs, **gen_kwargs)
+        if on_cuda:
+            torch.cuda.synchronize()
+            self.peak_memory_bytes = max(self.peak_memory_bytes,
+                                         int(torch.cuda.max_memory_allocated(torch.device(self.device))))
+        generate_s = time.perf_counter() - t1
+
+        generated = out[:, prompt_len:].tolist()
+        results: list[RawOutput] = []
+        for row in range(batch):
+            ids = generated[row]
+            n, reason = tracker.result(row, len(ids))
+            ids = ids[:n]
+            text_ids = ids[:-1] if (reason == "stop" and ids and ids[-1] in stop_ids) else ids
+            text = self.decode(text_ids)
+            if reason == "stop":
+                for s in stop_strings:
+                    cut = text.find(s)
+                    if cut >= 0:
+                        text = text[:cut]
+            trimmed = False
+            if params.loop_guard and not synthetic and reason in ("loop", "length"):
+                text, trimmed = trim_repetition(text, **self.text_loop_settings())
+                if trimmed:
+                    reason = "loop"
+            results.append(RawOutput(
+                text=text, input_tokens=int(input_counts[row]), output_tokens=len(ids), finish_reason=reason,
+                generate_s=generate_s / batch, preprocess_s=preprocess_s / batch,
+                extra={"batch_size": batch, "batch_generate_s": generate_s, "loop_trimmed": trimmed},
+            ))
+        return results
+
+    def _to_device(self, inputs) -> dict:
+        import torch
+
+        data = dict(inputs)
+        for key, value in data.items():
+            if isinstance(value, torch.Tensor):
+                if value.is_floating_point():
+                    data[key] = value.to(self.device, dtype=self.dtype)
+                else:
+                    data[key] = value.to(self.device)
+        return data
+
+    # ----------------------------------------------------------------- helpers for subclasses
+    def page_result(self, page: Page, raw: RawOutput, **fields) -> PageResult:
+        width, height = page.size
+        timings = dict(page.timings)
+        result = PageResult(page=page, model=self.spec.name, width=width, height=height,
+                            finish_reason=raw.finish_reason, input_tokens=raw.input_tokens,
+                            output_tokens=raw.output_tokens, timings=timings, **fields)
+        if raw.error:
+            result.status, result.error = "error", raw.error
+        return result

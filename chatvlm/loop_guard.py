@@ -1,0 +1,304 @@
+"""Model-agnostic loop guard, and the anti-repetition settings models ship with.
+
+OCR VLMs fall into repeating themselves on dotted lines, tables and blank forms and
+then generate until `max_new_tokens` (every model in chatvlm does it: see the
+reference notes). Three pieces, usable on their own:
+
+- `find_token_loop(ids)`: pure, on a list of generated token ids. A loop is a tail that
+  repeats one block of `period` tokens at least `min_repeats` times and spans at least
+  `min_span` tokens. The thresholds are deliberately high (a real loop runs to the token
+  budget; a legitimate table or dotted leader rarely repeats one exact block 256 tokens
+  long), so the guard costs at most a few hundred wasted tokens and never cuts real text.
+- `GenerationTracker`: a transformers `StoppingCriteria` that follows every row of a
+  batch: it records where each row ended and why ("stop" on a stop token or stop string,
+  "loop" when `find_token_loop` fires), and stops that row only (per-row bool result).
+- `trim_repetition(text)`: pure, cuts a repeated tail from decoded text (keeps one copy),
+  also catching repeated lines whose tokenisation differs slightly.
+
+Plus the models' own settings: `WindowedNoRepeatNGram` (DeepSeek-OCR's windowed,
+whitelisted n-gram ban, batch-safe) and `PaddingSafeRepetitionPenalty` (transformers'
+repetition penalty, but ignoring left padding so batched == single-page runs).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable, Optional, Sequence
+
+# Defaults for the token-level detector.
+MIN_REPEATS = 8          # copies of the block
+MIN_SPAN = 256           # tokens covered by the repeated tail
+MAX_PERIOD = 128         # longest block looked for (a table row / a line)
+CHECK_EVERY = 8          # run the detector every N generated tokens (cheap, stops at most N-1 late)
+MAX_DISTINCT = 3         # ... or the last 2*MIN_SPAN tokens use at most this many distinct ids
+                         # (near-periodic loops, e.g. when an n-gram ban breaks the exact period)
+
+# Defaults for the text-level trimmer.
+TEXT_MIN_REPEATS = 6
+TEXT_MIN_SPAN = 200      # characters
+TEXT_MAX_PERIOD = 600    # characters
+LINE_MIN_REPEATS = 8     # the same line (after whitespace normalisation) this many times in a row
+
+
+@dataclass(frozen=True)
+class Loop:
+    start: int           # index where the repeated region starts (first copy)
+    period: int          # block length
+    repeats: float       # copies in the tail (may end in a partial copy)
+
+    @property
+    def keep(self) -> int:
+        """Length to keep: everything before the loop plus one copy of the block."""
+        return self.start + self.period
+
+
+def _tail_loop(seq: Sequence, max_period: int, min_repeats: float, min_span: int) -> Optional[Loop]:
+    """Longest periodic tail of `seq` (any sequence supporting == on items), or None."""
+    import numpy as np
+
+    n = len(seq)
+    if n < min_span:
+        return None
+    arr = np.asarray(seq)
+    best: Optional[Loop] = None
+    for period in range(1, min(max_period, n // 2) + 1):
+        # trailing run of positions i with arr[i] == arr[i - period]
+        eq = arr[period:] == arr[:-period]
+        if not eq[-1]:
+            continue
+        bad = np.flatnonzero(~eq)
+        run = len(eq) - (bad[-1] + 1) if bad.size else len(eq)
+        span = run + period
+        repeats = span / period
+        if repeats >= min_repeats and span >= min_span:
+            start = n - span
+            if best is None or start < best.start:
+                best = Loop(start=start, period=period, repeats=repeats)
+    return best
+
+
+def _low_diversity(tail: Sequence, span: int, max_distinct: int) -> Optional[Loop]:
+    if max_distinct <= 0 or len(tail) < span:
+        return None
+    window = tail[-span:]
+    if len(set(int(t) for t in window)) <= max_distinct:
+        return Loop(start=len(tail) - span, period=0, repeats=0.0)
+    return None
+
+
+def find_token_loop(ids: Sequence[int], *, min_repeats: int = MIN_REPEATS, min_span: int = MIN_SPAN,
+                    max_period: int = MAX_PERIOD, max_distinct: int = MAX_DISTINCT) -> Optional[Loop]:
+    """A repetition loop at the end of `ids` (generated token ids), or None.
+
+    Exact: a block of <= max_period tokens repeated >= min_repeats times over >= min_span
+    tokens. Near-periodic: the last 2*min_span tokens use <= max_distinct distinct ids.
+    A near-periodic loop has period 0 (no block to keep; trim the text instead).
+    """
+    window = max(max_period * max(min_repeats, 2) + min_span, 2 * min_span)
+    tail = list(ids[-window:]) if len(ids) > window else list(ids)
+    loop = _tail_loop(tail, max_period, min_repeats, min_span) or _low_diversity(tail, 2 * min_span, max_distinct)
+    if loop is None:
+        return None
+    offset = len(ids) - len(tail)
+    return Loop(start=loop.start + offset, period=loop.period, repeats=loop.repeats)
+
+
+def _trim_lines(text: str, min_repeats: int) -> Optional[str]:
+    lines = text.split("\n")
+    # drop a trailing partial line before counting
+    if len(lines) < min_repeats:
+        return None
+    norm = [" ".join(line.split()) for line in lines]
+    end = len(norm) - 1
+    # the last line may be a cut-off copy of the repeated line
+    if norm[end] and end > 0 and norm[end - 1].startswith(norm[end]) and norm[end] != norm[end - 1]:
+        end -= 1
+    while end > 0 and not norm[end]:
+        end -= 1
+    target = norm[end]
+    if not target:
+        return None
+    count, i, first = 0, end, end
+    while i >= 0:
+        if norm[i] == target:
+            count += 1
+            first = i
+        elif norm[i]:            # blank lines between copies are allowed
+            break
+        i -= 1
+    if count < min_repeats:
+        return None
+    return "\n".join(lines[: first + 1])
+
+
+def trim_repetition(text: str, *, min_repeats: int = TEXT_MIN_REPEATS, min_span: int = TEXT_MIN_SPAN,
+                    max_period: int = TEXT_MAX_PERIOD, line_repeats: int = LINE_MIN_REPEATS) -> tuple[str, bool]:
+    """Cut a repeated tail from decoded text, keeping one copy. Returns (text, trimmed)."""
+    if not text:
+        return text, False
+    loop = _tail_loop([ord(c) for c in text], max_period, min_repeats, min_span)
+    if loop is not None:
+        kept = text[: loop.keep].rstrip()
+        return kept, True
+    kept_lines = _trim_lines(text, line_repeats)
+    if kept_lines is not None and len(kept_lines) < len(text):
+        return kept_lines.rstrip(), True
+    return text, False
+
+
+class GenerationTracker:
+    """Per-row bookkeeping of a batched `generate` call, as a transformers StoppingCriteria.
+
+    Records for each row the number of generated tokens (stop token included) and the
+    reason it ended: "stop" (a stop token, or a stop string in the decoded tail),
+    "loop" (the loop guard fired; the row is stopped early), else "length" at the end.
+    Rows are left-padded, so every row's generated tokens start at `prompt_len`.
+    """
+
+    def __init__(self, prompt_len: int, batch_size: int, stop_ids: Iterable[int] = (),
+                 stop_strings: Iterable[str] = (), decode=None, loop_guard: bool = True,
+                 min_repeats: int = MIN_REPEATS, min_span: int = MIN_SPAN, max_period: int = MAX_PERIOD,
+                 check_every: int = CHECK_EVERY, max_distinct: int = MAX_DISTINCT):
+        self.prompt_len = prompt_len
+        self.stop_ids = set(int(i) for i in stop_ids)
+        self.stop_strings = [s for s in stop_strings if s]
+        self.decode = decode
+        self.loop_guard = loop_guard
+        self.min_repeats, self.min_span, self.max_period = min_repeats, min_span, max_period
+        self.max_distinct = max_distinct
+        self.check_every = max(1, check_every)
+        self.ends: list[Optional[int]] = [None] * batch_size
+        self.reasons: list[Optional[str]] = [None] * batch_size
+        self.loops: list[Optional[Loop]] = [None] * batch_size
+        self._tail_len = max((len(s) for s in self.stop_strings), default=0) + 8
+
+    def __call__(self, input_ids, scores=None, **kwargs):
+        import torch
+
+        gen = input_ids[:, self.prompt_len:]
+        steps = gen.shape[1]
+        done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+        if steps == 0:
+            return done
+        last = gen[:, -1].tolist()
+        check_loop = self.loop_guard and steps >= self.min_span and steps % self.check_every == 0
+        rows_cpu = None
+        for row, token in enumerate(last):
+            if self.ends[row] is not None:
+                done[row] = True
+                continue
+            if token in self.stop_ids:
+                self.ends[row], self.reasons[row] = steps, "stop"
+            elif self.stop_strings and self.decode is not None:
+                tail = self.decode(gen[row, -self._tail_len:].tolist())
+                if any(s in tail for s in self.stop_strings):
+                    self.ends[row], self.reasons[row] = steps, "stop"
+            if self.ends[row] is None and check_loop:
+                if rows_cpu is None:
+                    window = max(self.max_period * max(self.min_repeats, 2) + self.min_span, 2 * self.min_span)
+                    rows_cpu = gen[:, -window:].cpu().numpy()
+                loop = find_token_loop(rows_cpu[row], min_repeats=self.min_repeats, min_span=self.min_span,
+                                       max_period=self.max_period, max_distinct=self.max_distinct)
+                if loop is not None:
+                    self.ends[row], self.reasons[row] = steps, "loop"
+                    self.loops[row] = loop
+            if self.ends[row] is not None:
+                done[row] = True
+        return done
+
+    def result(self, row: int, generated: int) -> tuple[int, str]:
+        """(number of generated tokens of this row, finish reason) after generate returned."""
+        if self.ends[row] is not None:
+            return self.ends[row], self.reasons[row]
+        return generated, "length"
+
+
+def _stopping_criteria_base():
+    from transformers import StoppingCriteria
+    return StoppingCriteria
+
+
+def make_tracker(*args, **kwargs) -> "GenerationTracker":
+    """A GenerationTracker that is also a transformers StoppingCriteria instance."""
+    base = _stopping_criteria_base()
+    cls = type("GenerationTrackerCriteria", (GenerationTracker, base), {})
+    return cls(*args, **kwargs)
+
+
+class WindowedNoRepeatNGram:
+    """DeepSeek-OCR's windowed no-repeat n-gram ban (process/ngram_norepeat.py), batch-safe.
+
+    Within the last `window_size` generated tokens, a token that would complete an
+    n-gram already seen is banned, except whitelisted ids (DeepSeek: <td>, </td>).
+    Only generated tokens count (all rows share `prompt_len` under left padding).
+    """
+
+    def __init__(self, ngram_size: int, window_size: int, prompt_len: int, whitelist: Iterable[int] = ()):
+        self.n, self.w, self.prompt_len = int(ngram_size), int(window_size), int(prompt_len)
+        self.whitelist = set(int(i) for i in whitelist)
+
+    def banned_tokens(self, seq: Sequence[int]) -> set[int]:
+        n = self.n
+        if len(seq) < n:
+            return set()
+        prefix = tuple(seq[len(seq) - (n - 1):]) if n > 1 else ()
+        banned = set()
+        for i in range(max(0, len(seq) - self.w), len(seq) - n + 1):
+            if tuple(seq[i:i + n - 1]) == prefix:
+                banned.add(seq[i + n - 1])
+        return banned - self.whitelist
+
+    def __call__(self, input_ids, scores):
+        gen = input_ids[:, self.prompt_len:]
+        if gen.shape[1] < self.n:
+            return scores
+        for row, seq in enumerate(gen[:, -(self.w + self.n):].tolist()):
+            banned = self.banned_tokens(seq)
+            if banned:
+                scores[row, sorted(banned)] = float("-inf")
+        return scores
+
+
+class PaddingSafeRepetitionPenalty:
+    """transformers' repetition penalty (CTRL rule) that ignores left padding.
+
+    The stock processor penalises every id in `input_ids`, pad tokens included, so a
+    padded row in a batch is penalised differently from the same page run alone (the
+    Qwen pad token is also a stop token). Here pad positions count as the row's first
+    real token, which is penalised anyway.
+    """
+
+    def __init__(self, penalty: float, pad_lengths: Sequence[int]):
+        self.penalty = float(penalty)
+        self.pad_lengths = list(pad_lengths)
+
+    def __call__(self, input_ids, scores):
+        import torch
+
+        if self.penalty == 1.0:
+            return scores
+        batch, length = input_ids.shape
+        pads = torch.tensor(self.pad_lengths, device=input_ids.device).clamp(max=length - 1)
+        positions = torch.arange(length, device=input_ids.device).unsqueeze(0)
+        first_real = input_ids.gather(1, pads.unsqueeze(1))
+        ids = torch.where(positions >= pads.unsqueeze(1), input_ids, first_real)
+        vocab = scores.shape[-1]
+        ids = ids.clamp(max=vocab)
+        padded = torch.nn.functional.pad(scores, (0, 1))
+        score = padded.gather(1, ids)
+        score = torch.where(score < 0, score * self.penalty, score / self.penalty)
+        return padded.scatter(1, ids, score)[..., :vocab]
+
+
+def as_logits_processor(obj):
+    """Wrap one of the callables above as a transformers LogitsProcessor instance."""
+    from transformers import LogitsProcessor
+
+    class _Wrapped(LogitsProcessor):
+        def __init__(self, inner):
+            self.inner = inner
+
+        def __call__(self, input_ids, scores):
+            return self.inner(input_ids, scores)
+
+    return _Wrapped(obj)

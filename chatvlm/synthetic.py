@@ -1,0 +1,120 @@
+"""Synthetic checkpoints for `chatvlm bench --synthetic`: real architecture, random weights.
+
+`prepare_checkpoint(name, config, folder)` writes a checkpoint folder WITHOUT weights:
+the model's full config (as given, e.g. `ModelSpec.full_config`) and a processor with the
+real preprocessing (the model's own image-processor class and parameters, so a page
+becomes as many image tokens as the real model would see). The real tokenizer is not
+available offline, so the text side uses a byte-level tokenizer carrying the model's
+special tokens, and the config's special-token ids are pointed at that tokenizer's ids
+(vocabulary size unchanged, so the compute is the real model's). Prompts therefore
+tokenise to a few dozen more tokens than with the real tokenizer; image tokens, which
+dominate, are exact.
+
+`HFBackend.load()` builds the model from this folder with `from_config` (random weights,
+initialised directly on the target device) when `BackendOptions.synthetic` is set.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Callable
+
+CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
+CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
+
+
+def _remap(config: dict[str, Any], ids: dict[str, int]) -> dict[str, Any]:
+    """Point the token-id keys (top level, and text_config's) at the tokenizer's ids."""
+    config = json.loads(json.dumps(config))
+    text = config.get("text_config") if isinstance(config.get("text_config"), dict) else None
+    for key, value in ids.items():
+        config[key] = value
+        if text is not None and (key in text or key in ("bos_token_id", "eos_token_id", "pad_token_id")):
+            text[key] = value
+    return config
+
+
+def _qwen(config: dict[str, Any], version: int):
+    import transformers
+    from transformers import Qwen2VLImageProcessor
+
+    from .testing import QWEN2_VL_CHAT_TEMPLATE, QWEN3_VL_CHAT_TEMPLATE, QWEN_SPECIALS, byte_level_tokenizer
+
+    tokenizer = byte_level_tokenizer([], QWEN_SPECIALS, eos="<|im_end|>", pad="<|endoftext|>")
+    tid = tokenizer.convert_tokens_to_ids
+    config = _remap(config, {
+        "bos_token_id": tid("<|endoftext|>"), "eos_token_id": tid("<|im_end|>"), "pad_token_id": tid("<|endoftext|>"),
+        "image_token_id": tid("<|image_pad|>"), "video_token_id": tid("<|video_pad|>"),
+        "vision_start_token_id": tid("<|vision_start|>"), "vision_end_token_id": tid("<|vision_end|>"),
+        "vision_token_id": tid("<|vision_pad|>"),
+    })
+    if version == 2:   # Qwen2-VL-2B-Instruct's preprocessor_config.json
+        kw = dict(size={"shortest_edge": 3136, "longest_edge": 12845056}, patch_size=14,
+                  temporal_patch_size=2, merge_size=2, image_mean=CLIP_MEAN, image_std=CLIP_STD)
+        video_cls, proc_cls, template = transformers.Qwen2VLVideoProcessor, transformers.Qwen2VLProcessor, QWEN2_VL_CHAT_TEMPLATE
+    else:              # Qwen3-VL-2B-Instruct's preprocessor_config.json
+        kw = dict(size={"shortest_edge": 65536, "longest_edge": 16777216}, patch_size=16, temporal_patch_size=2,
+                  merge_size=2, image_mean=[0.5] * 3, image_std=[0.5] * 3)
+        video_cls, proc_cls, template = transformers.Qwen3VLVideoProcessor, transformers.Qwen3VLProcessor, QWEN3_VL_CHAT_TEMPLATE
+    processor = proc_cls(image_processor=Qwen2VLImageProcessor(**kw), tokenizer=tokenizer,
+                         video_processor=video_cls(**kw), chat_template=template)
+    return config, processor
+
+
+def _got(config: dict[str, Any]):
+    from transformers import GotOcr2ImageProcessor, GotOcr2Processor
+
+    from .testing import GOT_SPECIALS, byte_level_tokenizer
+
+    tokenizer = byte_level_tokenizer([], GOT_SPECIALS, eos="<|endoftext|>", pad="<|endoftext|>")
+    tid = tokenizer.convert_tokens_to_ids
+    config = _remap(config, {"image_token_index": tid("<imgpad>"), "bos_token_id": tid("<|endoftext|>"),
+                             "eos_token_id": tid("<|endoftext|>"), "pad_token_id": tid("<|endoftext|>")})
+    side = int((config.get("vision_config") or {}).get("image_size", 1024))
+    processor = GotOcr2Processor(image_processor=GotOcr2ImageProcessor(size={"height": side, "width": side}),
+                                 tokenizer=tokenizer)
+    return config, processor
+
+
+def _deepseek_ocr2(config: dict[str, Any]):
+    from transformers import DeepseekOcr2ImageProcessor, DeepseekOcr2Processor
+
+    from .testing import DEEPSEEK_HEAD, DEEPSEEK_SPECIALS, byte_level_tokenizer
+
+    tokenizer = byte_level_tokenizer(DEEPSEEK_HEAD, DEEPSEEK_SPECIALS, bos=DEEPSEEK_HEAD[0], eos=DEEPSEEK_HEAD[1],
+                                     pad=DEEPSEEK_HEAD[2], add_bos=True)
+    config = _remap(config, {"image_token_id": tokenizer.convert_tokens_to_ids("<image>"),
+                             "bos_token_id": 0, "eos_token_id": 1, "pad_token_id": 2})
+    processor = DeepseekOcr2Processor(image_processor=DeepseekOcr2ImageProcessor(), tokenizer=tokenizer)
+    return config, processor
+
+
+RECIPES: dict[str, Callable[[dict[str, Any]], tuple[dict[str, Any], Any]]] = {
+    "qwen_vl_2b": lambda c: _qwen(c, 2),
+    "qwen3_vl_2b": lambda c: _qwen(c, 3),
+    "got_ocr_hf": _got,
+    "deepseek_ocr2": _deepseek_ocr2,
+}
+
+
+def prepare_checkpoint(name: str, config: dict[str, Any], folder: Path) -> Path:
+    """Write config.json + processor files (no weights) for model `name` into `folder`."""
+    from transformers import AutoConfig
+
+    from .errors import ModelUnavailableError
+    from .i18n import _
+
+    if name not in RECIPES:
+        raise ModelUnavailableError(_("not available yet: no synthetic recipe for model '{name}'").format(name=name))
+    if not config or "model_type" not in config:
+        raise ModelUnavailableError(_("model '{name}': the synthetic config needs a model_type").format(name=name))
+    config, processor = RECIPES[name](config)
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    fields = {k: v for k, v in config.items() if k != "model_type"}
+    AutoConfig.for_model(config["model_type"], **fields).save_pretrained(folder)
+    processor.save_pretrained(folder)
+    (folder / "SYNTHETIC_RANDOM_WEIGHTS.txt").write_text(
+        "Synthetic checkpoint built by chatvlm bench --synthetic: config and processor only; weights are random.\n")
+    return folder

@@ -1,0 +1,308 @@
+"""Tiny random-weight checkpoints of the transformers-native models, for tests and demos.
+
+Each builder uses the model's REAL config class, REAL processor classes and a byte-level
+BPE tokenizer built in code (the way transformers tests itself), with the special tokens
+the model and its processor need. The result is a folder written with `save_pretrained`
+that loads through the backend's own `load()` exactly like a downloaded checkpoint:
+
+    from chatvlm.testing import build_tiny_checkpoint
+    path = build_tiny_checkpoint("qwen_vl_2b", tmp_path / "qwen")
+    chatvlm ocr pages/ -o out --model qwen_vl_2b --model-path <path>
+
+The weights are random, so the "text" is noise; what the checkpoints prove is structure:
+batching, padding, prompt building, stop tokens, token counts, files. Vocabularies are
+tiny (256 byte tokens plus the special tokens), hidden sizes 16-32 and one or two layers,
+so building and running one takes seconds on a CPU. Vision sizes that the real processors
+or model code hard-code (GOT's 1024-px SAM input, DeepSeek-OCR-2's 1024/768 views) are kept.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Callable, Optional
+
+TINY_MODELS = ("qwen_vl_2b", "qwen3_vl_2b", "got_ocr_hf", "deepseek_ocr2")
+
+# Qwen2-VL's chat template as shipped with the checkpoint (default system turn).
+QWEN2_VL_CHAT_TEMPLATE = (
+    "{% set image_count = namespace(value=0) %}{% set video_count = namespace(value=0) %}"
+    "{% for message in messages %}{% if loop.first and message['role'] != 'system' %}"
+    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}"
+    "<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}<|im_end|>\n"
+    "{% else %}{% for content in message['content'] %}"
+    "{% if content['type'] == 'image' or 'image' in content or 'image_url' in content %}"
+    "{% set image_count.value = image_count.value + 1 %}"
+    "{% if add_vision_id %}Picture {{ image_count.value }}: {% endif %}"
+    "<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif content['type'] == 'video' or 'video' in content %}"
+    "{% set video_count.value = video_count.value + 1 %}"
+    "{% if add_vision_id %}Video {{ video_count.value }}: {% endif %}"
+    "<|vision_start|><|video_pad|><|vision_end|>"
+    "{% elif 'text' in content %}{{ content['text'] }}{% endif %}{% endfor %}<|im_end|>\n"
+    "{% endif %}{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+# Qwen3-VL's template reduced to what OCR and chat use: no default system turn.
+QWEN3_VL_CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for content in message['content'] %}"
+    "{% if content['type'] == 'image' or 'image' in content or 'image_url' in content %}"
+    "<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif content['type'] == 'video' or 'video' in content %}"
+    "<|vision_start|><|video_pad|><|vision_end|>"
+    "{% elif 'text' in content %}{{ content['text'] }}{% endif %}{% endfor %}"
+    "{% endif %}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+QWEN_SPECIALS = [
+    "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>", "<|object_ref_end|>",
+    "<|box_start|>", "<|box_end|>", "<|quad_start|>", "<|quad_end|>",
+    "<|vision_start|>", "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>",
+]
+GOT_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<img>", "</img>", "<imgpad>"]
+DEEPSEEK_HEAD = ["<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>", "<｜▁pad▁｜>"]   # ids 0, 1, 2 as in the real vocab
+DEEPSEEK_SPECIALS = [
+    "<image>", "<|ref|>", "<|/ref|>", "<|det|>", "<|/det|>", "<|grounding|>",
+    "<td>", "</td>", "<tr>", "</tr>", "<|User|>", "<|Assistant|>",
+]
+
+
+def byte_level_tokenizer(head: list[str], tail: list[str], *, bos: Optional[str] = None,
+                         eos: Optional[str] = None, pad: Optional[str] = None,
+                         add_bos: bool = False, extra_special: Optional[dict] = None):
+    """A byte-level BPE tokenizer: `head` specials, the 256 byte symbols, then `tail` specials.
+
+    Any text round-trips through it (one token per byte), so decoded outputs are real
+    strings; special tokens keep their own ids and survive `skip_special_tokens=False`.
+    """
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    vocab: dict[str, int] = {}
+    for token in head:
+        vocab[token] = len(vocab)
+    for symbol in sorted(alphabet):
+        vocab[symbol] = len(vocab)
+    for token in tail:
+        vocab[token] = len(vocab)
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tok.decoder = decoders.ByteLevel()
+    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in head + tail])
+    if add_bos and bos is not None:
+        tok.post_processor = processors.TemplateProcessing(
+            single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, vocab[bos])])
+    kwargs = dict(extra_special or {})
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=bos, eos_token=eos, pad_token=pad, **kwargs)
+
+
+def _finish(folder: Path, model, processor, generation: dict) -> Path:
+    from transformers import GenerationConfig
+
+    folder.mkdir(parents=True, exist_ok=True)
+    model.generation_config = GenerationConfig(**generation)
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    (folder / "TINY_RANDOM_WEIGHTS.txt").write_text(
+        "Tiny random-weight checkpoint built by chatvlm.testing for tests; its output is noise.\n")
+    return folder
+
+
+def _seed(seed: int) -> None:
+    import torch
+    torch.manual_seed(seed)
+
+
+def _randomize(model, std: float = 0.3) -> None:
+    """Re-draw every weight matrix with a wide normal (norms and biases kept).
+
+    With transformers' default 0.02 init a tiny model emits one token forever, the same
+    for every page; wider weights give page-dependent, varied greedy outputs, so batching
+    tests compare real token streams and greedy choices are not fp32 near-ties.
+    """
+    import torch
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if param.dim() < 2 or "norm" in name:
+                continue
+            param.normal_(0.0, std)
+        for name, param in model.named_parameters():
+            if name.endswith("view_separator") or name.endswith("image_newline"):
+                param.normal_(0.0, std)
+
+
+def _boost(model, token_ids, factor: float) -> None:
+    """Scale the output-embedding rows of `token_ids` (stop tokens): the model then emits
+    them early at page-dependent steps, so tests see rows of one batch stop at different times."""
+    import torch
+    if not factor or factor == 1.0:
+        return
+    with torch.no_grad():
+        out = model.get_output_embeddings().weight
+        for tid in token_ids:
+            out[tid].mul_(factor)
+
+
+def build_qwen2_vl(folder: Path, seed: int = 0, init_std: float = 0.3, eos_boost: float = 0.0) -> Path:
+    from transformers import (Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLImageProcessor,
+                              Qwen2VLProcessor, Qwen2VLVideoProcessor)
+
+    _seed(seed)
+    tokenizer = byte_level_tokenizer([], QWEN_SPECIALS, eos="<|im_end|>", pad="<|endoftext|>")
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in QWEN_SPECIALS}
+    config = Qwen2VLConfig(
+        text_config=dict(
+            vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
+            rope_parameters={"rope_type": "default", "mrope_section": [2, 1, 1], "rope_theta": 1000000.0},
+            bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"],
+            tie_word_embeddings=True,
+        ),
+        vision_config=dict(depth=1, embed_dim=32, hidden_size=32, num_heads=2, mlp_ratio=2,
+                           patch_size=14, spatial_merge_size=2, temporal_patch_size=2),
+        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
+        tie_word_embeddings=True,
+    )
+    model = Qwen2VLForConditionalGeneration(config).eval()
+    _randomize(model, init_std)
+    _boost(model, [ids["<|im_end|>"]], eos_boost)
+    size = {"shortest_edge": 56 * 56, "longest_edge": 28 * 28 * 64}   # small budget: <= 64 image tokens
+    mean, std = [0.48145466, 0.4578275, 0.40821073], [0.26862954, 0.26130258, 0.27577711]
+    image_processor = Qwen2VLImageProcessor(size=size, patch_size=14, temporal_patch_size=2, merge_size=2,
+                                            image_mean=mean, image_std=std)
+    video_processor = Qwen2VLVideoProcessor(size=size, patch_size=14, temporal_patch_size=2, merge_size=2,
+                                            image_mean=mean, image_std=std)
+    processor = Qwen2VLProcessor(image_processor=image_processor, tokenizer=tokenizer,
+                                 video_processor=video_processor, chat_template=QWEN2_VL_CHAT_TEMPLATE)
+    return _finish(folder, model, processor, dict(
+        eos_token_id=[ids["<|im_end|>"], ids["<|endoftext|>"]], pad_token_id=ids["<|endoftext|>"],
+        bos_token_id=ids["<|endoftext|>"], do_sample=False))
+
+
+def build_qwen3_vl(folder: Path, seed: int = 0, init_std: float = 0.3, eos_boost: float = 0.0) -> Path:
+    from transformers import (Qwen2VLImageProcessor, Qwen3VLConfig, Qwen3VLForConditionalGeneration,
+                              Qwen3VLProcessor, Qwen3VLVideoProcessor)
+
+    _seed(seed)
+    tokenizer = byte_level_tokenizer([], QWEN_SPECIALS, eos="<|im_end|>", pad="<|endoftext|>")
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in QWEN_SPECIALS}
+    config = Qwen3VLConfig(
+        text_config=dict(
+            vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+            num_attention_heads=4, num_key_value_heads=2, head_dim=8, max_position_embeddings=4096,
+            rope_parameters={"rope_type": "default", "mrope_section": [2, 1, 1], "mrope_interleaved": True,
+                             "rope_theta": 5000000.0},
+            bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"],
+            tie_word_embeddings=True,
+        ),
+        vision_config=dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, patch_size=16,
+                           spatial_merge_size=2, temporal_patch_size=2, out_hidden_size=32,
+                           num_position_embeddings=64, deepstack_visual_indexes=[0]),
+        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
+        tie_word_embeddings=True,
+    )
+    model = Qwen3VLForConditionalGeneration(config).eval()
+    _randomize(model, init_std)
+    _boost(model, [ids["<|im_end|>"]], eos_boost)
+    size = {"shortest_edge": 64 * 64, "longest_edge": 32 * 32 * 64}
+    half = [0.5, 0.5, 0.5]
+    image_processor = Qwen2VLImageProcessor(size=size, patch_size=16, temporal_patch_size=2, merge_size=2,
+                                            image_mean=half, image_std=half)
+    video_processor = Qwen3VLVideoProcessor(size=size, patch_size=16, temporal_patch_size=2, merge_size=2,
+                                            image_mean=half, image_std=half)
+    processor = Qwen3VLProcessor(image_processor=image_processor, tokenizer=tokenizer,
+                                 video_processor=video_processor, chat_template=QWEN3_VL_CHAT_TEMPLATE)
+    return _finish(folder, model, processor, dict(
+        eos_token_id=[ids["<|im_end|>"], ids["<|endoftext|>"]], pad_token_id=ids["<|endoftext|>"],
+        bos_token_id=ids["<|endoftext|>"], do_sample=False))
+
+
+def build_got_ocr(folder: Path, seed: int = 0, init_std: float = 0.3, eos_boost: float = 0.0) -> Path:
+    """GOT-OCR2 with a 256-px SAM input (16 image tokens per view instead of 256)."""
+    from transformers import GotOcr2Config, GotOcr2ForConditionalGeneration, GotOcr2ImageProcessor, GotOcr2Processor
+
+    _seed(seed)
+    tokenizer = byte_level_tokenizer([], GOT_SPECIALS, eos="<|endoftext|>", pad="<|endoftext|>")
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in GOT_SPECIALS}
+    config = GotOcr2Config(
+        vision_config=dict(hidden_size=16, output_channels=16, num_hidden_layers=1, num_attention_heads=2,
+                           image_size=256, patch_size=16, window_size=4, global_attn_indexes=[], mlp_dim=32),
+        text_config=dict(model_type="qwen2", vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
+                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                         max_position_embeddings=4096, tie_word_embeddings=True,
+                         bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|endoftext|>"]),
+        image_token_index=ids["<imgpad>"], image_seq_length=16, tie_word_embeddings=True,
+    )
+    model = GotOcr2ForConditionalGeneration(config).eval()
+    _randomize(model, init_std)
+    _boost(model, [ids["<|im_end|>"]], eos_boost)
+    image_processor = GotOcr2ImageProcessor(size={"height": 256, "width": 256})
+    processor = GotOcr2Processor(image_processor=image_processor, tokenizer=tokenizer)
+    return _finish(folder, model, processor, dict(
+        eos_token_id=ids["<|endoftext|>"], pad_token_id=ids["<|endoftext|>"], do_sample=False))
+
+
+def build_deepseek_ocr2(folder: Path, seed: int = 0, init_std: float = 0.3, eos_boost: float = 0.0) -> Path:
+    """DeepSeek-OCR-2 with the real 1024/768 views (the model hard-codes 256/144 queries)."""
+    from transformers import (DeepseekOcr2Config, DeepseekOcr2ForConditionalGeneration,
+                              DeepseekOcr2ImageProcessor, DeepseekOcr2Processor)
+
+    _seed(seed)
+    tokenizer = byte_level_tokenizer(DEEPSEEK_HEAD, DEEPSEEK_SPECIALS, bos=DEEPSEEK_HEAD[0], eos=DEEPSEEK_HEAD[1],
+                                     pad=DEEPSEEK_HEAD[2], add_bos=True)
+    image_id = tokenizer.convert_tokens_to_ids("<image>")
+    config = DeepseekOcr2Config(
+        vision_config=dict(
+            sam_config=dict(hidden_size=16, output_channels=16, num_hidden_layers=1, num_attention_heads=2,
+                            image_size=1024, patch_size=16, window_size=8, global_attn_indexes=[], mlp_dim=32,
+                            downsample_channels=[16, 32]),
+            encoder_config=dict(vocab_size=16, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048),
+        ),
+        text_config=dict(
+            vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+            num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=8192,
+            n_routed_experts=4, num_experts_per_tok=2, n_shared_experts=1, moe_intermediate_size=16,
+            mlp_layer_types=["dense", "sparse"], bos_token_id=0, eos_token_id=1, pad_token_id=2,
+        ),
+        image_token_id=image_id,
+    )
+    model = DeepseekOcr2ForConditionalGeneration(config).eval()
+    _randomize(model, init_std)
+    _boost(model, [1], eos_boost)
+    image_processor = DeepseekOcr2ImageProcessor()
+    processor = DeepseekOcr2Processor(image_processor=image_processor, tokenizer=tokenizer)
+    return _finish(folder, model, processor, dict(eos_token_id=1, pad_token_id=2, bos_token_id=0, do_sample=False))
+
+
+BUILDERS: dict[str, Callable[..., Path]] = {
+    "qwen_vl_2b": build_qwen2_vl,
+    "qwen3_vl_2b": build_qwen3_vl,
+    "got_ocr_hf": build_got_ocr,
+    "deepseek_ocr2": build_deepseek_ocr2,
+}
+
+
+def build_tiny_checkpoint(name: str, folder, seed: int = 0, init_std: float = 0.3, eos_boost: float = 0.0) -> Path:
+    """Write a tiny random-weight checkpoint of model `name` into `folder`; return the folder.
+
+    `init_std` 0.3 gives varied outputs; a small one (0.05) gives a model that falls into
+    repetition loops at once (useful for loop-guard tests).
+    """
+    try:
+        builder = BUILDERS[name]
+    except KeyError:
+        raise ValueError(f"no tiny checkpoint builder for {name!r}; known: {', '.join(BUILDERS)}") from None
+    folder = Path(folder)
+    builder(folder, seed=seed, init_std=init_std, eos_boost=eos_boost)
+    meta = {"model": name, "seed": seed, "init_std": init_std, "eos_boost": eos_boost, "tiny_random": True}
+    (folder / "chatvlm_tiny.json").write_text(json.dumps(meta) + "\n")
+    return folder
