@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import time
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -166,30 +168,43 @@ def _recognise_all(config: RunConfig, spec: ModelSpec, backend, jobs: list[Job],
             reporter.message(_("out of memory: batch size lowered to {n}").format(n=size), "warning")
 
     pages = rendered_pages(jobs, prefetch=max(config.prefetch, state["batch_size"] * 4))
-    for window, groups in bucketed_windows(pages, lambda: state["batch_size"], backend.page_cost):
-        outputs: dict[int, Any] = {}
-        for batch in groups:
-            if len(batch) == 1 and not batch[0].ok:
-                continue
-            start = time.perf_counter()
-            raws = generate_with_backoff(lambda b: backend.generate_batch(b, config.task, params), batch, shrink)
-            elapsed = time.perf_counter() - start
-            stats.gpu_busy_s += elapsed
-            stats.batches += 1
-            for page, raw in zip(batch, raws):
-                measured = raw.generate_s if isinstance(raw, RawOutput) and raw.generate_s else elapsed / len(batch)
-                page.timings["recognise"] = measured
-                if isinstance(raw, RawOutput) and raw.preprocess_s:
-                    page.timings["preprocess"] = raw.preprocess_s
-                outputs[id(page)] = raw
-        # Results go to the writers in input order, whatever order the buckets ran in.
-        for page in window:
-            if not page.ok:
-                reporter.message(_("{path} page {page}: {reason}").format(path=page.source, page=page.page, reason=page.error), "error")
-                finish_page(PageResult.failed(page, spec.name, page.error or "unreadable"))
-            else:
-                finish_page(_finish(config, spec, backend, page, outputs[id(page)], reporter))
-            page.image = None   # the page is done: free its pixels
+    # Postprocessing and writing run in one writer thread, in input order, while the next
+    # batches are recognised; at most two windows wait for it, so memory stays bounded.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="writer") as writer:
+        pending: deque[Future] = deque()
+        for window, groups in bucketed_windows(pages, lambda: state["batch_size"], backend.page_cost):
+            outputs: dict[int, Any] = {}
+            for batch in groups:
+                if len(batch) == 1 and not batch[0].ok:
+                    continue
+                start = time.perf_counter()
+                raws = generate_with_backoff(lambda b: backend.generate_batch(b, config.task, params), batch, shrink)
+                elapsed = time.perf_counter() - start
+                stats.gpu_busy_s += elapsed
+                stats.batches += 1
+                for page, raw in zip(batch, raws):
+                    measured = raw.generate_s if isinstance(raw, RawOutput) and raw.generate_s else elapsed / len(batch)
+                    page.timings["recognise"] = measured
+                    if isinstance(raw, RawOutput) and raw.preprocess_s:
+                        page.timings["preprocess"] = raw.preprocess_s
+                    outputs[id(page)] = raw
+            pending.append(writer.submit(_write_window, config, spec, backend, window, outputs, finish_page, reporter))
+            while len(pending) > 2:
+                pending.popleft().result()
+        while pending:
+            pending.popleft().result()
+
+
+def _write_window(config: RunConfig, spec: ModelSpec, backend, window: list[Page], outputs: dict[int, Any],
+                  finish_page, reporter: Reporter) -> None:
+    """Results go to the writers in input order, whatever order the buckets ran in."""
+    for page in window:
+        if not page.ok:
+            reporter.message(_("{path} page {page}: {reason}").format(path=page.source, page=page.page, reason=page.error), "error")
+            finish_page(PageResult.failed(page, spec.name, page.error or "unreadable"))
+        else:
+            finish_page(_finish(config, spec, backend, page, outputs[id(page)], reporter))
+        page.image = None   # the page is done: free its pixels
 
 
 def _finish(config: RunConfig, spec: ModelSpec, backend, page: Page, raw, reporter: Reporter) -> PageResult:

@@ -67,7 +67,7 @@ def bucketed_windows(pages: Iterable[Page], batch_size: Callable[[], int], cost:
 
     Pages are taken a window at a time (window_batches batches' worth), sorted by cost
     inside the window and cut into batches, so a batch does not pad a small page up to a
-    big one. Yields (window in input order, batches); the caller writes results of the
+    big one. The first window holds one batch only, so the first page is written early. Yields (window in input order, batches); the caller writes results of the
     window in input order, so outputs and the manifest keep the input's order. Pages that
     failed to render come back as batches of one.
     """
@@ -80,13 +80,35 @@ def bucketed_windows(pages: Iterable[Page], batch_size: Callable[[], int], cost:
         groups += [[p] for p in window if not p.ok]
         return list(window), groups
 
+    batches_per_window = 1
     for page in pages:
         window.append(page)
-        if len(window) >= max(1, batch_size()) * window_batches:
+        if len(window) >= max(1, batch_size()) * batches_per_window:
             yield flush()
             window = []
+            batches_per_window = window_batches
     if window:
         yield flush()
+
+
+def auto_batch_size(free_bytes: int, per_page_bytes: int, headroom: float = 0.8, cap: int = 256) -> int:
+    """The largest power-of-two batch whose per-page memory fits in the free memory.
+
+    An estimate, not a promise: the out-of-memory back-off catches what it gets wrong and
+    the smaller size is kept from then on.
+    """
+    if per_page_bytes <= 0 or free_bytes <= 0:
+        return 1
+    fits = int(free_bytes * headroom // per_page_bytes)
+    size = 1
+    while size * 2 <= min(fits, cap):
+        size *= 2
+    return size
+
+
+def kv_cache_bytes_per_token(layers: int, kv_heads: int, head_dim: int, dtype_bytes: int) -> int:
+    """Keys and values of one token across all layers."""
+    return 2 * layers * kv_heads * head_dim * dtype_bytes
 
 
 def is_out_of_memory(exc: BaseException) -> bool:

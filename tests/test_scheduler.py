@@ -57,12 +57,12 @@ def test_buckets_group_similar_pages_and_keep_window_order():
         pages.append(p)
     pages[3].image = None
     pages[3].error = "unreadable"
-    windows = list(bucketed_windows(pages, lambda: 2, lambda p: p.size[0], window_batches=4))
-    assert len(windows) == 1
-    window, groups = windows[0]
-    assert [p.index for p in window] == list(range(8))           # input order kept for writing
+    windows = list(bucketed_windows(pages, lambda: 2, lambda p: p.size[0], window_batches=3))
+    assert [len(w) for w, _ in windows] == [2, 6]                # first window: one batch, for a fast first page
+    window, groups = windows[1]
+    assert [p.index for p in window] == list(range(2, 8))        # input order kept for writing
     sizes = [[p.size[0] for p in g] for g in groups if g[0].ok]
-    assert sizes == [[90, 100], [130, 870], [880, 900], [910]]   # similar sizes batched together
+    assert sizes == [[90, 130], [870, 880], [910]]               # similar sizes batched together
     assert [g for g in groups if not g[0].ok] == [[pages[3]]]
 
 
@@ -83,3 +83,16 @@ def test_backoff_splits_until_it_fits_and_isolates_a_bad_page():
     assert isinstance(out[5], ValueError) and out[6:] == ["ok6", "ok7"]
     assert shrunk and min(shrunk) <= 2
     assert is_out_of_memory(RuntimeError("CUDA out of memory")) and not is_out_of_memory(ValueError("x"))
+
+
+def test_auto_batch_size_from_free_memory():
+    from chatvlm.scheduler import auto_batch_size, kv_cache_bytes_per_token
+
+    # Qwen2-VL-2B LM in bf16: 28 layers, 2 KV heads of 128 -> 28 KiB per token
+    per_token = kv_cache_bytes_per_token(28, 2, 128, 2)
+    assert per_token == 28 * 1024
+    per_page = 2 * (1344 + 512) * per_token           # ~100 MiB with activations
+    assert auto_batch_size(70 * 2**30, per_page) == 256   # an H100 after loading: capped
+    assert auto_batch_size(10 * 2**30, per_page) == 64
+    assert auto_batch_size(100 * 2**20, per_page) == 1
+    assert auto_batch_size(0, per_page) == 1

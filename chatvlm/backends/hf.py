@@ -482,9 +482,44 @@ class HFBackend(Backend):
         return facts
 
     def default_batch_size(self, params: GenerationParams) -> int:
+        """--batch-size, else on a GPU the largest batch the free memory holds (`auto`), else 1."""
         if params.batch_size:
             return params.batch_size
-        return self.default_gpu_batch if self.device.startswith("cuda") else 1
+        if not self.device.startswith("cuda"):
+            return 1
+        try:
+            import torch
+            free, _total = torch.cuda.mem_get_info(torch.device(self.device))
+            per_page = self.page_memory_bytes(params)
+        except Exception:
+            return self.default_gpu_batch
+        from ..scheduler import auto_batch_size
+        size = auto_batch_size(free, per_page)
+        self._facts["auto_batch_size"] = size
+        self._facts["estimated_page_memory_mb"] = round(per_page / 2**20, 1)
+        return size
+
+    def prompt_tokens_estimate(self) -> int:
+        """Prompt length of a typical page: image tokens at the pixel budget plus the text.
+
+        Qwen-style models give one token per 28x28 pixels (32x32 for Qwen3); backends with a
+        different rule override this.
+        """
+        pixels = self.spec.max_pixels or 1_003_520
+        return int(pixels / (28 * 28)) + 64
+
+    def page_memory_bytes(self, params: GenerationParams) -> int:
+        """GPU memory one page costs in a batch: its KV cache for prompt + new tokens, with
+        the same again for activations (vision tower, attention workspace, logits)."""
+        from ..scheduler import kv_cache_bytes_per_token
+        text = self.model.config.get_text_config() if hasattr(self.model.config, "get_text_config") else self.model.config
+        heads = int(getattr(text, "num_attention_heads"))
+        kv_heads = int(getattr(text, "num_key_value_heads", None) or heads)
+        head_dim = int(getattr(text, "head_dim", None) or text.hidden_size // heads)
+        dtype_bytes = 2 if "16" in str(self.dtype) else 4
+        tokens = self.prompt_tokens_estimate() + self.max_new_tokens(params)
+        per_token = kv_cache_bytes_per_token(int(text.num_hidden_layers), kv_heads, head_dim, dtype_bytes)
+        return 2 * tokens * per_token
 
     # ----------------------------------------------------------------- generation hooks
     def build_inputs(self, pages: list[Page], task: str, params: GenerationParams) -> dict:
