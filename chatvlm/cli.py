@@ -4,19 +4,77 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import List, Optional
+from typing import Any, List, Optional
 
 import typer
+import typer.rich_utils  # noqa: F401  (its panel titles are translated by set_language)
+from typer.core import TyperGroup
 
 from . import __version__
 from .config import OUTPUT_FORMATS, BackendOptions, GenerationParams, RunConfig, task_for_formats
 from .errors import EXIT_ABORTED, EXIT_USAGE, ChatVLMError, UsageError
-from .i18n import _, set_language
+from .i18n import HELP_OPTION_TEXT, USAGE_PREFIX, _, language_from_argv, retranslate, set_language
 
-set_language(None)
+# Typer evaluates help texts when the commands below are defined, so the language is
+# decided first: --ui-lang anywhere on the command line, else CHATVLM_LANG, else the locale.
+set_language(language_from_argv(sys.argv[1:]))
+
+
+# Typer may ship its own copy of Click, so these derive from the classes Typer really uses.
+_BaseContext = TyperGroup.context_class
+
+
+class _LocalizedFormatter(_BaseContext.formatter_class):
+    def write_usage(self, prog: str, args: str = "", prefix: Optional[str] = None) -> None:
+        super().write_usage(prog, args, prefix if prefix is not None else _(USAGE_PREFIX) + " ")
+
+
+class _LocalizedContext(_BaseContext):
+    formatter_class = _LocalizedFormatter
+
+
+def _localize(command: Any) -> Any:
+    """Show a command's help texts in the language chosen for this run."""
+    command.context_class = _LocalizedContext
+    command.help = retranslate(command.help)
+    command.short_help = retranslate(command.short_help)
+    for param in command.params:
+        if getattr(param, "help", None):
+            param.help = retranslate(param.help)
+    return command
+
+
+class LocalizedGroup(TyperGroup):
+    """The `chatvlm` group: re-decides the language per invocation (--ui-lang, CHATVLM_LANG)
+    and translates help texts that were built at import time in another language."""
+
+    context_class = _LocalizedContext
+
+    def make_context(self, info_name, args, parent=None, **extra):
+        set_language(language_from_argv(args))
+        _localize(self)
+        for command in self.commands.values():
+            _localize(command)
+        return super().make_context(info_name, args, parent=parent, **extra)
+
+    def get_help_option(self, ctx: Any):
+        option = super().get_help_option(ctx)
+        if option is not None:
+            option.help = _(HELP_OPTION_TEXT)
+        return option
+
+    def get_command(self, ctx: Any, cmd_name: str):
+        command = super().get_command(ctx, cmd_name)
+        if command is not None:
+            option = command.get_help_option(ctx)
+            if option is not None:
+                option.help = _(HELP_OPTION_TEXT)
+        return command
+
 
 app = typer.Typer(
     name="chatvlm",
+    cls=LocalizedGroup,
     help=_("Batch OCR with vision-language models: folders, globs and PDFs in; text, markdown and layout JSON out."),
     no_args_is_help=True,
     add_completion=False,
@@ -41,6 +99,8 @@ def main_callback(
     from .ui import VERBOSITY
     VERBOSITY["level"] = 0 if quiet else 1 + verbose
     if ui_lang:
+        if ui_lang.lower() not in ("en", "ru"):
+            _fail(UsageError(_("--ui-lang must be en or ru")))
         set_language(ui_lang)
 
 
@@ -245,6 +305,25 @@ def bench(
 def models() -> None:
     from .model_info import print_models
     print_models()
+
+
+@app.command(help=_("Ask a question about a page; with no question, chat about it (/page N, /model NAME, /exit)."))
+def ask(
+    source: str = typer.Argument(..., help=_("An image or a PDF.")),
+    question: Optional[str] = typer.Argument(None, help=_("The question; leave it out for an interactive chat.")),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help=_("Chat-capable model (default: the best one whose weights are here).")),
+    page: int = typer.Option(1, "--page", "-p", help=_("Page of a PDF or multi-page TIFF, from 1.")),
+    model_path: Optional[Path] = typer.Option(None, "--model-path", help=_("Local checkpoint folder for --model.")),
+    device: Optional[str] = typer.Option(None, "--device", help=_("cuda, cuda:N or cpu (default: best available).")),
+    dpi: int = typer.Option(200, "--dpi", help=_("Resolution for rendering PDF pages.")),
+) -> None:
+    from .chat import run_ask
+
+    try:
+        code = run_ask(source, question, model=model, page=page, model_path=model_path, device=device, dpi=dpi)
+    except ChatVLMError as exc:
+        _fail(exc)
+    raise typer.Exit(code)
 
 
 def _fail(exc: ChatVLMError) -> None:

@@ -26,7 +26,8 @@ class UnknownModelError(UsageError):
     def __init__(self, name: str, known: list[str]):
         self.name = name
         self.known = known
-        super().__init__(f"unknown model '{name}'; known models: {', '.join(known)}")
+        from .i18n import _
+        super().__init__(_("unknown model '{name}'; known models: {known}").format(name=name, known=", ".join(known)))
 
 
 class ModelUnavailableError(ChatVLMError):

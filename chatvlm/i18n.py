@@ -1,8 +1,13 @@
 """User-facing message translation.
 
 Every message shown to a user goes through `_()`; catalogues live in
-chatvlm/locale/<lang>/LC_MESSAGES/chatvlm.po and are read with the standard gettext
-machinery. The language is chosen by --ui-lang, CHATVLM_LANG, or the locale.
+chatvlm/locale/<lang>/LC_MESSAGES/chatvlm.po (compiled to .mo) and are read with the
+standard gettext machinery. English is the source language (the msgids). The language
+is chosen by --ui-lang, CHATVLM_LANG, or the locale (LC_ALL, LC_MESSAGES, LANG).
+
+`N_()` marks a string for the catalogue without translating it (for names translated
+later, e.g. report stage names). `python tools/i18n.py check|update|compile` keeps the
+catalogues in step with the code.
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ from __future__ import annotations
 import gettext as _gettext
 import os
 from pathlib import Path
+from typing import Optional, Sequence
 
 LOCALE_DIR = Path(__file__).with_name("locale")
 SUPPORTED = ("en", "ru")
@@ -18,23 +24,32 @@ _translation: _gettext.NullTranslations = _gettext.NullTranslations()
 _current = "en"
 
 
-def detect_language(explicit: str | None = None) -> str:
+def _code(value: str) -> str:
+    return value.split(".")[0].split("@")[0].replace("-", "_").split("_")[0].lower()
+
+
+def detect_language(explicit: Optional[str] = None) -> str:
     """--ui-lang beats CHATVLM_LANG beats the locale (LC_ALL, LC_MESSAGES, LANG)."""
-    for value in (explicit, os.environ.get("CHATVLM_LANG"), os.environ.get("LC_ALL"),
+    if explicit:
+        code = _code(explicit)
+        return code if code in SUPPORTED else "en"
+    for value in (os.environ.get("CHATVLM_LANG"), os.environ.get("LC_ALL"),
                   os.environ.get("LC_MESSAGES"), os.environ.get("LANG")):
         if value:
-            code = value.split(".")[0].split("_")[0].lower()
+            code = _code(value)
             if code in SUPPORTED:
                 return code
-            if explicit and value is explicit:
+            if value not in ("C", "POSIX", "C.UTF-8", "C.utf8"):
                 return "en"
     return "en"
 
 
-def set_language(lang: str | None = None) -> str:
+def set_language(lang: Optional[str] = None) -> str:
+    """Switch every later `_()` to `lang` (or the detected language); returns the code."""
     global _translation, _current
     _current = detect_language(lang)
     _translation = _gettext.translation("chatvlm", localedir=str(LOCALE_DIR), languages=[_current], fallback=True)
+    _localize_typer()
     return _current
 
 
@@ -44,3 +59,78 @@ def current_language() -> str:
 
 def _(message: str) -> str:
     return _translation.gettext(message)
+
+
+def N_(message: str) -> str:
+    """Mark `message` for the catalogue; translate it later with `_()`."""
+    return message
+
+
+def language_from_argv(argv: Sequence[str]) -> Optional[str]:
+    """The value of --ui-lang in a command line, if any (read before the CLI is built)."""
+    for i, arg in enumerate(argv):
+        if arg == "--":
+            break
+        if arg == "--ui-lang" and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith("--ui-lang="):
+            return arg.split("=", 1)[1]
+    return None
+
+
+def default_ocr_languages() -> str:
+    """Tesseract languages when --lang is not given: the interface language first."""
+    return "rus+eng" if _current == "ru" else "eng+rus"
+
+
+# --------------------------------------------------------------------------- help texts
+
+_reverse: dict[str, str] = {}
+
+
+def retranslate(text: Optional[str]) -> Optional[str]:
+    """`text` (a message in any supported language) in the current language.
+
+    Typer builds help texts when the CLI module is imported; this lets the CLI show them
+    in the language chosen when it runs (--ui-lang, or CHATVLM_LANG set later).
+    """
+    if not text:
+        return text
+    if not _reverse:
+        for lang in SUPPORTED:
+            try:
+                catalogue = _gettext.translation("chatvlm", localedir=str(LOCALE_DIR), languages=[lang])
+            except OSError:
+                continue
+            for msgid, msgstr in getattr(catalogue, "_catalog", {}).items():
+                if isinstance(msgid, str) and msgid:
+                    _reverse[msgstr] = msgid
+    return _(_reverse.get(text, text))
+
+
+# Typer's and Click's own words in help screens (they use gettext's default domain,
+# which has no Russian catalogue); ours translate them.
+TYPER_STRINGS = {
+    "ARGUMENTS_PANEL_TITLE": N_("Arguments"),
+    "OPTIONS_PANEL_TITLE": N_("Options"),
+    "COMMANDS_PANEL_TITLE": N_("Commands"),
+    "ERRORS_PANEL_TITLE": N_("Error"),
+    "ABORTED_TEXT": N_("Aborted."),
+    "DEFAULT_STRING": N_("[default: {}]"),
+    "REQUIRED_LONG_STRING": N_("[required]"),
+    "ENVVAR_STRING": N_("[env var: {}]"),
+    "DEPRECATED_STRING": N_("(deprecated) "),
+    "RICH_HELP": N_("Try [blue]'{command_path} {help_option}'[/] for help."),
+}
+HELP_OPTION_TEXT = N_("Show this message and exit.")
+USAGE_PREFIX = N_("Usage:")
+
+
+def _localize_typer() -> None:
+    import sys
+
+    rich_utils = sys.modules.get("typer.rich_utils")
+    if rich_utils is None:
+        return
+    for name, msgid in TYPER_STRINGS.items():
+        setattr(rich_utils, name, _(msgid))

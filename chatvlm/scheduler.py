@@ -13,6 +13,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator, Optional
 
+from .i18n import _
 from .records import Page
 
 
@@ -33,9 +34,9 @@ def _render(job: Job) -> Page:
     except InputError as exc:
         job.page.error = str(exc)
     except MemoryError:
-        job.page.error = "out of memory while rendering this page; lower --dpi"
+        job.page.error = _("out of memory while rendering this page; lower --dpi")
     except Exception as exc:  # a renderer bug must cost one page, not the batch
-        job.page.error = f"cannot render page: {exc.__class__.__name__}: {exc}"
+        job.page.error = _("cannot render page: {reason}").format(reason=f"{exc.__class__.__name__}: {exc}")
     job.page.timings["render"] = time.perf_counter() - start
     return job.page
 

@@ -10,7 +10,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColum
 from rich.table import Table
 from rich.text import Text
 
-from .i18n import _
+from .i18n import N_, _
 from .pipeline import Reporter
 from .records import PageResult
 
@@ -18,6 +18,9 @@ stdout = Console(highlight=False)
 stderr = Console(stderr=True, highlight=False)
 
 VERBOSITY = {"level": 1}   # 0 quiet, 1 normal, 2 verbose
+
+# Report stage names (records.STAGES), for the catalogue; print_report translates them.
+STAGE_NAMES = (N_("render"), N_("preprocess"), N_("recognise"), N_("postprocess"), N_("write"))
 
 
 class PagesPerSecond(ProgressColumn):
@@ -50,7 +53,8 @@ class RichReporter(Reporter):
         if self.progress is not None:
             self.progress.advance(self.task)
         if VERBOSITY["level"] >= 2 and result.status == "ok":
-            self.message(f"{result.page.source} p{result.page.page}: {result.status} ({result.finish_reason})", "info")
+            self.message(_("{path} page {page}: {status} ({reason})").format(
+                path=result.page.source, page=result.page.page, status=result.status, reason=result.finish_reason), "info")
 
     def message(self, text: str, level: str = "info") -> None:
         if VERBOSITY["level"] == 0 and level not in ("error",):

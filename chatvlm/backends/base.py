@@ -55,8 +55,9 @@ class Backend(ABC):
     def ask(self, image, question: str, history: Optional[list[tuple[str, str]]] = None,
             params: Optional[GenerationParams] = None) -> str:
         """Answer a free-form question about one page (chat-capable VLMs only)."""
-        from ..errors import ChatVLMError
-        raise ChatVLMError(f"model '{self.spec.name}' cannot answer questions; it only transcribes pages")
+        from ..api import cannot_chat_message
+        from ..errors import UsageError
+        raise UsageError(cannot_chat_message(self.spec))
 
 
 def create_backend(spec: ModelSpec, options: Optional[BackendOptions] = None) -> Backend:

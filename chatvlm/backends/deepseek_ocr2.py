@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from ..config import GenerationParams
 from ..errors import UsageError
+from ..i18n import _
 from ..grounding import has_grounding, parse_grounding, strip_tags
 from ..layout import blocks_to_markdown
 from ..loop_guard import WindowedNoRepeatNGram
@@ -31,7 +32,7 @@ class DeepseekOcr2Backend(HFBackend):
         try:
             return self.spec.prompts[task]
         except KeyError:
-            raise UsageError(f"model '{self.spec.name}' has no prompt for task '{task}'") from None
+            raise UsageError(_("model '{name}' has no prompt for task '{task}'").format(name=self.spec.name, task=task)) from None
 
     def build_inputs(self, pages: list[Page], task: str, params: GenerationParams) -> dict:
         prompt = self.prompt_for(task)

@@ -21,6 +21,7 @@ from typing import Optional
 
 from ..config import BackendOptions, GenerationParams
 from ..errors import ModelUnavailableError, UsageError
+from ..i18n import _
 from ..layout import blocks_to_markdown, cells_to_blocks, markdown_to_text, parse_cells
 from ..records import Page, PageResult, RawOutput
 from ..registry import ModelSpec
@@ -46,7 +47,7 @@ class DotsOcrBackend(HFBackend):
         super().__init__(spec, options)
         self.framing = str(self.options.extra.get("framing") or spec.extra.get("framing") or "string")
         if self.framing not in ("string", "hf"):
-            raise UsageError(f"dots_ocr framing must be 'string' or 'hf', got {self.framing!r}")
+            raise UsageError(_("dots_ocr framing must be 'string' or 'hf', got {value}").format(value=repr(self.framing)))
         self.layout_mode = str(self.options.extra.get("layout_mode") or "all")
         self._budget: tuple[int, int] = (0, 0)
 
@@ -56,9 +57,9 @@ class DotsOcrBackend(HFBackend):
 
         proc = processor_from_pretrained(path, framing=self.framing)
         if proc.tokenizer is None:
-            raise ModelUnavailableError(
-                f"model '{self.spec.name}': {path} has no tokenizer files (tokenizer.json / vocab.json); "
-                f"expected a full copy of {self.spec.repo_id}")
+            raise ModelUnavailableError(_(
+                "model '{name}': {path} has no tokenizer files (tokenizer.json / vocab.json); "
+                "expected a full copy of {repo}").format(name=self.spec.name, path=path, repo=self.spec.repo_id))
         return proc
 
     def load_model(self, path: Path, dtype, attn: str):
@@ -87,7 +88,7 @@ class DotsOcrBackend(HFBackend):
         key = "layout-only" if (task in ("layout", "markdown") and self.layout_mode == "layout-only") else task
         mode = self.spec.prompts.get(key) or DEFAULT_PROMPT_MODES.get(key)
         if mode is None:
-            raise UsageError(f"model '{self.spec.name}' has no prompt for task '{task}'")
+            raise UsageError(_("model '{name}' has no prompt for task '{task}'").format(name=self.spec.name, task=task))
         return mode
 
     def pixel_budget(self, params: Optional[GenerationParams]) -> tuple[int, int]:

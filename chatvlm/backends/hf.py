@@ -31,6 +31,7 @@ from typing import Any, Iterable, Optional
 
 from ..config import BackendOptions, GenerationParams
 from ..errors import ChatVLMError, ModelUnavailableError
+from ..i18n import _
 from ..layout import markdown_to_text  # noqa: F401  (re-exported for the model backends)
 from ..records import Page, PageResult, RawOutput
 from ..registry import ModelSpec
@@ -44,10 +45,10 @@ WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 
 def _hub_hint(spec: ModelSpec) -> str:
     rev = f" --revision {spec.revision}" if spec.revision and spec.revision != "main" else ""
-    size = f" (~{spec.download_gb:g} GB)" if spec.download_gb else ""
-    return (f"provide the weights with --model-path DIR (a local checkpoint folder), or download them{size} "
-            f"with: huggingface-cli download {spec.repo_id}{rev}  (or `hf download`), "
-            f"then run again (HF_HOME={_hf_home()})")
+    size = _(" (~{gb} GB)").format(gb=f"{spec.download_gb:g}") if spec.download_gb else ""
+    return _("provide the weights with --model-path DIR (a local checkpoint folder), or download them{size} "
+             "with: huggingface-cli download {repo}  (or `hf download`), then run again (HF_HOME={home})").format(
+        size=size, repo=f"{spec.repo_id}{rev}", home=_hf_home())
 
 
 def _hf_home() -> str:
@@ -68,15 +69,16 @@ def hub_offline() -> bool:
 
 def _check_folder(spec: ModelSpec, folder: Path) -> Path:
     if not folder.exists():
-        raise ModelUnavailableError(f"model '{spec.name}': --model-path {folder} does not exist")
+        raise ModelUnavailableError(_("model '{name}': --model-path {folder} does not exist").format(name=spec.name, folder=folder))
     if not folder.is_dir():
-        raise ModelUnavailableError(f"model '{spec.name}': --model-path {folder} is not a folder")
+        raise ModelUnavailableError(_("model '{name}': --model-path {folder} is not a folder").format(name=spec.name, folder=folder))
     if not (folder / "config.json").exists():
-        raise ModelUnavailableError(
-            f"model '{spec.name}': {folder} is not a transformers checkpoint folder (no config.json); "
-            f"expected a copy of {spec.repo_id}")
+        raise ModelUnavailableError(_(
+            "model '{name}': {folder} is not a transformers checkpoint folder (no config.json); "
+            "expected a copy of {repo}").format(name=spec.name, folder=folder, repo=spec.repo_id))
     if not any(p.name.endswith(WEIGHT_SUFFIXES) for p in folder.iterdir()):
-        raise ModelUnavailableError(f"model '{spec.name}': {folder} has a config.json but no weight files")
+        raise ModelUnavailableError(_("model '{name}': {folder} has a config.json but no weight files").format(
+            name=spec.name, folder=folder))
     return folder
 
 
@@ -142,27 +144,30 @@ def resolve_weights(spec: ModelSpec, options: BackendOptions) -> Path:
     if options.model_path is not None:
         return _check_folder(spec, Path(options.model_path).expanduser())
     if not spec.repo_id:
-        raise ModelUnavailableError(f"model '{spec.name}' has no checkpoint repository; use --model-path DIR")
+        raise ModelUnavailableError(_("model '{name}' has no checkpoint repository; use --model-path DIR").format(name=spec.name))
     local = cached_snapshot(spec)
     if local is not None:
         return local
-    what = f"model '{spec.name}' ({spec.repo_id} @ {spec.revision or 'main'})"
+    what = _("model '{name}' ({repo})").format(name=spec.name, repo=f"{spec.repo_id} @ {spec.revision or 'main'}")
     if hub_offline():
         raise ModelUnavailableError(
-            f"{what}: weights are not in the local Hugging Face cache and HF_HUB_OFFLINE is set; " + _hub_hint(spec))
+            _("{what}: weights are not in the local Hugging Face cache and HF_HUB_OFFLINE is set; {hint}").format(
+                what=what, hint=_hub_hint(spec)))
     try:
         from huggingface_hub import snapshot_download
-        print(f"downloading {spec.repo_id} @ {spec.revision or 'main'}"
-              + (f" (~{spec.download_gb:g} GB)" if spec.download_gb else "") + " ...", file=sys.stderr)
+        print(_("downloading {repo}{size} ...").format(
+            repo=f"{spec.repo_id} @ {spec.revision or 'main'}",
+            size=_(" (~{gb} GB)").format(gb=f"{spec.download_gb:g}") if spec.download_gb else ""), file=sys.stderr)
         path = Path(snapshot_download(repo_id=spec.repo_id, revision=spec.revision,
                                       ignore_patterns=["*.pt", "*.pth", "*.msgpack", "*.h5", "original/*"]))
     except Exception as exc:  # network errors, 404, gated repos, disk full: all one message
         reason = _short_reason(exc)
         raise ModelUnavailableError(
-            f"{what}: weights are not in the local Hugging Face cache and could not be downloaded "
-            f"({reason}); " + _hub_hint(spec)) from None
+            _("{what}: weights are not in the local Hugging Face cache and could not be downloaded ({reason}); {hint}").format(
+                what=what, reason=reason, hint=_hub_hint(spec))) from None
     if not _snapshot_complete(path):
-        raise ModelUnavailableError(f"{what}: the downloaded snapshot at {path} is incomplete; " + _hub_hint(spec))
+        raise ModelUnavailableError(_("{what}: the downloaded snapshot at {path} is incomplete; {hint}").format(
+            what=what, path=path, hint=_hub_hint(spec)))
     return path
 
 
@@ -222,7 +227,7 @@ def choose_dtype(spec: ModelSpec, options: BackendOptions, device: str):
         try:
             return names[options.dtype.lower()]
         except KeyError:
-            raise ChatVLMError(f"unknown dtype {options.dtype!r}; use bfloat16, float16 or float32") from None
+            raise ChatVLMError(_("unknown dtype {dtype}; use bfloat16, float16 or float32").format(dtype=repr(options.dtype))) from None
     if not device.startswith("cuda"):
         return torch.float32
     dtype = names.get((spec.dtype or "bfloat16").lower(), torch.bfloat16)
@@ -240,10 +245,10 @@ def choose_attention(supported: Iterable[str], device: str, dtype_name: str = "b
     supported = tuple(supported)
     if requested:
         if requested not in supported:
-            raise ChatVLMError(f"attention '{requested}' is not supported by this model; choose from: "
-                               + ", ".join(supported))
+            raise ChatVLMError(_("attention '{kind}' is not supported by this model; choose from: {known}").format(
+                kind=requested, known=", ".join(supported)))
         if requested == "flash_attention_2" and not flash_attn_importable():
-            raise ChatVLMError("--attn flash_attention_2 needs the flash-attn package, which is not installed")
+            raise ChatVLMError(_("--attn flash_attention_2 needs the flash-attn package, which is not installed"))
         return requested
     for kind in ATTN_ORDER:
         if kind not in supported:
@@ -368,7 +373,8 @@ class HFBackend(Backend):
             import torch  # noqa: F401
             import transformers  # noqa: F401
         except ImportError as exc:
-            raise ModelUnavailableError(f"model '{self.spec.name}' needs torch and transformers: {exc}") from None
+            raise ModelUnavailableError(_("model '{name}' needs torch and transformers: {reason}").format(
+                name=self.spec.name, reason=exc)) from None
         t0 = time.perf_counter()
         self._facts["import_s"] = round(t0 - t_import, 3)
         self.device = choose_device(self.options)
@@ -381,9 +387,9 @@ class HFBackend(Backend):
         except ChatVLMError:
             raise
         except Exception as exc:
-            raise ModelUnavailableError(
-                f"model '{self.spec.name}': could not load the checkpoint at {path} ({_short_reason(exc)}); "
-                f"is it a copy of {self.spec.repo_id}?") from None
+            raise ModelUnavailableError(_(
+                "model '{name}': could not load the checkpoint at {path} ({reason}); is it a copy of {repo}?").format(
+                name=self.spec.name, path=path, reason=_short_reason(exc), repo=self.spec.repo_id)) from None
         self.model.eval()
         self.path = path
         self.after_load()

@@ -11,6 +11,7 @@ from typing import Optional
 
 from ..config import GenerationParams
 from ..errors import UsageError
+from ..i18n import _
 from ..records import Page, PageResult, RawOutput
 from .hf import HFBackend, markdown_to_text, strip_code_fence
 
@@ -29,7 +30,7 @@ class Qwen2VLBackend(HFBackend):
             return prompts[task]
         if task == "layout" and "markdown" in prompts:
             return prompts["markdown"]
-        raise UsageError(f"model '{self.spec.name}' has no prompt for task '{task}'")
+        raise UsageError(_("model '{name}' has no prompt for task '{task}'").format(name=self.spec.name, task=task))
 
     def pixel_budget(self, params: Optional[GenerationParams]) -> dict[str, int]:
         """size={"shortest_edge": MIN_PIXELS, "longest_edge": MAX_PIXELS} (both are areas)."""

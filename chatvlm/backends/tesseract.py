@@ -17,13 +17,13 @@ from typing import Any, Optional
 
 from ..config import BackendOptions, GenerationParams
 from ..errors import ModelUnavailableError
-from ..i18n import _
+from ..i18n import _, default_ocr_languages
 from ..layout import blocks_to_markdown
 from ..records import LayoutBlock, Page, PageResult, RawOutput
 from ..registry import ModelSpec
 from .base import Backend
 
-DEFAULT_LANG = "eng+rus"
+DEFAULT_LANG = "eng+rus"   # with a Russian interface: "rus+eng" (i18n.default_ocr_languages)
 # OSD is only trusted above this confidence; below it a page is left as rendered.
 MIN_ORIENTATION_CONFIDENCE = 2.0
 
@@ -54,7 +54,7 @@ class TesseractBackend(Backend):
 
     def __init__(self, spec: ModelSpec, options: Optional[BackendOptions] = None):
         super().__init__(spec, options)
-        self.lang = self.options.lang or DEFAULT_LANG
+        self.lang = self.options.lang or default_ocr_languages()
         self.tessdata: Optional[str] = None
         self.workers = int(self.options.extra.get("workers") or os.cpu_count() or 1)
         self._local = threading.local()

@@ -1,0 +1,178 @@
+"""The Russian interface: a complete, compiled catalogue; language choice; Russian help."""
+
+from __future__ import annotations
+
+import gettext
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from tests.api_helpers import english_interface  # noqa: F401
+from chatvlm import i18n
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _tool():
+    spec = importlib.util.spec_from_file_location("chatvlm_i18n_tool", ROOT / "tools" / "i18n.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module   # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+tool = _tool()
+
+
+def flat(text: str) -> str:
+    return " ".join(text.split())
+
+
+# --------------------------------------------------------------------------- the catalogue
+
+def test_every_message_is_translated_and_compiled():
+    """Every _("...") in the package (found with ast) has a Russian translation with the same
+    placeholders, no entry is stale, and the committed .mo is the .po compiled."""
+    problems = tool.check("ru")
+    assert not problems, "\n".join(f"{p.where}: {p.text}" for p in problems) + \
+        "\n(fix: python tools/i18n.py update, translate, python tools/i18n.py compile)"
+
+
+def test_extraction_finds_the_messages():
+    messages, problems = tool.extract()
+    assert not problems
+    assert len(messages) > 100
+    assert "Show this message and exit." in messages              # N_() markers count
+    assert any(ref.startswith("chatvlm/cli.py") for m in messages.values() for ref in m.refs)
+    assert "--attn must be flash_attention_2, sdpa or eager" in messages
+
+
+def test_extraction_flags_formatted_strings(tmp_path):
+    package = tmp_path / "pkg"
+    package.mkdir()
+    (package / "m.py").write_text('name = "x"\n_(f"hello {name}")\n_("a" + name)\n_("ok {n}").format(n=1)\n_("ok")\n')
+    messages, problems = tool.extract(package)
+    assert list(messages) == ["ok {n}", "ok"]
+    assert [p.where for p in problems] == ["pkg/m.py:2", "pkg/m.py:3"]
+
+
+def test_mo_compiler_round_trips():
+    entries = tool.read_po(tool.po_path("ru"))
+    data = tool.compile_mo(entries)
+    path = ROOT / "build-test.mo"
+    try:
+        path.write_bytes(data)
+        with open(path, "rb") as fh:
+            catalogue = gettext.GNUTranslations(fh)
+    finally:
+        path.unlink(missing_ok=True)
+    for msgid, entry in entries.items():
+        if msgid:
+            assert catalogue.gettext(msgid) == entry.msgstr
+    assert catalogue.info()["content-type"] == "text/plain; charset=UTF-8"
+
+
+def test_po_round_trips(tmp_path):
+    entries = tool.read_po(tool.po_path("ru"))
+    copy = tmp_path / "copy.po"
+    tool.write_po(copy, entries.values())
+    assert copy.read_text(encoding="utf-8") == tool.po_path("ru").read_text(encoding="utf-8")
+
+
+# --------------------------------------------------------------------------- language choice
+
+@pytest.mark.parametrize("explicit, env, expected", [
+    (None, {}, "en"),
+    (None, {"LANG": "ru_RU.UTF-8"}, "ru"),
+    (None, {"LANG": "ru_RU.UTF-8", "LC_ALL": "en_US.UTF-8"}, "en"),
+    (None, {"LANG": "en_US.UTF-8", "CHATVLM_LANG": "ru"}, "ru"),
+    (None, {"LC_ALL": "C.UTF-8", "LANG": "ru_RU.UTF-8"}, "ru"),
+    ("en", {"CHATVLM_LANG": "ru"}, "en"),
+    ("ru", {}, "ru"),
+    ("ru_RU", {}, "ru"),
+    ("de", {"CHATVLM_LANG": "ru"}, "en"),
+])
+def test_language_precedence(monkeypatch, explicit, env, expected):
+    for key in ("CHATVLM_LANG", "LC_ALL", "LC_MESSAGES", "LANG"):
+        monkeypatch.delenv(key, raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    assert i18n.detect_language(explicit) == expected
+
+
+def test_messages_and_ocr_languages_follow():
+    assert i18n.set_language("ru") == "ru"
+    assert i18n._("pages/s") == "стр./с"
+    assert i18n.default_ocr_languages() == "rus+eng"
+    assert i18n.retranslate("Output folder.") == "Папка для результатов."
+    i18n.set_language("en")
+    assert i18n._("pages/s") == "pages/s"
+    assert i18n.default_ocr_languages() == "eng+rus"
+    assert i18n.retranslate("Папка для результатов.") == "Output folder."
+
+
+def test_language_from_argv():
+    assert i18n.language_from_argv(["ocr", "x.png", "--ui-lang", "ru"]) == "ru"
+    assert i18n.language_from_argv(["--ui-lang=en", "models"]) == "en"
+    assert i18n.language_from_argv(["ocr", "--", "--ui-lang", "ru"]) is None
+
+
+# --------------------------------------------------------------------------- the CLI in Russian
+
+@pytest.fixture()
+def runner():
+    return CliRunner()
+
+
+def test_help_in_russian_with_ui_lang(runner):
+    from chatvlm.cli import app
+
+    result = runner.invoke(app, ["--ui-lang", "ru", "--help"])
+    assert result.exit_code == 0
+    out = flat(result.output)
+    assert "Использование:" in out and "Параметры" in out and "Команды" in out
+    assert "Пакетное распознавание текста (OCR)" in out
+    assert "Задать вопрос о странице" in out                   # the ask command's summary
+    assert "Показать эту справку и выйти." in out
+    assert "Show this message" not in out and "Options" not in out
+
+
+def test_help_in_russian_with_env(runner):
+    from chatvlm.cli import app
+
+    result = runner.invoke(app, ["ocr", "--help"], env={"CHATVLM_LANG": "ru"})
+    assert result.exit_code == 0
+    out = flat(result.output)
+    assert "Папка для результатов." in out and "Аргументы" in out and "[по умолчанию: 200]" in out
+    # ... and back in English when asked, in the same process (help texts are retranslated).
+    result = runner.invoke(app, ["--ui-lang", "en", "ocr", "--help"], env={"CHATVLM_LANG": "ru"})
+    out = flat(result.output)
+    assert "Output folder." in out and "Папка" not in out
+
+
+def test_errors_in_russian(runner, tmp_path):
+    from chatvlm.cli import app
+
+    result = runner.invoke(app, ["--ui-lang", "ru", "ask", str(tmp_path / "x.png"), "Что это?", "--model", "tesseract"])
+    assert result.exit_code == 2
+    assert "ошибка: модель «tesseract» не умеет отвечать на вопросы" in flat(result.output)
+    result = runner.invoke(app, ["--ui-lang", "ru", "ocr", "x.png", "--pages", "3-1"])
+    assert result.exit_code == 2 and "неверный диапазон страниц «3-1»" in flat(result.output)
+    result = runner.invoke(app, ["--ui-lang", "fr", "models"])
+    assert result.exit_code == 2 and "--ui-lang must be en or ru" in flat(result.output)
+
+
+def test_russian_help_as_a_user_runs_it():
+    """A real process: the language is chosen before Typer builds the help texts."""
+    env = {**os.environ, "LANG": "ru_RU.UTF-8", "PYTHONPATH": str(ROOT)}
+    env.pop("CHATVLM_LANG", None)
+    env.pop("LC_ALL", None)
+    env["COLUMNS"] = "200"
+    out = subprocess.run([sys.executable, "-m", "chatvlm", "ask", "--help"], cwd=ROOT, env=env,
+                         capture_output=True, text=True, check=True).stdout
+    assert "Изображение или PDF." in out and "Вопрос; без него начнётся интерактивный диалог." in out
