@@ -238,6 +238,15 @@ def test_ask_one_shot_and_multi_turn(stopping_backend, pages):
     assert isinstance(stopping_backend.ask(None, "Hello?", params=params), str)   # text-only turn
 
 
+def test_ask_command(stopping_backend, stopping_checkpoint, pages):
+    question = "What is written here?"
+    expected = stopping_backend.ask(Image.open(pages[0]).convert("RGB"), question)   # spec defaults
+    assert expected
+    res = cli("ask", str(pages[0]), question, "--model", "phi3_vision", "--model-path", str(stopping_checkpoint))
+    assert res.exit_code == 0, res.output
+    assert expected in res.output.replace("\n", "")
+
+
 def test_chat_prompt_is_the_official_multi_turn_format():
     from chatvlm.backends.phi3_vision import chat_prompt
     from chatvlm.models.phi3_vision import format_prompt

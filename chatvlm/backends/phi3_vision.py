@@ -23,6 +23,7 @@ from typing import Optional
 
 from ..config import BackendOptions, GenerationParams
 from ..errors import ModelUnavailableError, UsageError
+from ..i18n import _
 from ..records import Page, PageResult, RawOutput
 from ..registry import ModelSpec
 from .hf import HFBackend, markdown_to_text, strip_code_fence
@@ -61,18 +62,19 @@ class Phi3VisionBackend(HFBackend):
         try:
             self.num_crops = int(raw)
         except (TypeError, ValueError):
-            raise UsageError(f"phi3_vision num_crops must be a whole number, got {raw!r}") from None
+            self.num_crops = 0
         if self.num_crops < 1:
-            raise UsageError(f"phi3_vision num_crops must be at least 1, got {self.num_crops}")
+            raise UsageError(_("phi3_vision num_crops must be a whole number, at least 1; got {value}").format(
+                value=repr(raw)))
 
     # ------------------------------------------------------------------ loading
     def load_processor(self, path: Path):
         from ..models.phi3_vision import load_tokenizer, processor_from_pretrained
 
         if not (path / "tokenizer.json").is_file():
-            raise ModelUnavailableError(
-                f"model '{self.spec.name}': {path} has no tokenizer files (tokenizer.json); "
-                f"expected a full copy of {self.spec.repo_id}")
+            raise ModelUnavailableError(_(
+                "model '{name}': {path} has no tokenizer files (tokenizer.json); "
+                "expected a full copy of {repo}").format(name=self.spec.name, path=path, repo=self.spec.repo_id))
         tokenizer = load_tokenizer(path)
         return processor_from_pretrained(path, num_crops=self.num_crops, tokenizer=tokenizer)
 
@@ -99,7 +101,9 @@ class Phi3VisionBackend(HFBackend):
 
         config = dict(self.options.extra.get("config") or self.spec.full_config or {})
         if not config:
-            raise ModelUnavailableError(f"model '{self.spec.name}': no full config for synthetic mode")
+            raise ModelUnavailableError(_(
+                "not available yet: no full config in the registry (pass --synthetic-config {name}=config.json)"
+            ).format(name=self.spec.name))
         folder = Path(tempfile.mkdtemp(prefix=f"chatvlm-synthetic-{self.spec.name}-"))
         self._synthetic_dir = folder
         self._facts["synthetic"] = True
@@ -126,7 +130,7 @@ class Phi3VisionBackend(HFBackend):
         if prompt is None and task == "layout":
             prompt = self.spec.prompts.get("markdown") or OCR_PROMPTS["markdown"]
         if prompt is None:
-            raise UsageError(f"model '{self.spec.name}' has no prompt for task '{task}'")
+            raise UsageError(_("model '{name}' has no prompt for task '{task}'").format(name=self.spec.name, task=task))
         return prompt
 
     def render_prompt(self, task: str) -> str:
