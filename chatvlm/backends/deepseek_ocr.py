@@ -1,0 +1,231 @@
+"""DeepSeek-OCR (v1, deepseek-ai/DeepSeek-OCR) through our own port (chatvlm/models/deepseek_ocr), no remote code.
+
+Prompts are the official ones in the "plain" format (BOS + prompt, `<image>` expanded in
+place, no chat roles): "Free OCR." for text, the grounding prompt for markdown and layout.
+Resolution mode from `BackendOptions.extra["mode"]` (else the spec's): gundam (1024-px
+global view + 2-9 640-px tiles by aspect ratio; the default for documents), or tiny /
+small / base / large (one view). Pages of different sizes (different image-token counts)
+run in one left-padded batch.
+
+Generation: greedy, stop on EOS, the official windowed no-repeat n-gram ban on generated
+tokens (n=30 within the last 90, `<td>`/`</td>` exempt: the official image runner and the
+README/vLLM recipe setting; `extra` keys `ngram_size` / `ngram_window` override, 0 turns it
+off) plus chatvlm's loop guard. A page that never stops keeps what it read and is recorded
+as `length` (or `loop` when a repetition was cut), never dropped (the official PDF runner
+silently drops such pages). Output is decoded with special tokens kept (the grounding tags
+are special) and parsed by chatvlm.grounding: 0-999 boxes -> layout blocks in page pixels,
+labels mapped onto the layout categories, text and markdown without tags.
+
+bench --synthetic: the real-size architecture from the spec's `full_config`, random weights
+built directly on the device by the port's `build_from_config`; the official prompts keep
+their real token ids (the processor knows them without a tokenizer).
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+from typing import Any, Optional
+
+from ..config import BackendOptions, GenerationParams
+from ..errors import ModelUnavailableError, UsageError
+from ..grounding import has_grounding, parse_grounding, strip_tags
+from ..layout import blocks_to_markdown, markdown_to_text
+from ..loop_guard import WindowedNoRepeatNGram, trim_repetition
+from ..records import Page, PageResult, RawOutput
+from ..registry import ModelSpec
+from .hf import HFBackend
+
+BOS, EOS, PAD = "<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>", "<｜▁pad▁｜>"
+MODE_NAMES = ("tiny", "small", "base", "large", "gundam")
+# (ngram_size, window_size) of the official image runner / README vLLM recipe
+# (= chatvlm.models.deepseek_ocr.OFFICIAL_SETTINGS["image"]; kept literal so this module stays torch-free).
+DEFAULT_NGRAM = (30, 90)
+# A4 at 200 DPI, for memory budgeting before any page is seen.
+TYPICAL_PAGE = (1654, 2339)
+
+
+class DeepseekOcrBackend(HFBackend):
+    attn_support = ("sdpa", "eager")        # the port's kernels (no flash-attn: SAM relative positions)
+    skip_special_tokens = False             # keep <|ref|>/<|det|> and <td>; strip BOS/EOS/pad ourselves
+    default_gpu_batch = 8
+
+    def __init__(self, spec: ModelSpec, options: Optional[BackendOptions] = None):
+        super().__init__(spec, options)
+        extra = {**spec.extra, **self.options.extra}
+        self.mode = str(extra.get("mode") or "gundam").lower()
+        if self.mode not in MODE_NAMES:
+            raise UsageError(f"deepseek_ocr mode must be one of {', '.join(MODE_NAMES)}; got {extra.get('mode')!r}")
+        self.max_crops = int(extra.get("max_crops", 9))        # official HF infer(): 9 (vLLM runners: 6)
+        self.ngram = (int(extra.get("ngram_size", DEFAULT_NGRAM[0])), int(extra.get("ngram_window", DEFAULT_NGRAM[1])))
+        self._decode_tokenizer = None
+
+    # ------------------------------------------------------------------ loading
+    def load_processor(self, path: Path):
+        from ..models.deepseek_ocr import processor_from_pretrained
+
+        proc = processor_from_pretrained(path, max_crops=self.max_crops)
+        if proc.tokenizer is None and not self.options.synthetic:
+            raise ModelUnavailableError(
+                f"model '{self.spec.name}': {path} has no tokenizer files (tokenizer.json); "
+                f"expected a full copy of {self.spec.repo_id}")
+        return proc
+
+    def load_model(self, path: Path, dtype, attn: str):
+        from ..models import deepseek_ocr
+
+        if self.options.synthetic:
+            config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+            return deepseek_ocr.build_from_config(config, dtype=dtype, device=self.device, attn_implementation=attn)
+        return deepseek_ocr.from_pretrained(path, dtype=dtype, device=self.device, attn_implementation=attn)
+
+    def synthetic_checkpoint(self) -> Path:
+        """Full config + processor config (no weights); a byte-level tokenizer with the official
+        special-token ids, used only to decode the random tokens."""
+        from ..models.deepseek_ocr.testing import build_tiny_tokenizer
+
+        config = dict(self.options.extra.get("config") or self.spec.full_config or {})
+        if not config:
+            raise ModelUnavailableError(f"model '{self.spec.name}': no full config for synthetic mode")
+        folder = Path(tempfile.mkdtemp(prefix=f"chatvlm-synthetic-{self.spec.name}-"))
+        self._synthetic_dir = folder
+        self._facts["synthetic"] = True
+        (folder / "config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
+        (folder / "processor_config.json").write_text(json.dumps({
+            "image_token": "<image>", "patch_size": 16, "downsample_ratio": 4,
+            "image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5]}), encoding="utf-8")
+        (folder / "SYNTHETIC_RANDOM_WEIGHTS.txt").write_text(
+            "Synthetic checkpoint built by chatvlm bench --synthetic: config only; weights are random.\n")
+        vocab = int(config.get("vocab_size") or config.get("language_config", {}).get("vocab_size") or 129280)
+        self._decode_tokenizer = build_tiny_tokenizer(folder / "decode_tokenizer", vocab_size=vocab)
+        return folder
+
+    def after_load(self) -> None:
+        self._facts.update({"mode": self.mode, "max_crops": self.max_crops,
+                            "prompt_format": "plain (BOS + prompt, no chat roles)"})
+
+    @property
+    def tokenizer(self):
+        tok = getattr(self.processor, "tokenizer", None)
+        return tok if tok is not None else self._decode_tokenizer
+
+    # ------------------------------------------------------------------ prompts and inputs
+    def prompt_for(self, task: str) -> str:
+        from ..models.deepseek_ocr import PROMPTS
+
+        prompt = self.spec.prompts.get(task) or PROMPTS.get(task)
+        if prompt is None:
+            raise UsageError(f"model '{self.spec.name}' has no prompt for task '{task}'")
+        return prompt
+
+    def build_inputs(self, pages: list[Page], task: str, params: GenerationParams) -> dict:
+        return self.processor.batch([p.image for p in pages], self.prompt_for(task), mode=self.mode)
+
+    def _to_device(self, inputs) -> dict:
+        data = super()._to_device({k: v for k, v in inputs.items() if k != "images"})
+        images = []
+        for item in inputs.get("images") or []:
+            if item is None:
+                images.append(None)
+            else:
+                images.append(tuple(t.to(self.device, dtype=self.dtype) for t in item))
+        data["images"] = images
+        return data
+
+    def page_cost(self, page: Page) -> float:
+        if self.processor is None or page.image is None:
+            return super().page_cost(page)
+        return float(self.processor.num_image_tokens(*page.size, mode=self.mode))
+
+    def prompt_tokens_estimate(self) -> int:
+        if self.processor is None:
+            return 1300
+        return int(self.processor.num_image_tokens(*TYPICAL_PAGE, mode=self.mode)) + 16
+
+    # ------------------------------------------------------------------ generation facts
+    def _token_id(self, token: str, default: int) -> int:
+        tok = self.tokenizer
+        if tok is None:
+            return default
+        tid = tok.convert_tokens_to_ids(token)
+        return int(tid) if isinstance(tid, int) and tid >= 0 else default
+
+    def stop_token_ids(self) -> list[int]:
+        return [self._token_id(EOS, self.processor.eos_token_id)]
+
+    def pad_token_id(self) -> int:
+        return self._token_id(PAD, self.processor.pad_token_id)
+
+    def logits_processors(self, task: str, params: GenerationParams, inputs: dict) -> list:
+        n, window = self.ngram
+        if n <= 0 or window <= 0:
+            self._facts["no_repeat_ngram"] = None
+            return []
+        # <td>/</td> looked up by name so the whitelist follows the checkpoint's tokenizer.
+        whitelist = [self._token_id(t, real) for t, real in (("<td>", 128821), ("</td>", 128822))]
+        self._facts["no_repeat_ngram"] = {"ngram_size": n, "window_size": window}
+        return [WindowedNoRepeatNGram(n, window, int(inputs["input_ids"].shape[1]),
+                                      whitelist=[w for w in whitelist if w >= 0])]
+
+    def decode(self, ids: list[int]) -> str:
+        text = self.tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+        for token in (BOS, EOS, PAD):
+            text = text.replace(token, "")
+        return text
+
+    def generate_batch(self, pages: list[Page], task: str, params: GenerationParams) -> list[RawOutput]:
+        outputs = super().generate_batch(pages, task, params)
+        for page, raw in zip(pages, outputs):
+            # What postprocess needs, so it stays pure.
+            raw.extra.update({"page_size": tuple(page.size), "mode": self.mode})
+        return outputs
+
+    # ------------------------------------------------------------------ postprocess (pure)
+    def postprocess(self, page: Page, raw: RawOutput, task: str) -> PageResult:
+        return grounded_result(self.page_result(page, raw), raw, task, loop_trim=self.text_loop_settings())
+
+
+def grounded_result(result: PageResult, raw: RawOutput, task: str,
+                    loop_trim: Optional[dict[str, Any]] = None) -> PageResult:
+    """Fill a PageResult from a DeepSeek-OCR answer (pure string work).
+
+    Grounded output -> layout blocks in page pixels (markdown/layout tasks), markdown and
+    text without tags. A page that did not stop keeps everything it read; a repeated tail
+    left in its text is cut to one copy and the page is marked `loop`.
+    """
+    page_w, page_h = raw.extra.get("page_size") or (result.width, result.height)
+    result.width, result.height = int(page_w), int(page_h)
+    if result.status == "error":
+        return result
+    text = raw.text or ""
+    if raw.finish_reason in ("length", "loop"):
+        text, trimmed = trim_repetition(text, **(loop_trim or {}))
+        if trimmed:
+            result.finish_reason = "loop"
+    if not has_grounding(text):
+        cleaned = strip_tags(text)           # also drops a stray <|grounding|> / partial tag
+        if task == "text":
+            result.text = cleaned.strip()
+            return result
+        result.markdown = cleaned + ("\n" if cleaned else "")
+        result.text = markdown_to_text(cleaned)
+        result.layout = [] if task in ("markdown", "layout") else None
+        return result
+    grounded = parse_grounding(text, result.width, result.height)
+    if grounded.blocks and grounded.markdown == _blocks_text(grounded):
+        markdown = blocks_to_markdown(grounded.blocks).strip()   # same rendering as the other layout models
+    else:
+        markdown = grounded.markdown                          # text outside every block is kept
+    result.repaired = grounded.repaired
+    result.text = markdown_to_text(markdown)
+    if task == "text":
+        return result
+    result.markdown = markdown + ("\n" if markdown else "")
+    result.layout = grounded.blocks
+    return result
+
+
+def _blocks_text(grounded) -> str:
+    """The markdown the blocks alone give (to tell whether any text lies outside every block)."""
+    return "\n\n".join(b.text for b in grounded.blocks if b.text and b.category != "Picture")
