@@ -148,6 +148,24 @@ def _run(config: RunConfig) -> None:
     raise typer.Exit(outcome.exit_code)
 
 
+def parse_model_options(items: Optional[List[str]]) -> dict:
+    """-O KEY=VALUE pairs into BackendOptions.extra; numbers become numbers."""
+    options: dict = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise UsageError(_("--model-option takes KEY=VALUE, got '{item}'").format(item=item))
+        value = value.strip()
+        for convert in (int, float):
+            try:
+                value = convert(value)
+                break
+            except ValueError:
+                continue
+        options[key.strip()] = value
+    return options
+
+
 def _build_config(command: str, inputs: List[str], out: Path, model: str, formats: str, pages: Optional[str], dpi: int,
                   force: bool, lang: Optional[str], model_path: Optional[Path], device: Optional[str],
                   dtype: Optional[str], attn: Optional[str], batch_size: Optional[str], max_new_tokens: Optional[int],
@@ -205,10 +223,12 @@ def ocr(
     skip_headers: bool = typer.Option(False, "--skip-headers", help=_("Leave page headers and footers out of markdown.")),
     max_image_pixels: int = typer.Option(50_000_000, "--max-image-pixels", help=_("Pages above this are downscaled; far above it, refused.")),
     workers: Optional[int] = typer.Option(None, "--workers", help=_("CPU engine worker threads (default: all cores).")),
+    model_option: Optional[List[str]] = typer.Option(None, "--model-option", "-O", help=_("Model-specific setting KEY=VALUE, repeatable (e.g. mode=gundam for deepseek_ocr, num_crops=4 for phi3_vision).")),
 ) -> None:
     try:
         config = _build_config("ocr", inputs, out, model, formats, pages, dpi, force, lang, model_path, device, dtype,
-                               attn, batch_size, max_new_tokens, max_pixels, overlay, skip_headers, max_image_pixels, workers)
+                               attn, batch_size, max_new_tokens, max_pixels, overlay, skip_headers, max_image_pixels, workers,
+                               extra=parse_model_options(model_option))
     except ChatVLMError as exc:
         _fail(exc)
     _run(config)
@@ -234,13 +254,14 @@ def layout(
     max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", help=_("Generation limit per page.")),
     max_pixels: Optional[int] = typer.Option(None, "--max-pixels", help=_("Model pixel budget per page (overrides the model's).")),
     max_image_pixels: int = typer.Option(50_000_000, "--max-image-pixels", help=_("Pages above this are downscaled; far above it, refused.")),
+    model_option: Optional[List[str]] = typer.Option(None, "--model-option", "-O", help=_("Model-specific setting KEY=VALUE, repeatable (e.g. mode=gundam for deepseek_ocr, num_crops=4 for phi3_vision).")),
 ) -> None:
     if mode not in ("all", "layout-only"):
         _fail(UsageError(_("--mode must be all or layout-only")))
     try:
         config = _build_config("layout", inputs, out, model, "json,markdown", pages, dpi, force, lang, model_path, device,
                                dtype, attn, batch_size, max_new_tokens, max_pixels, overlay, skip_headers,
-                               max_image_pixels, None, extra={"layout_mode": mode})
+                               max_image_pixels, None, extra={**parse_model_options(model_option), "layout_mode": mode})
         from .registry import get_spec
         if "layout" not in get_spec(config.model if model != "auto" else "tesseract").tasks:
             raise UsageError(_("model '{name}' gives no layout boxes; use dots_ocr, deepseek_ocr, deepseek_ocr2 or tesseract").format(name=model))

@@ -66,3 +66,14 @@ def test_models_lists_every_model():
 def test_console_script_and_module_entry(tmp_path):
     result = subprocess.run([sys.executable, "-m", "chatvlm", "--version"], capture_output=True, text=True, cwd=ROOT)
     assert result.returncode == 0 and "chatvlm" in result.stdout
+
+
+def test_model_options_parse_to_backend_extra():
+    from chatvlm.cli import parse_model_options
+    from chatvlm.errors import UsageError
+    import pytest
+
+    assert parse_model_options(["mode=gundam", "num_crops=4", "scale=0.5"]) == {"mode": "gundam", "num_crops": 4, "scale": 0.5}
+    assert parse_model_options(None) == {}
+    with pytest.raises(UsageError):
+        parse_model_options(["gundam"])
