@@ -223,14 +223,15 @@ class StaticDecoder:
     """Greedy decode with a static KV cache and our own step (CUDA graphs on CUDA)."""
 
     def __init__(self, model: nn.Module, *, use_graphs: Optional[bool] = None, len_bucket: int = 256,
-                 sync_every: Optional[int] = None, compact: bool = True):
+                 sync_every: Optional[int] = None, compact: bool = True, bucketed: Optional[bool] = None):
         self.model = model
         self.parts = find_lm(model)
         p = next(model.parameters())
         self.device, self.dtype = p.device, p.dtype
         on_cuda = self.device.type == "cuda"
         self.use_graphs = on_cuda if use_graphs is None else (bool(use_graphs) and on_cuda)
-        self.bucketed = self.use_graphs        # fixed-length reads + mask (tests may force it on CPU)
+        # fixed-length reads (multiple of len_bucket) + key mask: needed by graphs; tests force it on CPU
+        self.bucketed = self.use_graphs if bucketed is None else bool(bucketed) or self.use_graphs
         self.len_bucket = int(len_bucket)
         self.sync_every = int(sync_every or (8 if on_cuda else 1))
         self.compact = compact
