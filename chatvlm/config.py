@@ -47,7 +47,7 @@ class RunConfig:
     force: bool = False
     overlay: bool = False
     skip_headers: bool = False               # leave page headers/footers out of markdown
-    max_image_pixels: int = 100_000_000      # pages above this are downscaled (bounded memory)
+    max_image_pixels: int = 50_000_000       # pages above this are downscaled, far above refused (sources.py)
     backend: BackendOptions = field(default_factory=BackendOptions)
     generation: GenerationParams = field(default_factory=GenerationParams)
     prefetch: int = 4                        # pages rendered ahead of the recogniser

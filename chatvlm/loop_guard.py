@@ -30,6 +30,8 @@ MIN_REPEATS = 8          # copies of the block
 MIN_SPAN = 256           # tokens covered by the repeated tail
 MAX_PERIOD = 128         # longest block looked for (a table row / a line)
 CHECK_EVERY = 8          # run the detector every N generated tokens (cheap, stops at most N-1 late)
+MAX_DISTINCT = 3         # ... or the last 2*MIN_SPAN tokens use at most this many distinct ids
+                         # (near-periodic loops, e.g. when an n-gram ban breaks the exact period)
 
 # Defaults for the text-level trimmer.
 TEXT_MIN_REPEATS = 6
@@ -75,12 +77,26 @@ def _tail_loop(seq: Sequence, max_period: int, min_repeats: float, min_span: int
     return best
 
 
+def _low_diversity(tail: Sequence, span: int, max_distinct: int) -> Optional[Loop]:
+    if max_distinct <= 0 or len(tail) < span:
+        return None
+    window = tail[-span:]
+    if len(set(int(t) for t in window)) <= max_distinct:
+        return Loop(start=len(tail) - span, period=0, repeats=0.0)
+    return None
+
+
 def find_token_loop(ids: Sequence[int], *, min_repeats: int = MIN_REPEATS, min_span: int = MIN_SPAN,
-                    max_period: int = MAX_PERIOD) -> Optional[Loop]:
-    """A repetition loop at the end of `ids` (generated token ids), or None."""
-    window = max_period * max(min_repeats, 2) + min_span
+                    max_period: int = MAX_PERIOD, max_distinct: int = MAX_DISTINCT) -> Optional[Loop]:
+    """A repetition loop at the end of `ids` (generated token ids), or None.
+
+    Exact: a block of <= max_period tokens repeated >= min_repeats times over >= min_span
+    tokens. Near-periodic: the last 2*min_span tokens use <= max_distinct distinct ids.
+    A near-periodic loop has period 0 (no block to keep; trim the text instead).
+    """
+    window = max(max_period * max(min_repeats, 2) + min_span, 2 * min_span)
     tail = list(ids[-window:]) if len(ids) > window else list(ids)
-    loop = _tail_loop(tail, max_period, min_repeats, min_span)
+    loop = _tail_loop(tail, max_period, min_repeats, min_span) or _low_diversity(tail, 2 * min_span, max_distinct)
     if loop is None:
         return None
     offset = len(ids) - len(tail)
@@ -142,13 +158,14 @@ class GenerationTracker:
     def __init__(self, prompt_len: int, batch_size: int, stop_ids: Iterable[int] = (),
                  stop_strings: Iterable[str] = (), decode=None, loop_guard: bool = True,
                  min_repeats: int = MIN_REPEATS, min_span: int = MIN_SPAN, max_period: int = MAX_PERIOD,
-                 check_every: int = CHECK_EVERY):
+                 check_every: int = CHECK_EVERY, max_distinct: int = MAX_DISTINCT):
         self.prompt_len = prompt_len
         self.stop_ids = set(int(i) for i in stop_ids)
         self.stop_strings = [s for s in stop_strings if s]
         self.decode = decode
         self.loop_guard = loop_guard
         self.min_repeats, self.min_span, self.max_period = min_repeats, min_span, max_period
+        self.max_distinct = max_distinct
         self.check_every = max(1, check_every)
         self.ends: list[Optional[int]] = [None] * batch_size
         self.reasons: list[Optional[str]] = [None] * batch_size
@@ -178,9 +195,10 @@ class GenerationTracker:
                     self.ends[row], self.reasons[row] = steps, "stop"
             if self.ends[row] is None and check_loop:
                 if rows_cpu is None:
-                    window = self.max_period * max(self.min_repeats, 2) + self.min_span
+                    window = max(self.max_period * max(self.min_repeats, 2) + self.min_span, 2 * self.min_span)
                     rows_cpu = gen[:, -window:].cpu().numpy()
-                loop = _tail_loop(rows_cpu[row], self.max_period, self.min_repeats, self.min_span)
+                loop = find_token_loop(rows_cpu[row], min_repeats=self.min_repeats, min_span=self.min_span,
+                                       max_period=self.max_period, max_distinct=self.max_distinct)
                 if loop is not None:
                     self.ends[row], self.reasons[row] = steps, "loop"
                     self.loops[row] = loop

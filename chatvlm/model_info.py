@@ -49,7 +49,8 @@ def print_models() -> None:
 
     attn = attention_here()
     table = Table(title=_("known models"), title_justify="left")
-    for col in (_("name"), _("backend"), _("checkpoint"), _("tasks"), _("attention"), _("usable here")):
+    table.add_column(_("name"), no_wrap=True, style="bold")
+    for col in (_("backend"), _("checkpoint"), _("tasks"), _("attention"), _("usable here")):
         table.add_column(col)
     for spec in all_specs():
         usable, note = model_status(spec)

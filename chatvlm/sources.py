@@ -12,6 +12,7 @@ import glob
 import hashlib
 import os
 import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Optional
@@ -356,7 +357,9 @@ def _open_image(path: Path, max_pixels: int):
     # open so that legitimate large scans pass and bombs still fail before decoding.
     Image.MAX_IMAGE_PIXELS = max_pixels * REFUSE_FACTOR // 2
     try:
-        img = Image.open(path)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(path)
     except Image.DecompressionBombError as exc:
         raise InputError(_("image too large ({detail}); refusing to decode it").format(detail=_bomb_detail(str(exc)))) from None
     except Exception as exc:

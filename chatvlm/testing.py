@@ -137,7 +137,19 @@ def _randomize(model, std: float = 0.3) -> None:
                 param.normal_(0.0, std)
 
 
-def build_qwen2_vl(folder: Path, seed: int = 0, init_std: float = 0.3) -> Path:
+def _boost(model, token_ids, factor: float) -> None:
+    """Scale the output-embedding rows of `token_ids` (stop tokens): the model then emits
+    them early at page-dependent steps, so tests see rows of one batch stop at different times."""
+    import torch
+    if not factor or factor == 1.0:
+        return
+    with torch.no_grad():
+        out = model.get_output_embeddings().weight
+        for tid in token_ids:
+            out[tid].mul_(factor)
+
+
+def build_qwen2_vl(folder: Path, seed: int = 0, init_std: float = 0.3, eos_boost: float = 0.0) -> Path:
     from transformers import (Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLImageProcessor,
                               Qwen2VLProcessor, Qwen2VLVideoProcessor)
 
@@ -160,6 +172,7 @@ def build_qwen2_vl(folder: Path, seed: int = 0, init_std: float = 0.3) -> Path:
     )
     model = Qwen2VLForConditionalGeneration(config).eval()
     _randomize(model, init_std)
+    _boost(model, [ids["<|im_end|>"]], eos_boost)
     size = {"shortest_edge": 56 * 56, "longest_edge": 28 * 28 * 64}   # small budget: <= 64 image tokens
     mean, std = [0.48145466, 0.4578275, 0.40821073], [0.26862954, 0.26130258, 0.27577711]
     image_processor = Qwen2VLImageProcessor(size=size, patch_size=14, temporal_patch_size=2, merge_size=2,
@@ -173,7 +186,7 @@ def build_qwen2_vl(folder: Path, seed: int = 0, init_std: float = 0.3) -> Path:
         bos_token_id=ids["<|endoftext|>"], do_sample=False))
 
 
-def build_qwen3_vl(folder: Path, seed: int = 0, init_std: float = 0.3) -> Path:
+def build_qwen3_vl(folder: Path, seed: int = 0, init_std: float = 0.3, eos_boost: float = 0.0) -> Path:
     from transformers import (Qwen2VLImageProcessor, Qwen3VLConfig, Qwen3VLForConditionalGeneration,
                               Qwen3VLProcessor, Qwen3VLVideoProcessor)
 
@@ -198,6 +211,7 @@ def build_qwen3_vl(folder: Path, seed: int = 0, init_std: float = 0.3) -> Path:
     )
     model = Qwen3VLForConditionalGeneration(config).eval()
     _randomize(model, init_std)
+    _boost(model, [ids["<|im_end|>"]], eos_boost)
     size = {"shortest_edge": 64 * 64, "longest_edge": 32 * 32 * 64}
     half = [0.5, 0.5, 0.5]
     image_processor = Qwen2VLImageProcessor(size=size, patch_size=16, temporal_patch_size=2, merge_size=2,
@@ -211,7 +225,7 @@ def build_qwen3_vl(folder: Path, seed: int = 0, init_std: float = 0.3) -> Path:
         bos_token_id=ids["<|endoftext|>"], do_sample=False))
 
 
-def build_got_ocr(folder: Path, seed: int = 0, init_std: float = 0.3) -> Path:
+def build_got_ocr(folder: Path, seed: int = 0, init_std: float = 0.3, eos_boost: float = 0.0) -> Path:
     """GOT-OCR2 with a 256-px SAM input (16 image tokens per view instead of 256)."""
     from transformers import GotOcr2Config, GotOcr2ForConditionalGeneration, GotOcr2ImageProcessor, GotOcr2Processor
 
@@ -229,13 +243,14 @@ def build_got_ocr(folder: Path, seed: int = 0, init_std: float = 0.3) -> Path:
     )
     model = GotOcr2ForConditionalGeneration(config).eval()
     _randomize(model, init_std)
+    _boost(model, [ids["<|im_end|>"]], eos_boost)
     image_processor = GotOcr2ImageProcessor(size={"height": 256, "width": 256})
     processor = GotOcr2Processor(image_processor=image_processor, tokenizer=tokenizer)
     return _finish(folder, model, processor, dict(
         eos_token_id=ids["<|endoftext|>"], pad_token_id=ids["<|endoftext|>"], do_sample=False))
 
 
-def build_deepseek_ocr2(folder: Path, seed: int = 0, init_std: float = 0.3) -> Path:
+def build_deepseek_ocr2(folder: Path, seed: int = 0, init_std: float = 0.3, eos_boost: float = 0.0) -> Path:
     """DeepSeek-OCR-2 with the real 1024/768 views (the model hard-codes 256/144 queries)."""
     from transformers import (DeepseekOcr2Config, DeepseekOcr2ForConditionalGeneration,
                               DeepseekOcr2ImageProcessor, DeepseekOcr2Processor)
@@ -262,6 +277,7 @@ def build_deepseek_ocr2(folder: Path, seed: int = 0, init_std: float = 0.3) -> P
     )
     model = DeepseekOcr2ForConditionalGeneration(config).eval()
     _randomize(model, init_std)
+    _boost(model, [1], eos_boost)
     image_processor = DeepseekOcr2ImageProcessor()
     processor = DeepseekOcr2Processor(image_processor=image_processor, tokenizer=tokenizer)
     return _finish(folder, model, processor, dict(eos_token_id=1, pad_token_id=2, bos_token_id=0, do_sample=False))
@@ -275,7 +291,7 @@ BUILDERS: dict[str, Callable[..., Path]] = {
 }
 
 
-def build_tiny_checkpoint(name: str, folder, seed: int = 0, init_std: float = 0.3) -> Path:
+def build_tiny_checkpoint(name: str, folder, seed: int = 0, init_std: float = 0.3, eos_boost: float = 0.0) -> Path:
     """Write a tiny random-weight checkpoint of model `name` into `folder`; return the folder.
 
     `init_std` 0.3 gives varied outputs; a small one (0.05) gives a model that falls into
@@ -286,7 +302,7 @@ def build_tiny_checkpoint(name: str, folder, seed: int = 0, init_std: float = 0.
     except KeyError:
         raise ValueError(f"no tiny checkpoint builder for {name!r}; known: {', '.join(BUILDERS)}") from None
     folder = Path(folder)
-    builder(folder, seed=seed, init_std=init_std)
-    meta = {"model": name, "seed": seed, "init_std": init_std, "tiny_random": True}
+    builder(folder, seed=seed, init_std=init_std, eos_boost=eos_boost)
+    meta = {"model": name, "seed": seed, "init_std": init_std, "eos_boost": eos_boost, "tiny_random": True}
     (folder / "chatvlm_tiny.json").write_text(json.dumps(meta) + "\n")
     return folder

@@ -14,6 +14,7 @@ from __future__ import annotations
 from ..config import GenerationParams
 from ..errors import UsageError
 from ..grounding import has_grounding, parse_grounding, strip_tags
+from ..layout import blocks_to_markdown
 from ..loop_guard import WindowedNoRepeatNGram
 from ..records import Page, PageResult, RawOutput
 from .hf import HFBackend, markdown_to_text
@@ -75,9 +76,19 @@ class DeepseekOcr2Backend(HFBackend):
         if task == "text" and not has_grounding(text):
             return self.page_result(page, raw, text=text.strip())
         grounded = parse_grounding(text, width, height)
-        markdown = grounded.markdown if grounded.blocks or has_grounding(text) else strip_tags(text)
+        if grounded.blocks and grounded.markdown == blocks_text(grounded):
+            markdown = blocks_to_markdown(grounded.blocks).strip()     # same rendering as the other layout models
+        elif grounded.blocks or has_grounding(text):
+            markdown = grounded.markdown
+        else:
+            markdown = strip_tags(text)
         layout = grounded.blocks if task in ("markdown", "layout") else None
         if task == "text":
             return self.page_result(page, raw, text=markdown_to_text(markdown), repaired=grounded.repaired)
         return self.page_result(page, raw, markdown=markdown, text=markdown_to_text(markdown), layout=layout,
                                 repaired=grounded.repaired)
+
+
+def blocks_text(grounded) -> str:
+    """The markdown the blocks alone give (to tell whether any text lies outside every block)."""
+    return "\n\n".join(b.text for b in grounded.blocks if b.text and b.category != "Picture")

@@ -31,6 +31,7 @@ from typing import Any, Iterable, Optional
 
 from ..config import BackendOptions, GenerationParams
 from ..errors import ChatVLMError, ModelUnavailableError
+from ..layout import markdown_to_text  # noqa: F401  (re-exported for the model backends)
 from ..records import Page, PageResult, RawOutput
 from ..registry import ModelSpec
 from .base import Backend
@@ -313,20 +314,6 @@ def strip_code_fence(text: str) -> str:
     return m.group(1) if m else text
 
 
-def markdown_to_text(markdown: str) -> str:
-    """Plain text from model markdown: drop HTML comments/tags, heading marks, emphasis, images."""
-    text = re.sub(r"<!--.*?-->", "", markdown, flags=re.S)
-    text = re.sub(r"!\[[^\]]*\]\([^)]*\)", "", text)
-    text = re.sub(r"</(td|th)>\s*", "\t", text)
-    text = re.sub(r"</tr>\s*", "\n", text)
-    text = re.sub(r"<br\s*/?>", "\n", text)
-    text = re.sub(r"<[^>\n]+>", "", text)
-    text = re.sub(r"^\s{0,3}#{1,6}\s+", "", text, flags=re.M)
-    text = re.sub(r"(\*\*|__)(.+?)\1", r"\2", text)
-    text = re.sub(r"\n{3,}", "\n\n", text)
-    return text.strip()
-
-
 # --------------------------------------------------------------------------- the base backend
 
 class HFBackend(Backend):
@@ -368,18 +355,22 @@ class HFBackend(Backend):
         self.attn: Optional[str] = None
         self.peak_memory_bytes: int = 0
         self._facts: dict[str, Any] = {}
+        # loop-guard thresholds (loop_guard.GenerationTracker keywords); tests lower them
+        self.loop_settings: dict[str, Any] = {}
 
     # ----------------------------------------------------------------- loading
     def load(self) -> None:
         if self.model is not None:
             return
-        t0 = time.perf_counter()
         path = resolve_weights(self.spec, self.options)
+        t_import = time.perf_counter()
         try:
             import torch  # noqa: F401
             import transformers  # noqa: F401
         except ImportError as exc:
             raise ModelUnavailableError(f"model '{self.spec.name}' needs torch and transformers: {exc}") from None
+        t0 = time.perf_counter()
+        self._facts["import_s"] = round(t0 - t_import, 3)
         self.device = choose_device(self.options)
         self.dtype = choose_dtype(self.spec, self.options, self.device)
         dtype_name = str(self.dtype).replace("torch.", "")
@@ -508,6 +499,15 @@ class HFBackend(Backend):
     def max_new_tokens(self, params: GenerationParams) -> int:
         return int(params.max_new_tokens or self.spec.max_new_tokens)
 
+    def text_loop_settings(self) -> dict[str, Any]:
+        """trim_repetition keywords matching the token-level settings (scaled ~2 chars/token)."""
+        out: dict[str, Any] = {}
+        if "min_repeats" in self.loop_settings:
+            out["min_repeats"] = max(2, int(self.loop_settings["min_repeats"]) - 2)
+        if "min_span" in self.loop_settings:
+            out["min_span"] = int(self.loop_settings["min_span"])
+        return out
+
     def max_positions(self) -> Optional[int]:
         """The language model's context length, to cap max_new_tokens (None: no cap)."""
         config = getattr(self.model, "config", None)
@@ -560,7 +560,8 @@ class HFBackend(Backend):
         stop_strings = self.stop_strings()
 
         tracker = make_tracker(prompt_len, batch, stop_ids=stop_ids, stop_strings=stop_strings,
-                               decode=self._decode_raw if stop_strings else None, loop_guard=params.loop_guard)
+                               decode=self._decode_raw if stop_strings else None, loop_guard=params.loop_guard,
+                               **self.loop_settings)
         processors = [as_logits_processor(p) for p in self.logits_processors(task, params, inputs)]
         penalty = self.repetition_penalty(params)
         if penalty != 1.0:
@@ -613,7 +614,7 @@ class HFBackend(Backend):
                         text = text[:cut]
             trimmed = False
             if params.loop_guard and reason in ("loop", "length"):
-                text, trimmed = trim_repetition(text)
+                text, trimmed = trim_repetition(text, **self.text_loop_settings())
                 if trimmed:
                     reason = "loop"
             results.append(RawOutput(

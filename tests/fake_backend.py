@@ -1,0 +1,65 @@
+"""A small fake backend registered through the real registry, for pipeline and CLI tests.
+
+It "recognises" a page by reporting its size; it can be told (through BackendOptions.extra)
+to sleep per page, to fail on pages of a given width, or to raise out-of-memory for
+batches larger than a limit, so the pipeline's error paths run for real.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+from chatvlm.backends.base import Backend
+from chatvlm.records import LayoutBlock, PageResult, RawOutput
+from chatvlm.registry import ModelSpec, register
+
+NAME = "fake_echo"
+
+
+class FakeOutOfMemory(RuntimeError):
+    def __init__(self):
+        super().__init__("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+
+class FakeBackend(Backend):
+    uses_gpu = False
+
+    def load(self) -> None:
+        self.calls: list[int] = []
+        if self.options.extra.get("fail_load"):
+            from chatvlm.errors import ModelUnavailableError
+            raise ModelUnavailableError("fake model cannot load: told to fail")
+
+    def default_batch_size(self, params):
+        return params.batch_size or int(self.options.extra.get("batch", 4))
+
+    def generate_batch(self, pages, task, params):
+        self.calls.append(len(pages))
+        oom_above = self.options.extra.get("oom_above")
+        if oom_above and len(pages) > oom_above:
+            raise FakeOutOfMemory()
+        outs = []
+        for page in pages:
+            time.sleep(float(self.options.extra.get("sleep", os.environ.get("CHATVLM_FAKE_SLEEP", 0))))
+            w, h = page.image.size
+            if self.options.extra.get("fail_width") == w:
+                raise ValueError(f"cannot handle width {w}")
+            outs.append(RawOutput(text=f"{page.source.name} p{page.page} {w}x{h}", input_tokens=w, output_tokens=h))
+        return outs
+
+    def postprocess(self, page, raw, task):
+        w, h = page.image.size
+        return PageResult(page=page, model=self.spec.name, text=raw.text + "\n", markdown=f"# {raw.text}\n",
+                          layout=[LayoutBlock(bbox=[0, 0, w, h], category="Text", text=raw.text)],
+                          width=w, height=h, finish_reason=raw.finish_reason,
+                          input_tokens=raw.input_tokens, output_tokens=raw.output_tokens)
+
+    def describe(self):
+        return {"engine": "fake", "device": "cpu"}
+
+
+def ensure_registered() -> None:
+    from chatvlm.registry import known_names
+    if NAME not in known_names():
+        register(ModelSpec(name=NAME, backend="tests.fake_backend:FakeBackend", tasks=("text", "markdown", "layout")))

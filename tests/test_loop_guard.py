@@ -1,0 +1,135 @@
+"""Loop guard: token-level detection, text trimming, per-row tracking, anti-repetition processors."""
+
+import pytest
+import torch
+
+from chatvlm.loop_guard import (GenerationTracker, PaddingSafeRepetitionPenalty, WindowedNoRepeatNGram,
+                                find_token_loop, make_tracker, trim_repetition)
+
+
+# ----------------------------------------------------------------- token level
+
+def test_exact_loop_found_with_start_and_period():
+    prefix = list(range(100, 160))
+    block = [7, 8, 9, 10, 11]
+    ids = prefix + block * 60
+    loop = find_token_loop(ids, min_repeats=8, min_span=256)
+    assert loop is not None and loop.period == 5
+    assert loop.start == len(prefix)
+    assert ids[:loop.keep] == prefix + block
+
+
+def test_short_or_legitimate_repeats_are_not_loops():
+    dotted_leader = list(range(50)) + [13] * 40 + list(range(60, 90))       # "........" then text
+    assert find_token_loop(dotted_leader) is None
+    table = []
+    for r in range(12):                                                      # 12 rows that differ in one id
+        table += [1, 2, 3, 100 + r, 4, 5, 6, 7]
+    assert find_token_loop(table) is None
+    assert find_token_loop([5] * 100, min_span=256) is None                  # too short to judge
+
+
+def test_near_periodic_low_diversity_tail_is_a_loop():
+    ids = list(range(300, 400)) + ([9] * 19 + [10]) * 30                     # an n-gram ban breaking the period
+    loop = find_token_loop(ids, min_repeats=8, min_span=256, max_period=8)
+    assert loop is not None
+
+
+# ----------------------------------------------------------------- text level
+
+def test_trim_repetition_keeps_one_copy_of_the_repeated_block():
+    head = "Invoice 42\nTotal: 100 EUR\n"
+    text = head + "| 0 | 0 | 0 |\n" * 60 + "| 0 | 0"
+    trimmed, did = trim_repetition(text)
+    assert did
+    assert trimmed.startswith(head)
+    assert trimmed.count("| 0 | 0 | 0 |") == 1
+
+
+def test_trim_repetition_repeated_lines_with_varying_whitespace():
+    text = "Title\n\n" + "".join(f"the same line{' ' * (i % 3)}\n" for i in range(12))
+    trimmed, did = trim_repetition(text)
+    assert did and trimmed == "Title\n\nthe same line"
+
+
+def test_trim_repetition_leaves_normal_text_alone():
+    text = "\n".join(f"Line {i}: the quick brown fox jumps over the lazy dog." for i in range(40))
+    assert trim_repetition(text) == (text, False)
+    short = "Contents ........................ 5\nIntro .......... 7"
+    assert trim_repetition(short) == (short, False)
+
+
+# ----------------------------------------------------------------- per-row tracker
+
+def test_tracker_records_stop_loop_and_length_per_row():
+    prompt_len = 3
+    tracker = make_tracker(prompt_len, 3, stop_ids=[99], loop_guard=True, min_span=8, min_repeats=4, check_every=1)
+    rows = [[1, 2, 3], [1, 2, 3], [0, 0, 1]]           # row 2 is left-padded
+    gen = [[5, 6, 99, 0, 0, 0, 0, 0, 0, 0], [4, 4, 4, 4, 4, 4, 4, 4, 4, 4], [7, 8, 9, 10, 11, 12, 13, 14, 15, 16]]
+    done_seen = []
+    for step in range(1, 11):
+        ids = torch.tensor([r + g[:step] for r, g in zip(rows, gen)])
+        done_seen.append(tracker(ids, None).tolist())
+    assert tracker.result(0, 10) == (3, "stop")                 # the stop token is counted
+    assert tracker.result(1, 10) == (8, "loop")                 # stopped once 8 repeated tokens were seen
+    assert tracker.result(2, 10) == (10, "length")
+    assert done_seen[2] == [True, False, False]                 # only the finished row is stopped
+    assert done_seen[7] == [True, True, False]
+
+
+def test_tracker_stop_strings_use_decoded_tail():
+    decode = lambda ids: "".join(chr(i) for i in ids)  # noqa: E731
+    tracker = GenerationTracker(0, 1, stop_strings=["END"], decode=decode, loop_guard=False)
+    text = [ord(c) for c in "abcEND"]
+    for step in range(1, len(text) + 1):
+        tracker(torch.tensor([text[:step]]))
+    assert tracker.result(0, 6) == (6, "stop")
+
+
+def test_tracker_loop_guard_off_never_stops():
+    tracker = make_tracker(0, 1, loop_guard=False, min_span=4, min_repeats=2, check_every=1)
+    for step in range(1, 30):
+        assert not tracker(torch.tensor([[4] * step]), None).any()
+    assert tracker.result(0, 29) == (29, "length")
+
+
+# ----------------------------------------------------------------- anti-repetition processors
+
+def _reference_banned(ids, n, window, whitelist):
+    """The official DeepSeek-OCR NoRepeatNGramLogitsProcessor rule, verbatim logic."""
+    if len(ids) < n:
+        return set()
+    prefix = tuple(ids[-(n - 1):])
+    banned = set()
+    for i in range(max(0, len(ids) - window), len(ids) - n + 1):
+        ngram = tuple(ids[i:i + n])
+        if ngram[:-1] == prefix:
+            banned.add(ngram[-1])
+    return banned - set(whitelist)
+
+
+@pytest.mark.parametrize("n,window", [(3, 10), (4, 50), (2, 5)])
+def test_windowed_ngram_matches_the_official_rule(n, window):
+    g = torch.Generator().manual_seed(n * 100 + window)
+    proc = WindowedNoRepeatNGram(n, window, prompt_len=0, whitelist=[3])
+    for _ in range(20):
+        ids = torch.randint(0, 6, (60,), generator=g).tolist()
+        assert proc.banned_tokens(ids) == _reference_banned(ids, n, window, [3])
+
+
+def test_windowed_ngram_bans_per_row_after_the_prompt_only():
+    proc = WindowedNoRepeatNGram(2, 90, prompt_len=2, whitelist=[])
+    input_ids = torch.tensor([[5, 6, 1, 2, 1], [1, 2, 7, 8, 9]])
+    scores = proc(input_ids, torch.zeros(2, 10))
+    assert scores[0, 2] == float("-inf") and torch.isfinite(scores[0]).sum() == 9   # "1 2" seen -> ban 2 after 1
+    assert torch.isfinite(scores[1]).all()                                           # prompt "1 2" does not count
+
+
+def test_repetition_penalty_ignores_left_padding():
+    proc = PaddingSafeRepetitionPenalty(1.5, pad_lengths=[2, 0])
+    scores = torch.tensor([[1.0, 2.0, -1.0, 3.0, 0.5]] * 2)
+    input_ids = torch.tensor([[0, 0, 1, 2], [1, 2, 1, 2]])     # pad id 0 only in padding of row 0
+    out = proc(input_ids, scores.clone())
+    assert torch.equal(out[0], out[1])                         # same real tokens -> same scores
+    assert out[0, 0] == 1.0                                    # the pad id is not penalised
+    assert out[0, 1] == pytest.approx(2.0 / 1.5) and out[0, 2] == pytest.approx(-1.5)
