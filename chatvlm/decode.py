@@ -510,6 +510,14 @@ class StaticDecoder:
         self.stats.compactions += 1
         return target, new_rows, new_live, seq, processors
 
+    def release(self) -> None:
+        """Free the cache pool and the captured graphs (they come back on the next batch)."""
+        self.graphs.clear()
+        self.k = self.v = self.mask = self.tok = self.pos = self.cur = self.logits = None
+        self.rope_cos = self.rope_sin = None
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
     def facts(self) -> dict:
         s = self.stats
         return {"decode_graphs": self.use_graphs, "decode_len_bucket": self.len_bucket if self.bucketed else None,

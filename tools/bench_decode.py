@@ -51,7 +51,7 @@ def sync(device):
         torch.cuda.synchronize()
 
 
-def time_generate(model, inputs, steps, device, repeats=3):
+def time_generate(model, inputs, steps, device, repeats=2):
     """Seconds per decode step of transformers generate (run(steps+1) - run(1)) / steps."""
     import torch
     from transformers import GenerationConfig
@@ -70,7 +70,7 @@ def time_generate(model, inputs, steps, device, repeats=3):
     return (min(run(steps + 1) for _ in range(repeats)) - min(run(1) for _ in range(repeats))) / steps
 
 
-def time_static(model, inputs, steps, device, graphs, repeats=3):
+def time_static(model, inputs, steps, device, graphs, repeats=2):
     import torch
     from transformers import GenerationConfig, StoppingCriteriaList
 

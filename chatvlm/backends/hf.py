@@ -412,6 +412,8 @@ class HFBackend(Backend):
         """Subclasses: adjust the processor (pixel budget) or the model after loading."""
 
     def close(self) -> None:
+        if getattr(self, "_static_decoder", None) is not None:
+            self._static_decoder.release()
         self._static_decoder = None
         self.model = None
         self.processor = None
