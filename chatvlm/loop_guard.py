@@ -233,6 +233,8 @@ class WindowedNoRepeatNGram:
     Only generated tokens count (all rows share `prompt_len` under left padding).
     """
 
+    row_independent = True      # no per-row state: a compacted batch (chatvlm.decode) can reuse it
+
     def __init__(self, ngram_size: int, window_size: int, prompt_len: int, whitelist: Iterable[int] = ()):
         self.n, self.w, self.prompt_len = int(ngram_size), int(window_size), int(prompt_len)
         self.whitelist = set(int(i) for i in whitelist)
@@ -271,6 +273,10 @@ class PaddingSafeRepetitionPenalty:
     def __init__(self, penalty: float, pad_lengths: Sequence[int]):
         self.penalty = float(penalty)
         self.pad_lengths = list(pad_lengths)
+
+    def select_rows(self, rows: Sequence[int]) -> "PaddingSafeRepetitionPenalty":
+        """The same penalty for a batch made of these original rows (chatvlm.decode compaction)."""
+        return PaddingSafeRepetitionPenalty(self.penalty, [self.pad_lengths[r] for r in rows])
 
     def __call__(self, input_ids, scores):
         import torch

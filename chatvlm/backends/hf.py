@@ -437,6 +437,9 @@ class HFBackend(Backend):
                                   self._synthetic_dir)
 
     def close(self) -> None:
+        if getattr(self, "_static_decoder", None) is not None:
+            self._static_decoder.release()
+        self._static_decoder = None
         self.model = None
         self.processor = None
         if getattr(self, "_synthetic_dir", None) is not None:
@@ -649,8 +652,14 @@ class HFBackend(Backend):
         if on_cuda:
             torch.cuda.synchronize()
         t1 = time.perf_counter()
+        decoder = self.static_decoder(params)
         with torch.inference_mode():
-            out = self.model.generate(**inputs, **gen_kwargs)
+            if decoder is not None:
+                out = decoder.generate(inputs, gen_kwargs, max_new_tokens=max_new, tracker=tracker,
+                                       processors=processors, pad_token_id=self.pad_token_id())
+                self._facts.update(decoder.facts())
+            else:
+                out = self.model.generate(**inputs, **gen_kwargs)
         if on_cuda:
             torch.cuda.synchronize()
             self.peak_memory_bytes = max(self.peak_memory_bytes,
@@ -681,6 +690,38 @@ class HFBackend(Backend):
                 extra={"batch_size": batch, "batch_generate_s": generate_s, "loop_trimmed": trimmed},
             ))
         return results
+
+    def static_decoder(self, params: GenerationParams):
+        """The chatvlm static decoder for this request, or None for transformers `generate`.
+
+        `BackendOptions.extra["decode"]`: "auto" (default: ours when the model and request
+        are supported), "fast" (same, the fallback still recorded), "hf" (always generate).
+        The choice and its reason go to describe(): decode = "chatvlm-static" | "hf-generate".
+        """
+        from .. import decode as fast
+
+        mode = str(self.options.extra.get("decode", "auto")).lower()
+        if mode not in ("auto", "fast", "hf"):
+            raise ChatVLMError(f"unknown decode mode {mode!r}; use auto, fast or hf")
+        reason = None
+        if mode == "hf":
+            reason = "requested (--decode hf)"
+        else:
+            reason = fast.unsupported_reason(self.model, do_sample=bool(params.do_sample))
+        if reason is not None:
+            self._facts["decode"], self._facts["decode_reason"] = fast.HF, reason
+            return None
+        decoder = getattr(self, "_static_decoder", None)
+        if decoder is None or decoder.model is not self.model:
+            opts = self.options.extra
+            decoder = fast.StaticDecoder(
+                self.model, use_graphs=opts.get("decode_graphs"),
+                len_bucket=int(opts.get("decode_len_bucket", 256)),
+                sync_every=opts.get("decode_sync_every"))
+            self._static_decoder = decoder
+        self._facts["decode"] = fast.STATIC
+        self._facts.pop("decode_reason", None)
+        return decoder
 
     def _to_device(self, inputs) -> dict:
         import torch

@@ -1,0 +1,526 @@
+"""Our own greedy decode loop for the language model, after the model's normal prefill.
+
+Why: transformers' `generate` spends most of a decode step on per-step overhead (Python,
+kernel launches, mask building) and on memory traffic it creates (sdpa's `repeat_kv`
+expands the KV heads; a static cache is read whole every step). See issue 9.
+
+How (`StaticDecoder.generate`):
+
+1. **Prefill is the model's own.** `model.generate(..., max_new_tokens=1)` runs the normal
+   forward (vision tower, Qwen2/3-VL M-RoPE positions and `rope_deltas`, deepstack, the
+   model's own input preparation), applies the logits processors and stopping criteria and
+   returns the first token and the prompt's KV cache. A forward pre-hook on the language
+   model's rotary module records the position ids the model used.
+2. The prompt KV is copied into a preallocated static cache
+   `[layers, batch, kv_heads, max_len, head_dim]` (one pool, reused across batches).
+3. **Decode steps are ours**, built from the model's own modules (q/k/v/o projections,
+   q/k norms where present, RMSNorms, MLP, final norm, lm_head) and the model's own rotary
+   module (a cos/sin table computed once by calling it). Positions follow the models'
+   rule for text after the prompt: next = (largest prompt position of the row) + 1, all
+   three M-RoPE sections together (= text position + `rope_deltas`); plain RoPE models
+   (Qwen2, Llama) are the 1-section case.
+4. **Attention is GQA-aware without repeating K/V**: for one query token, the query heads
+   are reshaped to `[batch, kv_heads, groups, head_dim]` and attend, as `groups` queries,
+   to `[batch, kv_heads, length, head_dim]` with one `scaled_dot_product_attention` call
+   (no `enable_gqa`, no `repeat_kv`; works with every torch version and SDPA backend).
+   It **reads only the filled part of the cache**: eager steps slice it to the current
+   length; CUDA-graph steps slice it to a fixed length bucket (multiple of `len_bucket`)
+   with a key mask that also hides left padding.
+5. **CUDA graphs** (CUDA only, `use_graphs`): the step is captured once per
+   (batch-size bucket, length bucket) against static input buffers and replayed; the
+   graphs stay valid across batches because the cache pool and buffers are persistent.
+   On CPU the same step runs eagerly.
+6. **Finished rows stop paying**: when rows finish (stop token, stop string, loop guard),
+   the batch is compacted: active rows move to the front of the pool and the step runs on
+   fewer rows (exact count on CPU; the next batch-size bucket on CUDA, padded with
+   finished rows). Finish bookkeeping is the backend's own `GenerationTracker`, replayed
+   on the host every `sync_every` steps (1 on CPU; 8 on CUDA to avoid a sync per step).
+
+Greedy only. Logits processors run eagerly between steps on the growing token buffer
+(processors that index rows must offer `select_rows(rows)` for compaction, else the
+batch is not compacted). `unsupported_reason(model, ...)` says why a model or a request
+must go through `generate` instead (sampling, beams, MoE or non-Llama layers, sliding
+window, dynamic RoPE, ...); the backend records the choice.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Optional, Sequence
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+STATIC = "chatvlm-static"
+HF = "hf-generate"
+
+ATTN_CHILDREN = {"q_proj", "k_proj", "v_proj", "o_proj", "q_norm", "k_norm"}
+LAYER_CHILDREN = {"self_attn", "mlp", "input_layernorm", "post_attention_layernorm"}
+MLP_CHILDREN = {"gate_proj", "up_proj", "down_proj", "act_fn"}
+STATIC_ROPE = {None, "default", "linear", "llama3", "yarn"}      # inv_freq does not depend on length
+BATCH_BUCKETS = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
+
+
+class Unsupported(Exception):
+    """This model or request is not handled by the static decoder (use generate)."""
+
+
+# ----------------------------------------------------------------------------- the LM's parts
+
+@dataclass
+class LMParts:
+    text_model: nn.Module          # has .layers, .norm, .embed_tokens, .rotary_emb
+    layers: Sequence[nn.Module]
+    embed: nn.Module
+    norm: nn.Module
+    lm_head: nn.Module
+    rotary: nn.Module
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    scaling: float
+    qk_norm: bool
+
+
+def _children(module: nn.Module) -> set[str]:
+    return {name for name, _ in module.named_children()}
+
+
+def find_lm(model: nn.Module) -> LMParts:
+    """The decoder stack of `model`'s language model, or Unsupported(reason)."""
+    text_model = None
+    for _, module in model.named_modules():
+        if all(hasattr(module, a) for a in ("layers", "norm", "embed_tokens", "rotary_emb")) \
+                and isinstance(getattr(module, "layers"), nn.ModuleList):
+            layers = module.layers
+            if len(layers) and hasattr(layers[0], "self_attn"):
+                text_model = module
+                break
+    if text_model is None:
+        raise Unsupported("no Llama-style decoder stack (layers/norm/embed_tokens/rotary_emb) found")
+    lm_head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if not isinstance(lm_head, nn.Linear):
+        raise Unsupported("no linear lm_head")
+    config = getattr(text_model, "config", None)
+    if getattr(config, "final_logit_softcapping", None):
+        raise Unsupported("final logit softcapping")
+    if getattr(config, "use_sliding_window", False) and getattr(config, "sliding_window", None):
+        raise Unsupported("sliding-window attention")
+    layer_types = getattr(config, "layer_types", None) or []
+    if any(t != "full_attention" for t in layer_types):
+        raise Unsupported(f"layer types {sorted(set(layer_types))}")
+    rotary = text_model.rotary_emb
+    rope_type = getattr(rotary, "rope_type", None)
+    if rope_type not in STATIC_ROPE:
+        raise Unsupported(f"rope type {rope_type!r} (length-dependent)")
+    dims = None
+    for i, layer in enumerate(text_model.layers):
+        extra = _children(layer) - LAYER_CHILDREN
+        if extra or not LAYER_CHILDREN <= _children(layer):
+            raise Unsupported(f"layer {i} ({type(layer).__name__}) is not a plain pre-norm decoder layer")
+        attn, mlp = layer.self_attn, layer.mlp
+        if not {"q_proj", "k_proj", "v_proj", "o_proj"} <= _children(attn) or _children(attn) - ATTN_CHILDREN:
+            raise Unsupported(f"layer {i} attention ({type(attn).__name__}) is not q/k/v/o projections")
+        if _children(mlp) - MLP_CHILDREN or not {"gate_proj", "up_proj", "down_proj"} <= _children(mlp):
+            raise Unsupported(f"layer {i} MLP ({type(mlp).__name__}) is not a dense gated MLP (MoE?)")
+        if getattr(attn, "sliding_window", None):
+            raise Unsupported(f"layer {i} uses a sliding window")
+        head_dim = int(attn.head_dim)
+        num_heads = attn.q_proj.out_features // head_dim
+        num_kv = attn.k_proj.out_features // head_dim
+        scaling = float(getattr(attn, "scaling", head_dim ** -0.5))
+        qk = hasattr(attn, "q_norm")
+        this = (num_heads, num_kv, head_dim, scaling, qk)
+        if dims is not None and this != dims:
+            raise Unsupported("layers differ in attention shape")
+        dims = this
+    num_heads, num_kv, head_dim, scaling, qk = dims
+    if num_heads % num_kv:
+        raise Unsupported("query heads not a multiple of KV heads")
+    return LMParts(text_model, list(text_model.layers), text_model.embed_tokens, text_model.norm, lm_head,
+                   rotary, num_heads, num_kv, head_dim, scaling, qk)
+
+
+def unsupported_reason(model: nn.Module, *, do_sample: bool = False, num_beams: int = 1) -> Optional[str]:
+    """Why the static decoder cannot run this model/request (None: it can)."""
+    if do_sample:
+        return "sampling (the static decoder is greedy only)"
+    if num_beams and num_beams > 1:
+        return "beam search"
+    try:
+        find_lm(model)
+    except Unsupported as exc:
+        return str(exc)
+    return None
+
+
+# ----------------------------------------------------------------------------- helpers
+
+def _rotate_half(x):
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+def _cache_kv(cache, layer: int):
+    """(keys, values) [batch, kv_heads, len, head_dim] of one layer of a transformers cache."""
+    layers = getattr(cache, "layers", None)
+    if layers is not None:
+        return layers[layer].keys, layers[layer].values
+    if hasattr(cache, "key_cache"):
+        return cache.key_cache[layer], cache.value_cache[layer]
+    return cache[layer][0], cache[layer][1]          # legacy tuple of tuples
+
+
+def batch_bucket(n: int) -> int:
+    for b in BATCH_BUCKETS:
+        if b >= n:
+            return b
+    return int(math.ceil(n / 256) * 256)
+
+
+def _round_up(n: int, m: int) -> int:
+    return int(math.ceil(n / m) * m)
+
+
+def select_processor_rows(processors: list, rows: list[int]) -> Optional[list]:
+    """Processors restricted to `rows` (after compaction), or None if one cannot be."""
+    out = []
+    for p in processors:
+        inner = getattr(p, "inner", p)
+        if hasattr(inner, "select_rows"):
+            new_inner = inner.select_rows(rows)
+            if inner is p:
+                out.append(new_inner)
+            else:
+                wrapped = type(p).__new__(type(p))
+                wrapped.__dict__.update(p.__dict__)
+                wrapped.inner = new_inner
+                out.append(wrapped)
+        elif getattr(inner, "row_independent", False):
+            out.append(p)
+        else:
+            return None
+    return out
+
+
+# ----------------------------------------------------------------------------- the decoder
+
+@dataclass
+class DecodeStats:
+    prefill_s: float = 0.0
+    decode_s: float = 0.0
+    steps: int = 0
+    row_steps: int = 0             # sum over steps of rows computed
+    compactions: int = 0
+    graphs_captured: int = 0
+    graph_replays: int = 0
+
+
+class StaticDecoder:
+    """Greedy decode with a static KV cache and our own step (CUDA graphs on CUDA)."""
+
+    def __init__(self, model: nn.Module, *, use_graphs: Optional[bool] = None, len_bucket: int = 256,
+                 sync_every: Optional[int] = None, compact: bool = True, bucketed: Optional[bool] = None):
+        self.model = model
+        self.parts = find_lm(model)
+        p = next(model.parameters())
+        self.device, self.dtype = p.device, p.dtype
+        on_cuda = self.device.type == "cuda"
+        self.use_graphs = on_cuda if use_graphs is None else (bool(use_graphs) and on_cuda)
+        # fixed-length reads (multiple of len_bucket) + key mask: needed by graphs; tests force it on CPU
+        self.bucketed = self.use_graphs if bucketed is None else bool(bucketed) or self.use_graphs
+        self.len_bucket = int(len_bucket)
+        self.sync_every = int(sync_every or (8 if on_cuda else 1))
+        self.compact = compact
+        self.groups = self.parts.num_heads // self.parts.num_kv_heads
+        # persistent pool (grows; graphs are dropped when it does)
+        self.k = self.v = None            # [layers, B, kvh, L, hd]
+        self.mask = None                  # [B, L] bool: key slot valid
+        self.tok = self.pos = None        # [B] long
+        self.cur = None                   # [1] long: cache slot written by the next step
+        self.logits = None                # [B, vocab] float32 (graph output)
+        self.rope_cos = self.rope_sin = None   # [P, hd]
+        self.graphs: dict[tuple[int, int], Any] = {}
+        self.pool = None
+        self.stats = DecodeStats()
+
+    # ------------------------------------------------------------------ buffers
+    def _ensure_pool(self, batch: int, length: int) -> None:
+        pr = self.parts
+        need_b = batch_bucket(batch) if self.use_graphs else batch
+        need_l = _round_up(length, self.len_bucket) if self.bucketed else length
+        if self.k is not None and self.k.shape[1] >= need_b and self.k.shape[3] >= need_l:
+            return
+        if self.k is not None:
+            need_b, need_l = max(need_b, self.k.shape[1]), max(need_l, self.k.shape[3])
+        self.graphs.clear()
+        self.k = self.v = None
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+        shape = (len(pr.layers), need_b, pr.num_kv_heads, need_l, pr.head_dim)
+        self.k = torch.zeros(shape, dtype=self.dtype, device=self.device)
+        self.v = torch.zeros(shape, dtype=self.dtype, device=self.device)
+        self.mask = torch.zeros(need_b, need_l, dtype=torch.bool, device=self.device)
+        self.tok = torch.zeros(need_b, dtype=torch.long, device=self.device)
+        self.pos = torch.zeros(need_b, dtype=torch.long, device=self.device)
+        self.cur = torch.zeros(1, dtype=torch.long, device=self.device)
+        self.logits = torch.zeros(need_b, pr.lm_head.out_features, dtype=torch.float32, device=self.device)
+
+    def _ensure_rope(self, positions: int, mrope: bool) -> None:
+        if self.rope_cos is not None and self.rope_cos.shape[0] >= positions and self._rope_mrope == mrope:
+            return
+        size = _round_up(max(positions, 1), 4096)
+        ids = torch.arange(size, device=self.device)
+        ids = ids.view(1, 1, -1).expand(3, 1, -1) if mrope else ids.view(1, -1)
+        dummy = torch.zeros(1, dtype=self.dtype, device=self.device)
+        with torch.no_grad():
+            cos, sin = self.parts.rotary(dummy, ids)
+        self.rope_cos = cos.reshape(size, -1).contiguous()
+        self.rope_sin = sin.reshape(size, -1).contiguous()
+        self._rope_mrope = mrope
+        self.graphs.clear()
+
+    # ------------------------------------------------------------------ one step
+    def step(self, b: int, length: int) -> torch.Tensor:
+        """One decode step for rows [:b], reading cache slots [:length]; fills self.logits[:b]."""
+        pr = self.parts
+        h = pr.embed(self.tok[:b].unsqueeze(1))                      # [b, 1, H]
+        cos = self.rope_cos[self.pos[:b]].unsqueeze(1).unsqueeze(1)   # [b, 1, 1, hd]
+        sin = self.rope_sin[self.pos[:b]].unsqueeze(1).unsqueeze(1)
+        self.mask[:b].index_fill_(1, self.cur, True)
+        key_mask = self.mask[:b, :length].view(b, 1, 1, length)
+        nh, kvh, hd = pr.num_heads, pr.num_kv_heads, pr.head_dim
+        for i, layer in enumerate(pr.layers):
+            attn = layer.self_attn
+            x = layer.input_layernorm(h)
+            q = attn.q_proj(x).view(b, 1, nh, hd)
+            k = attn.k_proj(x).view(b, 1, kvh, hd)
+            v = attn.v_proj(x).view(b, 1, kvh, hd)
+            if pr.qk_norm:
+                q, k = attn.q_norm(q), attn.k_norm(k)
+            q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)   # [b, heads, 1, hd]
+            q = q * cos + _rotate_half(q) * sin
+            k = k * cos + _rotate_half(k) * sin
+            kc, vc = self.k[i, :b], self.v[i, :b]
+            kc.index_copy_(2, self.cur, k)
+            vc.index_copy_(2, self.cur, v)
+            o = F.scaled_dot_product_attention(
+                q.reshape(b, kvh, self.groups, hd), kc[:, :, :length], vc[:, :, :length],
+                attn_mask=key_mask, scale=pr.scaling)                     # [b, kvh, groups, hd]
+            h = h + attn.o_proj(o.reshape(b, 1, nh * hd))
+            h = h + layer.mlp(layer.post_attention_layernorm(h))
+        h = pr.norm(h)
+        self.logits[:b].copy_(pr.lm_head(h[:, -1]).float())
+        return self.logits[:b]
+
+    def _read_length(self, filled: int) -> int:
+        if self.bucketed:
+            return min(_round_up(filled, self.len_bucket), self.k.shape[3])
+        return filled
+
+    def _run_step(self, b: int, filled: int) -> torch.Tensor:
+        length = self._read_length(filled)
+        if not self.use_graphs:
+            return self.step(b, length)
+        key = (b, length)
+        graph = self.graphs.get(key)
+        if graph is None:
+            graph = self._capture(b, length)
+            self.graphs[key] = graph
+        graph.replay()
+        self.stats.graph_replays += 1
+        return self.logits[:b]
+
+    def _capture(self, b: int, length: int):
+        # Warm-up runs write the same K/V into the same slot as the real step: idempotent.
+        stream = torch.cuda.Stream(device=self.device)
+        stream.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(stream):
+            for _ in range(2):
+                self.step(b, length)
+        torch.cuda.current_stream(self.device).wait_stream(stream)
+        if self.pool is None:
+            self.pool = torch.cuda.graph_pool_handle()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self.pool):
+            self.step(b, length)
+        self.stats.graphs_captured += 1
+        return graph
+
+    # ------------------------------------------------------------------ generation
+    def _prefill(self, inputs: dict, gen_kwargs: dict):
+        captured: dict[str, torch.Tensor] = {}
+
+        def hook(module, args, kwargs):
+            ids = kwargs.get("position_ids", args[1] if len(args) > 1 else None)
+            if ids is not None and "ids" not in captured:
+                captured["ids"] = ids.detach()
+
+        handle = self.parts.rotary.register_forward_pre_hook(hook, with_kwargs=True)
+        try:
+            gen_kwargs = dict(gen_kwargs)
+            config = gen_kwargs["generation_config"]
+            config = type(config).from_dict(config.to_dict())
+            config.max_new_tokens = 1
+            config.return_dict_in_generate = True
+            gen_kwargs["generation_config"] = config
+            out = self.model.generate(**inputs, **gen_kwargs)
+        finally:
+            handle.remove()
+        cache = getattr(out, "cache", None)
+        if cache is None:
+            cache = getattr(out, "past_key_values", None)
+        if cache is None or "ids" not in captured:
+            raise Unsupported("prefill returned no cache or no position ids")
+        return out.sequences, cache, captured["ids"]
+
+    @torch.inference_mode()
+    def generate(self, inputs: dict, gen_kwargs: dict, *, max_new_tokens: int, tracker,
+                 processors: Sequence[Callable] = (), pad_token_id: int = 0) -> torch.Tensor:
+        """Token ids [batch, prompt_len + n] like `generate` (rows finished early padded)."""
+        t0 = time.perf_counter()
+        input_ids = inputs["input_ids"]
+        attention = inputs["attention_mask"]
+        batch, prompt_len = input_ids.shape
+        sequences, cache, pos_ids = self._prefill(inputs, gen_kwargs)
+        first = sequences[:, prompt_len:prompt_len + 1]
+        out = torch.full((batch, prompt_len + max_new_tokens), int(pad_token_id), dtype=torch.long)
+        out[:, :prompt_len + 1] = sequences[:, :prompt_len + 1].cpu()
+        if max_new_tokens <= 1 or all(e is not None for e in tracker.ends):
+            del cache
+            self.stats.prefill_s += time.perf_counter() - t0
+            return out[:, :sequences.shape[1]]
+
+        # next position per row: largest real prompt position + 1 (all M-RoPE sections together)
+        mrope = pos_ids.dim() == 3
+        valid = attention.bool().to(pos_ids.device)
+        p = pos_ids if mrope else pos_ids.expand(batch, -1).unsqueeze(0)
+        p = p.masked_fill(~valid.unsqueeze(0), -1)
+        next_pos = (p.amax(dim=(0, 2)) + 1).to(self.device)           # [batch]
+        self._ensure_pool(batch, prompt_len + max_new_tokens)
+        self._ensure_rope(int(next_pos.max()) + max_new_tokens + 1, mrope)
+        for i in range(len(self.parts.layers)):
+            keys, values = _cache_kv(cache, i)
+            self.k[i, :batch, :, :prompt_len].copy_(keys[:, :, -prompt_len:])
+            self.v[i, :batch, :, :prompt_len].copy_(values[:, :, -prompt_len:])
+        del cache
+        self.k[:, :batch, :, prompt_len:].zero_()
+        self.v[:, :batch, :, prompt_len:].zero_()
+        self.mask[:batch].zero_()
+        self.mask[:batch, :prompt_len].copy_(attention.bool())
+        self.tok[:batch].copy_(first[:, 0])
+        self.pos[:batch].copy_(next_pos)
+        self.cur.fill_(prompt_len)
+        seq = None
+        if processors:
+            seq = torch.full((batch, prompt_len + max_new_tokens), int(pad_token_id), dtype=torch.long,
+                             device=self.device)
+            seq[:, :prompt_len + 1].copy_(sequences[:, :prompt_len + 1])
+        processors = list(processors)
+        base_processors = list(processors)
+        can_compact = self.compact and (not processors or select_processor_rows(processors, [0]) is not None)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        t1 = time.perf_counter()
+        self.stats.prefill_s += t1 - t0
+
+        # slot -> original row; `live[slot]` False for graph-bucket padding copies
+        rows, live = list(range(batch)), [True] * batch
+        b = batch_bucket(batch) if self.use_graphs else batch
+        if b > batch:
+            src = list(range(batch)) + [0] * (b - batch)
+            self._move(src, b)
+            rows, live = src, live + [False] * (b - batch)
+            if seq is not None:
+                seq = seq[torch.tensor(src, device=seq.device)]
+            if processors:
+                processors = select_processor_rows(base_processors, src)
+        produced = 1                     # tokens in `out` per row so far
+        pending: list[torch.Tensor] = []
+        while produced < max_new_tokens:
+            filled = prompt_len + produced                 # slots valid after this step's write
+            logits = self._run_step(b, filled)
+            self.stats.steps += 1
+            self.stats.row_steps += b
+            if processors:
+                logits = logits.clone()
+                for proc in processors:
+                    logits = proc(seq[:, :prompt_len + produced], logits)
+            nxt = logits.argmax(dim=-1)
+            self.tok[:b].copy_(nxt)
+            if seq is not None:
+                seq[:, prompt_len + produced].copy_(nxt)
+            self.pos[:b] += 1
+            self.cur += 1
+            pending.append(nxt)
+            produced += 1
+            if len(pending) >= self.sync_every or produced >= max_new_tokens:
+                chunk = torch.stack(pending, dim=1).cpu()   # [b, k]
+                start = produced - len(pending)
+                pending = []
+                all_done = False
+                for j in range(chunk.shape[1]):
+                    col = prompt_len + start + j
+                    for slot, row in enumerate(rows):
+                        if live[slot] and tracker.ends[row] is None:
+                            out[row, col] = chunk[slot, j]
+                    done = tracker(out[:, :col + 1])
+                    if bool(done.all()):
+                        all_done = True
+                        produced = start + j + 1
+                        break
+                if all_done:
+                    break
+                if can_compact:
+                    b, rows, live, seq, processors = self._maybe_compact(
+                        b, rows, live, seq, processors, base_processors, tracker)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self.stats.decode_s += time.perf_counter() - t1
+        return out[:, :prompt_len + produced]
+
+    # ------------------------------------------------------------------ compaction
+    def _move(self, src: list[int], b: int) -> None:
+        """Slots [:b] <- slots `src` (a gather through a temporary: sources may overlap)."""
+        idx = torch.tensor(src, dtype=torch.long, device=self.device)
+        self.k[:, :b] = self.k[:, idx]
+        self.v[:, :b] = self.v[:, idx]
+        self.mask[:b] = self.mask[idx]
+        self.tok[:b] = self.tok[idx]
+        self.pos[:b] = self.pos[idx]
+
+    def _maybe_compact(self, b, rows, live, seq, processors, base_processors, tracker):
+        active = [s for s in range(b) if live[s] and tracker.ends[rows[s]] is None]
+        if not active:
+            return b, rows, live, seq, processors
+        target = batch_bucket(len(active)) if self.use_graphs else len(active)
+        if target >= b:
+            return b, rows, live, seq, processors
+        src = active + [active[0]] * (target - len(active))
+        self._move(src, target)
+        if seq is not None:
+            seq = seq[torch.tensor(src, device=seq.device)]
+        if processors:
+            processors = select_processor_rows(base_processors, [rows[s] for s in src])
+        new_rows = [rows[s] for s in src]
+        new_live = [True] * len(active) + [False] * (target - len(active))
+        self.stats.compactions += 1
+        return target, new_rows, new_live, seq, processors
+
+    def release(self) -> None:
+        """Free the cache pool and the captured graphs (they come back on the next batch)."""
+        self.graphs.clear()
+        self.k = self.v = self.mask = self.tok = self.pos = self.cur = self.logits = None
+        self.rope_cos = self.rope_sin = None
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    def facts(self) -> dict:
+        s = self.stats
+        return {"decode_graphs": self.use_graphs, "decode_len_bucket": self.len_bucket if self.bucketed else None,
+                "decode_steps": s.steps, "decode_row_steps": s.row_steps, "decode_compactions": s.compactions,
+                "decode_graphs_captured": s.graphs_captured, "decode_prefill_s": round(s.prefill_s, 4),
+                "decode_loop_s": round(s.decode_s, 4)}

@@ -1,0 +1,214 @@
+"""chatvlm.decode: our static-cache decode loop gives transformers' `generate` tokens.
+
+Tiny random-weight checkpoints (real config/model/processor classes), fp32 on CPU,
+greedy; batches of pages of different sizes (left padding) and single pages. No mocks:
+both paths run the real model.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from chatvlm import decode
+from chatvlm.config import BackendOptions, GenerationParams
+from chatvlm.loop_guard import make_tracker
+from chatvlm.records import Page
+from chatvlm.registry import get_spec
+from chatvlm.testing import build_tiny_checkpoint
+
+SIZES = [(120, 90), (64, 200), (300, 160)]          # different image-token counts -> left padding
+
+
+def _pages(sizes=SIZES, seed=0):
+    rng = np.random.default_rng(seed)
+    return [Page(source=Path(f"p{i}.png"), doc_key="d", page=1, index=i,
+                 image=Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)))
+            for i, (w, h) in enumerate(sizes)]
+
+
+@pytest.fixture(scope="module")
+def backends(tmp_path_factory):
+    cache = {}
+
+    def get(name):
+        if name not in cache:
+            folder = build_tiny_checkpoint(name, tmp_path_factory.mktemp(name))
+            spec = get_spec(name)
+            be = spec.backend_class()(spec, BackendOptions(model_path=folder, device="cpu", extra={}))
+            be.load()
+            cache[name] = be
+        return cache[name]
+
+    return get
+
+
+def _run(be, pages, mode, max_new=24, **params):
+    be.options.extra["decode"] = mode
+    out = be.generate_batch(pages, "text", GenerationParams(max_new_tokens=max_new, **params))
+    facts = be.describe()
+    return [(r.text, r.output_tokens, r.finish_reason) for r in out], facts
+
+
+@pytest.mark.parametrize("name", ["qwen_vl_2b", "qwen3_vl_2b", "got_ocr_hf"])
+def test_backend_same_tokens_as_generate(backends, name):
+    be = backends(name)
+    pages = _pages()
+    ref, facts = _run(be, pages, "hf")
+    assert facts["decode"] == decode.HF
+    got, facts = _run(be, pages, "auto")
+    assert facts["decode"] == decode.STATIC, facts.get("decode_reason")
+    assert got == ref
+    assert facts["decode_steps"] > 0
+    # single page (no padding) too
+    ref1, _ = _run(be, pages[1:2], "hf")
+    got1, facts = _run(be, pages[1:2], "fast")
+    assert facts["decode"] == decode.STATIC and got1 == ref1
+
+
+def test_rows_finishing_early_are_compacted(backends):
+    """Qwen2-VL: some rows stop within a few tokens; the batch shrinks, tokens unchanged
+    (repetition penalty 1.05 is on: a row-indexed processor that follows compaction)."""
+    be = backends("qwen_vl_2b")
+    pages = _pages([(120, 90), (64, 200), (300, 160), (90, 90), (200, 64)], seed=3)
+    ref, _ = _run(be, pages, "hf", max_new=40)
+    got, facts = _run(be, pages, "fast", max_new=40)
+    assert got == ref
+    assert facts["repetition_penalty"] == 1.05
+    lengths = sorted(n for _, n, _ in ref)
+    assert lengths[0] < lengths[-1]                  # really different finishing points
+    assert facts["decode_compactions"] >= 1
+    assert facts["decode_row_steps"] < facts["decode_steps"] * len(pages)
+
+
+def test_fallback_recorded_for_moe_lm(backends):
+    be = backends("deepseek_ocr2")
+    got, facts = _run(be, _pages()[:2], "fast", max_new=4)
+    assert facts["decode"] == decode.HF
+    assert "MoE" in facts["decode_reason"]
+    assert len(got) == 2
+
+
+def test_fallback_recorded_for_sampling_and_request(backends):
+    be = backends("qwen_vl_2b")
+    _, facts = _run(be, _pages()[:1], "auto", max_new=4, do_sample=True)
+    assert facts["decode"] == decode.HF and "sampling" in facts["decode_reason"]
+    _, facts = _run(be, _pages()[:1], "hf", max_new=4)
+    assert facts["decode"] == decode.HF and "requested" in facts["decode_reason"]
+
+
+# ------------------------------------------------------------------ decoder level
+
+def _both(model, inputs, max_new, stop_ids, pad_id, **decoder_kwargs):
+    """Token ids from generate and from StaticDecoder for the same inputs."""
+    from transformers import GenerationConfig, StoppingCriteriaList
+
+    batch, prompt_len = inputs["input_ids"].shape
+    config = GenerationConfig(max_new_tokens=max_new, do_sample=False, num_beams=1, pad_token_id=pad_id,
+                              eos_token_id=stop_ids or None)
+    results = []
+    for fast in (False, True):
+        tracker = make_tracker(prompt_len, batch, stop_ids=stop_ids)
+        kwargs = dict(generation_config=config, stopping_criteria=StoppingCriteriaList([tracker]))
+        with torch.inference_mode():
+            if fast:
+                dec = decode.StaticDecoder(model, **decoder_kwargs)
+                out = dec.generate(dict(inputs), kwargs, max_new_tokens=max_new, tracker=tracker,
+                                   pad_token_id=pad_id)
+            else:
+                out = model.generate(**inputs, **kwargs)
+        rows = []
+        for r in range(batch):
+            n, reason = tracker.result(r, out.shape[1] - prompt_len)
+            rows.append((out[r, prompt_len:prompt_len + n].tolist(), reason))
+        results.append(rows)
+    return results
+
+
+def test_bucketed_reads_same_tokens(backends):
+    """The CUDA-graph read mode (fixed-length bucket + key mask), run eagerly on CPU."""
+    be = backends("qwen3_vl_2b")
+    inputs = be._to_device(be.build_inputs(_pages(), "text", GenerationParams()))
+    ref, got = _both(be.model, inputs, 16, be.stop_token_ids(), be.pad_token_id(), bucketed=True, len_bucket=64)
+    assert got == ref
+
+
+@pytest.fixture(scope="module")
+def dots(tmp_path_factory):
+    from chatvlm.models import dots_ocr
+    from chatvlm.models.dots_ocr import testing
+    from chatvlm.models.dots_ocr.modeling import init_random_
+
+    cfg = testing.config_dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                              vision_embed_dim=32, vision_layers=1, vision_heads=2, vision_intermediate_size=48)
+    folder = tmp_path_factory.mktemp("dots")
+    testing.build_random_checkpoint(folder, cfg, seed=1, max_pixels=28 * 28 * 40)
+    model = dots_ocr.from_pretrained(folder, dtype=torch.float32)
+    init_random_(model, seed=2, std=0.3)      # varied tokens, no near-ties
+    return model, dots_ocr.processor_from_pretrained(folder), cfg
+
+
+def test_dots_ocr_qwen2_lm_same_tokens(dots):
+    model, proc, cfg = dots
+    images = [p.image for p in _pages([(90, 130), (200, 60), (60, 60)], seed=5)]
+    rows = []
+    for i, img in enumerate(images):
+        grid = proc.preprocess_image(img)[1]
+        rows.append(proc.expand_image_tokens([5 + i, 17, cfg["image_token_id"], 23] + list(range(30, 30 + 3 * i)),
+                                             [grid]))
+    inputs = {**proc.pad(rows, "left"), **proc.preprocess_images(images)}
+    ref, got = _both(model, inputs, 24, [7], 0)
+    assert got == ref
+    assert any(reason == "stop" for _, reason in ref) or all(len(ids) == 24 for ids, _ in ref)
+
+
+# ------------------------------------------------------------------ the cache is read only where filled
+
+def _primed(model, batch=2, filled=37, **kwargs):
+    dec = decode.StaticDecoder(model, **kwargs)
+    pr = dec.parts
+    dec._ensure_pool(batch, 128)
+    dec._ensure_rope(256, mrope=True)
+    g = torch.Generator().manual_seed(0)
+    dec.k[:, :batch, :, :filled] = torch.randn(dec.k[:, :batch, :, :filled].shape, generator=g)
+    dec.v[:, :batch, :, :filled] = torch.randn(dec.v[:, :batch, :, :filled].shape, generator=g)
+    dec.mask[:batch, :filled - 1] = True
+    dec.mask[0, :3] = False                        # row 0 left-padded
+    dec.tok[:batch] = torch.tensor([11, 42])
+    dec.pos[:batch] = torch.tensor([40, 44])
+    dec.cur.fill_(filled - 1)                      # the step writes slot filled-1
+    assert pr.num_kv_heads < pr.num_heads          # GQA really exercised
+    return dec
+
+
+def test_step_reads_only_filled_cache(backends):
+    model = backends("qwen_vl_2b").model
+    filled = 37
+    with torch.inference_mode():
+        dec = _primed(model, filled=filled)
+        ref = dec.step(2, filled).clone()
+        # garbage (NaN) beyond the filled length: an exact-length read never sees it
+        dec.k[:, :2, :, filled:] = float("nan")
+        dec.v[:, :2, :, filled:] = float("nan")
+        assert torch.equal(dec.step(2, filled), ref)
+        # bucketed read (graph mode): reads 64 slots, masks the unfilled ones
+        dec.k[:, :2, :, filled:] = 1e4
+        dec.v[:, :2, :, filled:] = -1e4
+        torch.testing.assert_close(dec.step(2, 64), ref, rtol=1e-5, atol=1e-5)
+        # left padding is masked too: garbage in row 0's pad slots changes nothing
+        dec.k[:, 0, :, :3] = 1e4
+        torch.testing.assert_close(dec.step(2, filled), ref, rtol=1e-5, atol=1e-5)
+        # ...while garbage inside the filled part does (the test can fail)
+        dec.v[:, :2, :, 10] = 1e3
+        assert not torch.allclose(dec.step(2, filled), ref)
+
+
+def test_unsupported_reasons(backends):
+    assert decode.unsupported_reason(backends("qwen_vl_2b").model) is None
+    assert "sampling" in decode.unsupported_reason(backends("qwen_vl_2b").model, do_sample=True)
+    assert "beam" in decode.unsupported_reason(backends("qwen_vl_2b").model, num_beams=2)
+    assert "no Llama-style decoder" in decode.unsupported_reason(torch.nn.Linear(2, 2))
