@@ -212,3 +212,35 @@ def test_unsupported_reasons(backends):
     assert "sampling" in decode.unsupported_reason(backends("qwen_vl_2b").model, do_sample=True)
     assert "beam" in decode.unsupported_reason(backends("qwen_vl_2b").model, num_beams=2)
     assert "no Llama-style decoder" in decode.unsupported_reason(torch.nn.Linear(2, 2))
+
+
+class _BrokenDecoder:
+    """A decoder that fails the way a library mismatch would (an error inside the step)."""
+
+    def __init__(self, model):
+        self.model = model
+        self.calls = 0
+
+    def generate(self, *args, **kwargs):
+        self.calls += 1
+        raise TypeError("rotary embedding got an unexpected keyword argument 'position_ids'")
+
+    def release(self):
+        pass
+
+
+def test_broken_static_decoder_falls_back_to_generate_and_says_so(tmp_path):
+    folder = build_tiny_checkpoint("qwen_vl_2b", tmp_path / "ckpt")
+    spec = get_spec("qwen_vl_2b")
+    be = spec.backend_class()(spec, BackendOptions(model_path=folder, device="cpu", extra={}))
+    be.load()
+    pages = _pages()
+    reference, _ = _run(be, pages, "hf")
+    broken = _BrokenDecoder(be.model)
+    be._static_decoder = broken
+    fallback, facts = _run(be, pages, "auto")
+    assert fallback == reference                      # no page lost, same tokens
+    assert facts["decode"] == "hf-generate" and "static decoder failed" in facts["decode_reason"]
+    _run(be, pages, "auto")
+    assert broken.calls == 1                          # disabled for the rest of the run
+    be.close()

@@ -625,40 +625,56 @@ class HFBackend(Backend):
         stop_ids = [] if synthetic else self.stop_token_ids()
         stop_strings = [] if synthetic else self.stop_strings()
 
-        tracker = make_tracker(prompt_len, batch, stop_ids=stop_ids, stop_strings=stop_strings,
-                               decode=self._decode_raw if stop_strings else None,
-                               loop_guard=params.loop_guard and not synthetic, **self.loop_settings)
-        processors = [as_logits_processor(p) for p in self.logits_processors(task, params, inputs)]
-        penalty = self.repetition_penalty(params)
-        if penalty != 1.0:
-            processors.insert(0, as_logits_processor(PaddingSafeRepetitionPenalty(penalty, pad_lengths)))
-        self._facts["repetition_penalty"] = penalty
-
         from transformers import GenerationConfig
 
-        # A fresh config: only what chatvlm decides (greedy, stops, budget), nothing inherited
-        # from the checkpoint's generation_config.json (sampling defaults, penalties).
-        generation_config = GenerationConfig(
-            max_new_tokens=max_new, min_new_tokens=max_new if synthetic else None,
-            do_sample=bool(params.do_sample), num_beams=1,
-            pad_token_id=self.pad_token_id(), eos_token_id=stop_ids or None,
-            bos_token_id=self.generation_config_value("bos_token_id"),
-        )
-        gen_kwargs: dict[str, Any] = dict(
-            generation_config=generation_config, logits_processor=LogitsProcessorList(processors),
-            stopping_criteria=StoppingCriteriaList([tracker]),
-        )
+        def fresh_generation_state():
+            """Tracker, processors and generate() arguments; both decoders mutate them, so
+            a retry gets new ones."""
+            tracker = make_tracker(prompt_len, batch, stop_ids=stop_ids, stop_strings=stop_strings,
+                                   decode=self._decode_raw if stop_strings else None,
+                                   loop_guard=params.loop_guard and not synthetic, **self.loop_settings)
+            processors = [as_logits_processor(p) for p in self.logits_processors(task, params, inputs)]
+            penalty = self.repetition_penalty(params)
+            if penalty != 1.0:
+                processors.insert(0, as_logits_processor(PaddingSafeRepetitionPenalty(penalty, pad_lengths)))
+            self._facts["repetition_penalty"] = penalty
+            # A fresh config: only what chatvlm decides (greedy, stops, budget), nothing inherited
+            # from the checkpoint's generation_config.json (sampling defaults, penalties).
+            generation_config = GenerationConfig(
+                max_new_tokens=max_new, min_new_tokens=max_new if synthetic else None,
+                do_sample=bool(params.do_sample), num_beams=1,
+                pad_token_id=self.pad_token_id(), eos_token_id=stop_ids or None,
+                bos_token_id=self.generation_config_value("bos_token_id"),
+            )
+            gen_kwargs: dict[str, Any] = dict(
+                generation_config=generation_config, logits_processor=LogitsProcessorList(processors),
+                stopping_criteria=StoppingCriteriaList([tracker]),
+            )
+            return tracker, processors, gen_kwargs
+
+        tracker, processors, gen_kwargs = fresh_generation_state()
         on_cuda = self.device.startswith("cuda") and torch.cuda.is_available()
         if on_cuda:
             torch.cuda.synchronize()
         t1 = time.perf_counter()
         decoder = self.static_decoder(params)
         with torch.inference_mode():
+            out = None
             if decoder is not None:
-                out = decoder.generate(inputs, gen_kwargs, max_new_tokens=max_new, tracker=tracker,
-                                       processors=processors, pad_token_id=self.pad_token_id())
-                self._facts.update(decoder.facts())
-            else:
+                try:
+                    out = decoder.generate(inputs, gen_kwargs, max_new_tokens=max_new, tracker=tracker,
+                                           processors=processors, pad_token_id=self.pad_token_id())
+                    self._facts.update(decoder.facts())
+                except Exception as exc:
+                    from ..scheduler import is_out_of_memory
+                    if is_out_of_memory(exc):
+                        raise   # the scheduler splits the batch
+                    # Our decoder is an optimisation: if it breaks on this model or library
+                    # version, say so in the report and use transformers for the rest of the run.
+                    self._decode_disabled = f"static decoder failed: {exc.__class__.__name__}: {exc}"[:300]
+                    self._facts["decode"], self._facts["decode_reason"] = "hf-generate", self._decode_disabled
+                    tracker, processors, gen_kwargs = fresh_generation_state()
+            if out is None:
                 out = self.model.generate(**inputs, **gen_kwargs)
         if on_cuda:
             torch.cuda.synchronize()
@@ -706,6 +722,8 @@ class HFBackend(Backend):
         reason = None
         if mode == "hf":
             reason = "requested (--decode hf)"
+        elif getattr(self, "_decode_disabled", None):
+            reason = self._decode_disabled
         else:
             reason = fast.unsupported_reason(self.model, do_sample=bool(params.do_sample))
         if reason is not None:
