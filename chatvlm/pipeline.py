@@ -167,12 +167,15 @@ def _recognise_all(config: RunConfig, spec: ModelSpec, backend, jobs: list[Job],
             state["batch_size"] = size
             reporter.message(_("out of memory: batch size lowered to {n}").format(n=size), "warning")
 
-    pages = rendered_pages(jobs, prefetch=max(config.prefetch, state["batch_size"] * 4))
+    # GPU batches are bucketed by cost across a window of 4 batches (less padding); a CPU
+    # engine pads nothing, so its window is one batch and fewer pages wait in memory.
+    window_batches = 4 if backend.uses_gpu else 1
+    pages = rendered_pages(jobs, prefetch=max(config.prefetch, state["batch_size"] * (window_batches + 1)))
     # Postprocessing and writing run in one writer thread, in input order, while the next
     # batches are recognised; at most two windows wait for it, so memory stays bounded.
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="writer") as writer:
         pending: deque[Future] = deque()
-        for window, groups in bucketed_windows(pages, lambda: state["batch_size"], backend.page_cost):
+        for window, groups in bucketed_windows(pages, lambda: state["batch_size"], backend.page_cost, window_batches):
             outputs: dict[int, Any] = {}
             for batch in groups:
                 if len(batch) == 1 and not batch[0].ok:

@@ -67,7 +67,7 @@ def bucketed_windows(pages: Iterable[Page], batch_size: Callable[[], int], cost:
 
     Pages are taken a window at a time (window_batches batches' worth), sorted by cost
     inside the window and cut into batches, so a batch does not pad a small page up to a
-    big one. The first window holds one batch only, so the first page is written early. Yields (window in input order, batches); the caller writes results of the
+    big one. The first window holds a quarter batch, so the first page is written early. Yields (window in input order, batches); the caller writes results of the
     window in input order, so outputs and the manifest keep the input's order. Pages that
     failed to render come back as batches of one.
     """
@@ -80,13 +80,15 @@ def bucketed_windows(pages: Iterable[Page], batch_size: Callable[[], int], cost:
         groups += [[p] for p in window if not p.ok]
         return list(window), groups
 
-    batches_per_window = 1
+    first = True
     for page in pages:
         window.append(page)
-        if len(window) >= max(1, batch_size()) * batches_per_window:
+        size = max(1, batch_size())
+        # A quarter batch first, so the first page is written early; full windows after.
+        if len(window) >= ((size + 3) // 4 if first else size * window_batches):
             yield flush()
             window = []
-            batches_per_window = window_batches
+            first = False
     if window:
         yield flush()
 

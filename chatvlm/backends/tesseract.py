@@ -108,8 +108,10 @@ class TesseractBackend(Backend):
                 "workers": self.workers, "dtype": None, "attention": None}
 
     def default_batch_size(self, params: GenerationParams) -> int:
-        # Enough pages in flight to keep every worker busy.
-        return params.batch_size or max(1, self.workers * 2)
+        # A batch ends when its slowest page does, leaving workers idle; eight pages per
+        # worker make that tail small (measured on 2 cores: 4 pages a batch gave 1.46x a
+        # single thread, 16 gave 2.0x).
+        return params.batch_size or max(1, self.workers * 8)
 
     # ------------------------------------------------------------------ recognise
     def generate_batch(self, pages: list[Page], task: str, params: GenerationParams) -> list[RawOutput]:
