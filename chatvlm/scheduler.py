@@ -67,7 +67,8 @@ def bucketed_windows(pages: Iterable[Page], batch_size: Callable[[], int], cost:
 
     Pages are taken a window at a time (window_batches batches' worth), sorted by cost
     inside the window and cut into batches, so a batch does not pad a small page up to a
-    big one. The first window holds a quarter batch, so the first page is written early. Yields (window in input order, batches); the caller writes results of the
+    big one. The first window of a large batch holds a quarter of it, so the first page is
+    written early. Yields (window in input order, batches); the caller writes results of the
     window in input order, so outputs and the manifest keep the input's order. Pages that
     failed to render come back as batches of one.
     """
@@ -84,8 +85,10 @@ def bucketed_windows(pages: Iterable[Page], batch_size: Callable[[], int], cost:
     for page in pages:
         window.append(page)
         size = max(1, batch_size())
-        # A quarter batch first, so the first page is written early; full windows after.
-        if len(window) >= ((size + 3) // 4 if first else size * window_batches):
+        # A large batch starts with a quarter of itself, so the first page is written early;
+        # full windows after. Small batches (under 8) start whole.
+        first_size = (size + 3) // 4 if size >= 8 else size
+        if len(window) >= (first_size if first else size * window_batches):
             yield flush()
             window = []
             first = False

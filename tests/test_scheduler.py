@@ -58,11 +58,13 @@ def test_buckets_group_similar_pages_and_keep_window_order():
     pages[3].image = None
     pages[3].error = "unreadable"
     windows = list(bucketed_windows(pages, lambda: 2, lambda p: p.size[0], window_batches=3))
-    assert [len(w) for w, _ in windows] == [1, 6, 1]             # first window: a quarter batch, for a fast first page
+    assert [len(w) for w, _ in windows] == [2, 6]                # a small batch starts whole
     window, groups = windows[1]
-    assert [p.index for p in window] == list(range(1, 7))        # input order kept for writing
+    assert [p.index for p in window] == list(range(2, 8))        # input order kept for writing
     sizes = [[p.size[0] for p in g] for g in groups if g[0].ok]
-    assert sizes == [[90, 100], [870, 880], [910]]               # similar sizes batched together
+    assert sizes == [[90, 130], [870, 880], [910]]               # similar sizes batched together
+    big = list(bucketed_windows(pages * 4, lambda: 8, lambda p: p.size[0], window_batches=2))
+    assert [len(w) for w, _ in big] == [2, 16, 14]               # a large batch starts with a quarter
     assert [g for g in groups if not g[0].ok] == [[pages[3]]]
 
 
