@@ -365,6 +365,10 @@ class StaticDecoder:
             config = gen_kwargs["generation_config"]
             config = type(config).from_dict(config.to_dict())
             config.max_new_tokens = 1
+            # A minimum length (bench --synthetic) cannot apply to a one-token prefill; the
+            # decode loop below generates the full count itself.
+            config.min_new_tokens = None
+            config.min_length = 0
             config.return_dict_in_generate = True
             gen_kwargs["generation_config"] = config
             out = self.model.generate(**inputs, **gen_kwargs)
