@@ -843,16 +843,30 @@ def table_notes(report: dict[str, Any]) -> list[str]:
     return [f"[{n}] {row['model']}: {row['error']}" for n, row in enumerate(failed, start=1)]
 
 
-def render_table(report: dict[str, Any]):
-    """The rich table for stdout."""
+def render_table(report: dict[str, Any], width: int = 200):
+    """The bench table for a terminal `width` columns wide.
+
+    One row per model when it fits; on a narrow terminal the table is turned round (one
+    row per figure, one column per model), which stays readable at 80 columns.
+    """
     from rich.table import Table
 
+    columns = table_columns(report.get("synthetic", False))
+    rows = table_rows(report)
+    wide_enough = sum(max(len(h), *(len(r[i]) for r in rows)) + 3 for i, (_k, h) in enumerate(columns)) <= width if rows else True
     table = Table(title=report["title"], title_justify="left")
-    for key, header in table_columns(report.get("synthetic", False)):
-        table.add_column(header, justify="left" if key in ("model", "status", "attention", "dtype") else "right",
-                         overflow="fold")
-    for cells in table_rows(report):
-        table.add_row(*cells)
+    if wide_enough:
+        for key, header in columns:
+            table.add_column(header, justify="left" if key in ("model", "status", "attention", "dtype") else "right",
+                             overflow="fold")
+        for cells in rows:
+            table.add_row(*cells)
+    else:
+        table.add_column("", style="bold", no_wrap=True)
+        for cells in rows:
+            table.add_column(cells[0], justify="right", overflow="fold")
+        for i, (_key, header) in enumerate(columns[1:], start=1):
+            table.add_row(header, *(cells[i] for cells in rows))
     hw = report.get("hardware") or {}
     table.caption = "\n".join([_hardware_line(hw)] + table_notes(report))
     table.caption_justify = "left"

@@ -317,7 +317,7 @@ def bench(
     except KeyboardInterrupt:
         stderr.print(f"[bold red]{_('interrupted')}[/]: " + _("models finished so far are in bench.json"))
         raise typer.Exit(EXIT_ABORTED)
-    stdout.print(bench_mod.render_table(outcome.report))
+    stdout.print(bench_mod.render_table(outcome.report, width=stdout.width))
     stdout.print(_("Written: {json}, {md}").format(json=out / bench_mod.BENCH_JSON, md=out / bench_mod.BENCH_MD), highlight=False)
     raise typer.Exit(outcome.exit_code)
 

@@ -394,3 +394,27 @@ def test_tiny_checkpoint_and_broken_checkpoint_rows(tmp_path):
     assert (tmp_path / "out" / "qwen_vl_2b" / KOMI_LINE.stem / "page-0001.md").exists()
     assert rows["tesseract"]["status"] == "ok"
     assert outcome.exit_code == 1
+
+
+def test_table_turns_round_on_a_narrow_terminal():
+    from rich.console import Console
+
+    from chatvlm.bench import render_table
+
+    report = {"title": "chatvlm bench", "synthetic": True, "hardware": {}, "models": [
+        {"model": name, "status": "ok", "error": None, "device": "cuda", "dtype": "bfloat16", "attention": "sdpa",
+         "load_s": 1.0, "time_to_first_page_s": 2.0, "pages_per_s": 3.5, "output_tokens_per_s": 100.0,
+         "page_latency_p50_s": 0.1, "page_latency_p90_s": 0.2, "peak_gpu_memory_gb": 9.5,
+         "pages": {"total": 4, "ok": 4, "failed": 0, "looped": 0, "truncated": 0, "unreadable_inputs": 0},
+         "pages_detail": [], "accuracy": {}}
+        for name in ("qwen_vl_2b", "dots_ocr")]}
+    narrow = Console(width=80, record=True)
+    narrow.print(render_table(report, 80))
+    text = narrow.export_text()
+    header = next(line for line in text.splitlines() if "qwen_vl_2b" in line)
+    assert "dots_ocr" in header                      # models are columns
+    assert any(line.strip().startswith("│ pages/s") for line in text.splitlines())
+    wide = Console(width=250, record=True)
+    wide.print(render_table(report, 250))
+    rows = [line for line in wide.export_text().splitlines() if "qwen_vl_2b" in line or "dots_ocr" in line]
+    assert len(rows) == 2                            # one row per model
