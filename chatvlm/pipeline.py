@@ -171,26 +171,37 @@ def _recognise_all(config: RunConfig, spec: ModelSpec, backend, jobs: list[Job],
     # engine pads nothing, so its window is one batch and fewer pages wait in memory.
     window_batches = 4 if backend.uses_gpu else 1
     pages = rendered_pages(jobs, prefetch=max(config.prefetch, state["batch_size"] * (window_batches + 1)))
+
+    def recognise_groups(groups: list[list[Page]]) -> dict[int, Any]:
+        outputs: dict[int, Any] = {}
+        for batch in groups:
+            if len(batch) == 1 and not batch[0].ok:
+                continue
+            start = time.perf_counter()
+            raws = generate_with_backoff(lambda b: backend.generate_batch(b, config.task, params), batch, shrink)
+            elapsed = time.perf_counter() - start
+            stats.gpu_busy_s += elapsed
+            stats.batches += 1
+            for page, raw in zip(batch, raws):
+                measured = raw.generate_s if isinstance(raw, RawOutput) and raw.generate_s else elapsed / len(batch)
+                page.timings["recognise"] = measured
+                if isinstance(raw, RawOutput) and raw.preprocess_s:
+                    page.timings["preprocess"] = raw.preprocess_s
+                outputs[id(page)] = raw
+        return outputs
+
     # Postprocessing and writing run in one writer thread, in input order, while the next
     # batches are recognised; at most two windows wait for it, so memory stays bounded.
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="writer") as writer:
+    # A CPU engine's batch ends with its slowest page while the other workers idle, so two
+    # batches run at once there (the engine's own worker pool is shared); a GPU runs one.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="writer") as writer, \
+            ThreadPoolExecutor(max_workers=1 if backend.uses_gpu else 2, thread_name_prefix="batch") as runner:
         pending: deque[Future] = deque()
         for window, groups in bucketed_windows(pages, lambda: state["batch_size"], backend.page_cost, window_batches):
-            outputs: dict[int, Any] = {}
-            for batch in groups:
-                if len(batch) == 1 and not batch[0].ok:
-                    continue
-                start = time.perf_counter()
-                raws = generate_with_backoff(lambda b: backend.generate_batch(b, config.task, params), batch, shrink)
-                elapsed = time.perf_counter() - start
-                stats.gpu_busy_s += elapsed
-                stats.batches += 1
-                for page, raw in zip(batch, raws):
-                    measured = raw.generate_s if isinstance(raw, RawOutput) and raw.generate_s else elapsed / len(batch)
-                    page.timings["recognise"] = measured
-                    if isinstance(raw, RawOutput) and raw.preprocess_s:
-                        page.timings["preprocess"] = raw.preprocess_s
-                    outputs[id(page)] = raw
+            if backend.uses_gpu:
+                outputs: Any = recognise_groups(groups)
+            else:
+                outputs = runner.submit(recognise_groups, groups)
             pending.append(writer.submit(_write_window, config, spec, backend, window, outputs, finish_page, reporter))
             while len(pending) > 2:
                 pending.popleft().result()
@@ -198,9 +209,11 @@ def _recognise_all(config: RunConfig, spec: ModelSpec, backend, jobs: list[Job],
             pending.popleft().result()
 
 
-def _write_window(config: RunConfig, spec: ModelSpec, backend, window: list[Page], outputs: dict[int, Any],
+def _write_window(config: RunConfig, spec: ModelSpec, backend, window: list[Page], outputs,
                   finish_page, reporter: Reporter) -> None:
     """Results go to the writers in input order, whatever order the buckets ran in."""
+    if isinstance(outputs, Future):
+        outputs = outputs.result()
     for page in window:
         if not page.ok:
             reporter.message(_("{path} page {page}: {reason}").format(path=page.source, page=page.page, reason=page.error), "error")

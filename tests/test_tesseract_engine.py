@@ -47,3 +47,30 @@ def test_russian_and_parallel_pages_keep_their_order():
     texts = ["Первая страница", "Вторая страница", "Третья страница", "Четвёртая страница"]
     results = recognise([text_page(t, size=(700, 120)) for t in texts], lang="rus")
     assert [r.text.strip() for r in results] == texts
+
+
+def test_a_crashed_worker_costs_no_page(tmp_path):
+    """Kill a Tesseract worker process: the pool is restarted, the batch split and retried."""
+    import json
+    import os
+    import signal
+
+    from chatvlm.config import RunConfig
+    from chatvlm.pipeline import run
+
+    src = tmp_path / "in"
+    src.mkdir()
+    for i in range(4):
+        text_page(f"Page number {i}", size=(700, 140)).save(src / f"p{i}.png")
+    backend = create_backend(get_spec("tesseract"), BackendOptions(lang="eng", extra={"workers": 2}))
+    backend.load()
+    victim = next(iter(backend._pool._processes.values()))
+    os.kill(victim.pid, signal.SIGKILL)
+    victim.join(10)
+    outcome = run(RunConfig(inputs=[str(src)], out=tmp_path / "out", model="tesseract", formats=("text",), task="text"),
+                  backend=backend)
+    backend.close()
+    entries = [json.loads(l) for l in (tmp_path / "out" / "manifest.jsonl").read_text().splitlines()]
+    assert outcome.exit_code == 0 and [e["status"] for e in entries] == ["ok"] * 4
+    for i, entry in enumerate(entries):
+        assert f"Page number {i}" in (tmp_path / "out" / entry["outputs"][0]).read_text()

@@ -2,16 +2,21 @@
 
 One page: orientation and script detection (OSD) turns rotated scans upright, then a
 full recognition pass whose block / paragraph / line boxes become text, markdown
-(paragraphs) and layout blocks. Pages run in parallel worker threads, each with its
-own API handle: tesserocr releases the GIL while Tesseract works, so every core is used.
+(paragraphs) and layout blocks. Pages run in worker processes, one per core, each with
+its own Tesseract handles. tesserocr holds Python's GIL during orientation detection and
+image transfer (about a third of a page's time), so worker threads left part of the
+second core idle; processes do not.
 """
 
 from __future__ import annotations
 
+import multiprocessing
 import os
-import threading
+import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any, Optional
 
@@ -57,17 +62,13 @@ class TesseractBackend(Backend):
         self.lang = self.options.lang or default_ocr_languages()
         self.tessdata: Optional[str] = None
         self.workers = int(self.options.extra.get("workers") or os.cpu_count() or 1)
-        self._local = threading.local()
-        self._pool: Optional[ThreadPoolExecutor] = None
+        self._pool: Optional[ProcessPoolExecutor] = None
+        self._has_osd = False
         self._version = ""
 
     # ------------------------------------------------------------------ load
     def load(self) -> None:
         start = time.perf_counter()
-        if self.workers > 1:
-            # Parallelism comes from our worker threads; Tesseract's own OpenMP threads on
-            # top of them only oversubscribe the cores (the advice OCRmyPDF follows too).
-            os.environ.setdefault("OMP_THREAD_LIMIT", "1")
         try:
             import tesserocr
         except ImportError as exc:
@@ -82,25 +83,26 @@ class TesseractBackend(Backend):
                 langs=", ".join(missing), path=self.tessdata, have=", ".join(have)))
         self._has_osd = "osd" in have
         self._version = tesserocr.tesseract_version().splitlines()[0]
-        self._api()  # fail here, not on the first page, if Tesseract cannot start
-        self._pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="tesseract")
+        self._start_pool()
         self.load_s = time.perf_counter() - start
 
-    def _api(self):
-        """This thread's Tesseract handles (recognition and OSD), created once."""
-        import tesserocr
-
-        api = getattr(self._local, "api", None)
-        if api is None:
-            api = tesserocr.PyTessBaseAPI(path=self.tessdata, lang=self.lang, psm=tesserocr.PSM.AUTO)
-            self._local.api = api
-            self._local.osd = (tesserocr.PyTessBaseAPI(path=self.tessdata, lang="osd", psm=tesserocr.PSM.OSD_ONLY)
-                               if self._has_osd else None)
-        return api
+    def _start_pool(self) -> None:
+        # "spawn": a fresh interpreter per worker, never a fork of a process that already
+        # runs render and writer threads.
+        self._pool = ProcessPoolExecutor(
+            max_workers=self.workers, mp_context=multiprocessing.get_context("spawn"),
+            initializer=_start_worker, initargs=(self.tessdata, self.lang, self._has_osd, self.workers > 1))
+        try:
+            # Start every worker now, so a Tesseract that cannot start fails here, not on page one.
+            with _main_not_reimported():
+                list(self._pool.map(_worker_ready, range(self.workers)))
+        except Exception as exc:
+            self.close()
+            raise ModelUnavailableError(_("Tesseract could not start: {reason}").format(reason=exc)) from None
 
     def close(self) -> None:
         if self._pool is not None:
-            self._pool.shutdown(wait=True)
+            self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
 
     def describe(self) -> dict[str, Any]:
@@ -109,88 +111,30 @@ class TesseractBackend(Backend):
 
     def default_batch_size(self, params: GenerationParams) -> int:
         # A batch ends when its slowest page does, leaving workers idle; eight pages per
-        # worker make that tail small (measured on 2 cores: 4 pages a batch gave 1.46x a
-        # single thread, 16 gave 2.0x).
+        # worker keep that tail small.
         return params.batch_size or max(1, self.workers * 8)
 
     # ------------------------------------------------------------------ recognise
     def generate_batch(self, pages: list[Page], task: str, params: GenerationParams) -> list[RawOutput]:
         if self._pool is None:
             raise RuntimeError("load() first")
-        return list(self._pool.map(self._recognise, pages))
-
-    def _recognise(self, page: Page) -> RawOutput:
-        import tesserocr
-
-        start = time.perf_counter()
-        api = self._api()
-        image = page.image
-        rotation = self._orientation(image)
-        if rotation:
-            # OSD says how far the text is rotated clockwise; turn it back upright. The
-            # page keeps the upright image so boxes, crops and overlays all share one frame.
-            image = image.rotate(rotation, expand=True)
-            page.image = image
-        scale = upscale_factor(image.size)
-        api.SetImage(image.resize((image.width * scale, image.height * scale), _lanczos()) if scale > 1 else image)
-        api.Recognize()
-        blocks = []
-        paragraphs = []
-        iterator = api.GetIterator()
-        level_block = tesserocr.RIL.BLOCK
-        level_para = tesserocr.RIL.PARA
-        if iterator is not None:
-            block_type = None
-            block_bbox = None
-            block_paras: list[str] = []
-            while True:
-                if iterator.IsAtBeginningOf(level_block):
-                    if block_bbox is not None:
-                        blocks.append((block_bbox, block_type, block_paras))
-                    block_type = iterator.BlockType()
-                    block_bbox = iterator.BoundingBox(level_block)
-                    block_paras = []
-                text = (iterator.GetUTF8Text(level_para) or "").strip()
-                if text:
-                    block_paras.append(text)
-                    paragraphs.append(text)
-                if not iterator.Next(level_para):
-                    break
-            if block_bbox is not None:
-                blocks.append((block_bbox, block_type, block_paras))
-        confidence = api.MeanTextConf()
-        full_text = api.GetUTF8Text() or ""
-        api.Clear()
-        return RawOutput(
-            text=full_text,
-            finish_reason="stop",
-            generate_s=time.perf_counter() - start,
-            extra={
-                "rotation": rotation,
-                "size": image.size,
-                # boxes back in the page's own pixels
-                "blocks": [([v // scale for v in b] if b else None, int(t) if t is not None else 0, p) for b, t, p in blocks],
-                "confidence": confidence,
-            },
-        )
-
-    def _orientation(self, image) -> int:
-        osd = getattr(self._local, "osd", None)
-        if osd is None:
-            return 0
         try:
-            osd.SetImage(image)
-            result = osd.DetectOrientationScript()
-        except Exception:
-            return 0
-        finally:
-            osd.Clear()
-        if not result:
-            return 0
-        degrees = int(result.get("orient_deg") or 0)
-        if degrees and float(result.get("orient_conf") or 0.0) >= MIN_ORIENTATION_CONFIDENCE:
-            return degrees
-        return 0
+            with _main_not_reimported():
+                found = list(self._pool.map(recognise_image, [page.image for page in pages]))
+        except BrokenProcessPool:
+            # A worker died (Tesseract crashed on some page): start fresh ones and let the
+            # scheduler split the batch, so only the page that kills Tesseract fails.
+            self.close()
+            self._start_pool()
+            raise RuntimeError(_("a Tesseract worker crashed on this batch")) from None
+        outputs = []
+        for page, result in zip(pages, found):
+            if result["rotation"]:
+                # The page keeps the upright image, so boxes, crops and overlays share one frame.
+                page.image = page.image.rotate(result["rotation"], expand=True)
+            outputs.append(RawOutput(text=result["text"], finish_reason="stop", generate_s=result["seconds"],
+                                     extra={k: result[k] for k in ("rotation", "size", "blocks", "confidence")}))
+        return outputs
 
     # ------------------------------------------------------------------ postprocess
     def postprocess(self, page: Page, raw: RawOutput, task: str) -> PageResult:
@@ -258,3 +202,111 @@ def _category(block_type: int, paragraphs: list[str]) -> str:
         # Tesseract calls some text regions images; text it read there is text.
         return "Text"
     return category
+
+
+# --------------------------------------------------------------------------- worker processes
+
+_ENGINE: dict[str, Any] = {}
+
+
+@contextmanager
+def _main_not_reimported():
+    """Start worker processes without re-running the caller's __main__ in them.
+
+    A "spawn" worker normally imports the parent's main script (or `-m` module) first: a
+    user's script without an `if __name__ == "__main__"` guard would run again in every
+    worker, and `python - <<EOF` has no file to import at all. The workers need only this
+    module, so the main module's file and spec are hidden while workers start.
+    """
+    main = sys.modules.get("__main__")
+    saved = {key: main.__dict__[key] for key in ("__file__", "__spec__") if main is not None and key in main.__dict__}
+    try:
+        for key in saved:
+            setattr(main, key, None) if key == "__spec__" else delattr(main, key)
+        yield
+    finally:
+        for key, value in saved.items():
+            setattr(main, key, value)
+
+
+def _start_worker(tessdata: str, lang: str, has_osd: bool, single_thread: bool) -> None:
+    """Runs once in each worker process: Tesseract handles for recognition and for OSD."""
+    if single_thread:
+        # Parallelism comes from the worker processes; Tesseract's own OpenMP threads on
+        # top of them only oversubscribe the cores (OCRmyPDF does the same).
+        os.environ.setdefault("OMP_THREAD_LIMIT", "1")
+    import tesserocr
+
+    _ENGINE["api"] = tesserocr.PyTessBaseAPI(path=tessdata, lang=lang, psm=tesserocr.PSM.AUTO)
+    _ENGINE["osd"] = tesserocr.PyTessBaseAPI(path=tessdata, lang="osd", psm=tesserocr.PSM.OSD_ONLY) if has_osd else None
+
+
+def _worker_ready(_index: int) -> bool:
+    return _ENGINE.get("api") is not None
+
+
+def recognise_image(image) -> dict[str, Any]:
+    """One page, in a worker: orientation, recognition, blocks and paragraphs (all picklable)."""
+    import tesserocr
+
+    start = time.perf_counter()
+    api = _ENGINE["api"]
+    rotation = _orientation(image)
+    if rotation:
+        # OSD says how far the text is rotated clockwise; turn it back upright.
+        image = image.rotate(rotation, expand=True)
+    scale = upscale_factor(image.size)
+    api.SetImage(image.resize((image.width * scale, image.height * scale), _lanczos()) if scale > 1 else image)
+    api.Recognize()
+    blocks = []
+    iterator = api.GetIterator()
+    level_block, level_para = tesserocr.RIL.BLOCK, tesserocr.RIL.PARA
+    if iterator is not None:
+        block_type = None
+        block_bbox = None
+        block_paras: list[str] = []
+        while True:
+            if iterator.IsAtBeginningOf(level_block):
+                if block_bbox is not None:
+                    blocks.append((block_bbox, block_type, block_paras))
+                block_type = iterator.BlockType()
+                block_bbox = iterator.BoundingBox(level_block)
+                block_paras = []
+            text = (iterator.GetUTF8Text(level_para) or "").strip()
+            if text:
+                block_paras.append(text)
+            if not iterator.Next(level_para):
+                break
+        if block_bbox is not None:
+            blocks.append((block_bbox, block_type, block_paras))
+    confidence = api.MeanTextConf()
+    full_text = api.GetUTF8Text() or ""
+    api.Clear()
+    return {
+        "text": full_text,
+        "rotation": rotation,
+        "size": image.size,
+        # boxes back in the page's own pixels
+        "blocks": [([v // scale for v in b] if b else None, int(t) if t is not None else 0, p) for b, t, p in blocks],
+        "confidence": confidence,
+        "seconds": time.perf_counter() - start,
+    }
+
+
+def _orientation(image) -> int:
+    osd = _ENGINE.get("osd")
+    if osd is None:
+        return 0
+    try:
+        osd.SetImage(image)
+        result = osd.DetectOrientationScript()
+    except Exception:
+        return 0
+    finally:
+        osd.Clear()
+    if not result:
+        return 0
+    degrees = int(result.get("orient_deg") or 0)
+    if degrees and float(result.get("orient_conf") or 0.0) >= MIN_ORIENTATION_CONFIDENCE:
+        return degrees
+    return 0
