@@ -1,7 +1,9 @@
 """Built-in model specs. Facts and prompts come from ../shared/reference/.
 
-Revisions: the hub could not be reached when these were written, so each spec pins
-the branch "main"; replace with a commit hash once verified against the hub.
+Revisions: the hub cannot be reached from where chatvlm is built, so each pin is the
+snapshot commit that public projects record for the checkpoint (the folder name under
+models--ORG--NAME/snapshots/ in their Hugging Face caches). For GOT-OCR-2.0-hf and
+DeepSeek-OCR-2 no such record was found; they follow the branch "main" until verified.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ register(ModelSpec(
     backend="chatvlm.backends.qwen2_vl:Qwen2VLBackend",
     description="Qwen2-VL-2B-Instruct (transformers native)",
     repo_id="Qwen/Qwen2-VL-2B-Instruct",
-    revision="main",
+    revision="895c3a49bc3fa70a340399125c650a463535e71c",
     download_gb=4.4,
     tasks=("text", "markdown"),
     prompts={
@@ -71,7 +73,7 @@ register(ModelSpec(
     backend="chatvlm.backends.qwen3_vl:Qwen3VLBackend",
     description="Qwen3-VL-2B-Instruct (transformers native)",
     repo_id="Qwen/Qwen3-VL-2B-Instruct",
-    revision="main",
+    revision="89644892e4d85e24eaac8bacfd4f463576704203",
     download_gb=4.3,
     tasks=("text", "markdown"),
     prompts={
@@ -200,7 +202,7 @@ register(ModelSpec(
     backend="chatvlm.backends.dots_ocr:DotsOcrBackend",
     description="dots.ocr (own port; layout + text in one pass)",
     repo_id="rednote-hilab/dots.ocr",
-    revision="main",
+    revision="c0111ce6bc07803dbc267932ffef0ae3a51dc951",
     download_gb=6.1,
     tasks=("text", "markdown", "layout"),
     prompts={
@@ -251,7 +253,7 @@ register(ModelSpec(
     backend="chatvlm.backends.phi3_vision:Phi3VisionBackend",
     description="Phi-3.5-vision-instruct (own port)",
     repo_id="microsoft/Phi-3.5-vision-instruct",
-    revision="main",
+    revision="12b77fb40b63a2c73c68243d3f767aab688a1b2a",
     download_gb=8.3,
     tasks=("text", "markdown"),
     prompts={
@@ -324,7 +326,7 @@ register(ModelSpec(
     backend="chatvlm.backends.deepseek_ocr:DeepseekOcrBackend",
     description="DeepSeek-OCR v1 (own port)",
     repo_id="deepseek-ai/DeepSeek-OCR",
-    revision="main",
+    revision="9f30c71f441d010e5429c532364a86705536c53a",
     download_gb=6.7,
     tasks=("text", "markdown", "layout"),
     prompts={

@@ -30,9 +30,9 @@ def test_model_path_errors_are_one_clear_message(tmp_path):
     assert hf.resolve_weights(spec, BackendOptions(model_path=tmp_path)) == tmp_path
 
 
-def _fake_cache(root: Path, repo: str, files: dict[str, bytes], revision="main") -> Path:
+def _fake_cache(root: Path, repo: str, files: dict[str, bytes], revision="main",
+                commit="0123456789abcdef0123456789abcdef01234567") -> Path:
     folder = root / "hub" / ("models--" + repo.replace("/", "--"))
-    commit = "0123456789abcdef0123456789abcdef01234567"
     snap = folder / "snapshots" / commit
     snap.mkdir(parents=True)
     (folder / "refs").mkdir()
@@ -137,3 +137,20 @@ def test_collate_left_pads_on_the_left_and_concatenates_images():
 def test_strip_code_fence():
     assert hf.strip_code_fence("```markdown\n# Title\ntext\n```") == "# Title\ntext"
     assert hf.strip_code_fence("no fence") == "no fence"
+
+
+def test_a_pinned_revision_finds_its_own_snapshot_only(tmp_path, monkeypatch):
+    """qwen_vl_2b pins a commit: a cached snapshot of another commit is not taken for it."""
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    spec = get_spec("qwen_vl_2b")
+    assert len(spec.revision) == 40
+    _fake_cache(tmp_path, spec.repo_id, {"config.json": b"{}", "model.safetensors": b"w"})   # "main" -> other commit
+    assert hf.weights_available(spec) is None
+    snap = _fake_cache(tmp_path / "pinned", spec.repo_id, {"config.json": b"{}", "model.safetensors": b"w"},
+                       commit=spec.revision)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "pinned" / "hub"))
+    found = hf.weights_available(spec)
+    assert found and Path(found["path"]) == snap
