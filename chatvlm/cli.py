@@ -222,7 +222,7 @@ def ocr(
     overlay: bool = typer.Option(False, "--overlay", help=_("Also draw layout boxes on each page (page-NNNN.layout.png).")),
     skip_headers: bool = typer.Option(False, "--skip-headers", help=_("Leave page headers and footers out of markdown.")),
     max_image_pixels: int = typer.Option(50_000_000, "--max-image-pixels", help=_("Pages above this are downscaled; far above it, refused.")),
-    workers: Optional[int] = typer.Option(None, "--workers", help=_("CPU engine worker threads (default: all cores).")),
+    workers: Optional[int] = typer.Option(None, "--workers", help=_("CPU engine worker processes (default: one per core).")),
     model_option: Optional[List[str]] = typer.Option(None, "--model-option", "-O", help=_("Model-specific setting KEY=VALUE, repeatable (e.g. mode=gundam for deepseek_ocr, num_crops=4 for phi3_vision).")),
 ) -> None:
     try:
@@ -293,7 +293,7 @@ def bench(
     max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", help=_("Generation limit per page.")),
     max_pixels: Optional[int] = typer.Option(None, "--max-pixels", help=_("Model pixel budget per page (overrides the model's).")),
     max_image_pixels: int = typer.Option(50_000_000, "--max-image-pixels", help=_("Pages above this are downscaled; far above it, refused.")),
-    workers: Optional[int] = typer.Option(None, "--workers", help=_("CPU engine worker threads (default: all cores).")),
+    workers: Optional[int] = typer.Option(None, "--workers", help=_("CPU engine worker processes (default: one per core).")),
 ) -> None:
     from . import bench as bench_mod
     from .ui import RichReporter, stderr, stdout
