@@ -26,18 +26,15 @@ from __future__ import annotations
 import json
 import tempfile
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 from ..config import BackendOptions, GenerationParams
 from ..errors import ModelUnavailableError, UsageError
-from ..grounding import has_grounding, parse_grounding, strip_tags
-from ..layout import blocks_to_markdown, markdown_to_text
-from ..loop_guard import WindowedNoRepeatNGram, trim_repetition
 from ..records import Page, PageResult, RawOutput
 from ..registry import ModelSpec
+from .deepseek_common import EOS, PAD, DeepseekGroundingMixin, grounded_result
 from .hf import HFBackend
 
-BOS, EOS, PAD = "<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>", "<｜▁pad▁｜>"
 MODE_NAMES = ("tiny", "small", "base", "large", "gundam")
 # (ngram_size, window_size) of the official image runner / README vLLM recipe
 # (= chatvlm.models.deepseek_ocr.OFFICIAL_SETTINGS["image"]; kept literal so this module stays torch-free).
@@ -46,9 +43,8 @@ DEFAULT_NGRAM = (30, 90)
 TYPICAL_PAGE = (1654, 2339)
 
 
-class DeepseekOcrBackend(HFBackend):
+class DeepseekOcrBackend(DeepseekGroundingMixin, HFBackend):
     attn_support = ("sdpa", "eager")        # the port's kernels (no flash-attn: SAM relative positions)
-    skip_special_tokens = False             # keep <|ref|>/<|det|> and <td>; strip BOS/EOS/pad ourselves
     default_gpu_batch = 8
 
     def __init__(self, spec: ModelSpec, options: Optional[BackendOptions] = None):
@@ -144,13 +140,6 @@ class DeepseekOcrBackend(HFBackend):
         return int(self.processor.num_image_tokens(*TYPICAL_PAGE, mode=self.mode)) + 16
 
     # ------------------------------------------------------------------ generation facts
-    def _token_id(self, token: str, default: int) -> int:
-        tok = self.tokenizer
-        if tok is None:
-            return default
-        tid = tok.convert_tokens_to_ids(token)
-        return int(tid) if isinstance(tid, int) and tid >= 0 else default
-
     def stop_token_ids(self) -> list[int]:
         return [self._token_id(EOS, self.processor.eos_token_id)]
 
@@ -158,21 +147,7 @@ class DeepseekOcrBackend(HFBackend):
         return self._token_id(PAD, self.processor.pad_token_id)
 
     def logits_processors(self, task: str, params: GenerationParams, inputs: dict) -> list:
-        n, window = self.ngram
-        if n <= 0 or window <= 0:
-            self._facts["no_repeat_ngram"] = None
-            return []
-        # <td>/</td> looked up by name so the whitelist follows the checkpoint's tokenizer.
-        whitelist = [self._token_id(t, real) for t, real in (("<td>", 128821), ("</td>", 128822))]
-        self._facts["no_repeat_ngram"] = {"ngram_size": n, "window_size": window}
-        return [WindowedNoRepeatNGram(n, window, int(inputs["input_ids"].shape[1]),
-                                      whitelist=[w for w in whitelist if w >= 0])]
-
-    def decode(self, ids: list[int]) -> str:
-        text = self.tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
-        for token in (BOS, EOS, PAD):
-            text = text.replace(token, "")
-        return text
+        return self.ngram_processors(*self.ngram, inputs)
 
     def generate_batch(self, pages: list[Page], task: str, params: GenerationParams) -> list[RawOutput]:
         outputs = super().generate_batch(pages, task, params)
@@ -185,47 +160,3 @@ class DeepseekOcrBackend(HFBackend):
     def postprocess(self, page: Page, raw: RawOutput, task: str) -> PageResult:
         return grounded_result(self.page_result(page, raw), raw, task, loop_trim=self.text_loop_settings())
 
-
-def grounded_result(result: PageResult, raw: RawOutput, task: str,
-                    loop_trim: Optional[dict[str, Any]] = None) -> PageResult:
-    """Fill a PageResult from a DeepSeek-OCR answer (pure string work).
-
-    Grounded output -> layout blocks in page pixels (markdown/layout tasks), markdown and
-    text without tags. A page that did not stop keeps everything it read; a repeated tail
-    left in its text is cut to one copy and the page is marked `loop`.
-    """
-    page_w, page_h = raw.extra.get("page_size") or (result.width, result.height)
-    result.width, result.height = int(page_w), int(page_h)
-    if result.status == "error":
-        return result
-    text = raw.text or ""
-    if raw.finish_reason in ("length", "loop"):
-        text, trimmed = trim_repetition(text, **(loop_trim or {}))
-        if trimmed:
-            result.finish_reason = "loop"
-    if not has_grounding(text):
-        cleaned = strip_tags(text)           # also drops a stray <|grounding|> / partial tag
-        if task == "text":
-            result.text = cleaned.strip()
-            return result
-        result.markdown = cleaned + ("\n" if cleaned else "")
-        result.text = markdown_to_text(cleaned)
-        result.layout = [] if task in ("markdown", "layout") else None
-        return result
-    grounded = parse_grounding(text, result.width, result.height)
-    if grounded.blocks and grounded.markdown == _blocks_text(grounded):
-        markdown = blocks_to_markdown(grounded.blocks).strip()   # same rendering as the other layout models
-    else:
-        markdown = grounded.markdown                          # text outside every block is kept
-    result.repaired = grounded.repaired
-    result.text = markdown_to_text(markdown)
-    if task == "text":
-        return result
-    result.markdown = markdown + ("\n" if markdown else "")
-    result.layout = grounded.blocks
-    return result
-
-
-def _blocks_text(grounded) -> str:
-    """The markdown the blocks alone give (to tell whether any text lies outside every block)."""
-    return "\n\n".join(b.text for b in grounded.blocks if b.text and b.category != "Picture")

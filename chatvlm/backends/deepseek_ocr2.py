@@ -14,19 +14,14 @@ from __future__ import annotations
 from ..config import GenerationParams
 from ..errors import UsageError
 from ..i18n import _
-from ..grounding import has_grounding, parse_grounding, strip_tags
-from ..layout import blocks_to_markdown
-from ..loop_guard import WindowedNoRepeatNGram
 from ..records import Page, PageResult, RawOutput
-from .hf import HFBackend, markdown_to_text
+from .deepseek_common import EOS, PAD, TABLE_CELL_TAGS, DeepseekGroundingMixin, grounded_result
+from .hf import HFBackend
 
-BOS, EOS, PAD = "<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>", "<｜▁pad▁｜>"
 
-
-class DeepseekOcr2Backend(HFBackend):
+class DeepseekOcr2Backend(DeepseekGroundingMixin, HFBackend):
     auto_class = "DeepseekOcr2ForConditionalGeneration"
     attn_support = ("sdpa", "eager")          # no flash-attn (SAM relative-position bias)
-    skip_special_tokens = False               # keep <|ref|>/<|det|> and <td>; strip BOS/EOS/pad ourselves
 
     def prompt_for(self, task: str) -> str:
         try:
@@ -43,10 +38,6 @@ class DeepseekOcr2Backend(HFBackend):
                                    return_tensors="pt", padding=True, padding_side="left", **kwargs))
 
     # ------------------------------------------------------------------ generation facts
-    def _token_id(self, token: str, default: int) -> int:
-        tid = self.tokenizer.convert_tokens_to_ids(token)
-        return int(tid) if isinstance(tid, int) and tid >= 0 else default
-
     def stop_token_ids(self) -> list[int]:
         return [self._token_id(EOS, 1)]
 
@@ -55,41 +46,15 @@ class DeepseekOcr2Backend(HFBackend):
 
     def logits_processors(self, task: str, params: GenerationParams, inputs: dict) -> list:
         extra = {**self.spec.extra, **self.options.extra}
-        n = int(extra.get("ngram_size", 20))
-        if n <= 0:
-            return []
-        whitelist = [self._token_id(t, -1) for t in extra.get("ngram_whitelist", ("<td>", "</td>"))]
-        window = int(extra.get("ngram_window", 90))
-        self._facts["no_repeat_ngram"] = {"ngram_size": n, "window_size": window}
-        return [WindowedNoRepeatNGram(n, window, int(inputs["input_ids"].shape[1]),
-                                      whitelist=[w for w in whitelist if w >= 0])]
+        return self.ngram_processors(int(extra.get("ngram_size", 20)), int(extra.get("ngram_window", 90)), inputs,
+                                     extra.get("ngram_whitelist", TABLE_CELL_TAGS))
 
-    def decode(self, ids: list[int]) -> str:
-        text = self.tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
-        for token in (BOS, EOS, PAD):
-            text = text.replace(token, "")
-        return text
+    def generate_batch(self, pages: list[Page], task: str, params: GenerationParams) -> list[RawOutput]:
+        outputs = super().generate_batch(pages, task, params)
+        for page, raw in zip(pages, outputs):
+            raw.extra["page_size"] = tuple(page.size)   # what postprocess needs, so it stays pure
+        return outputs
 
     # ------------------------------------------------------------------ postprocess (pure)
     def postprocess(self, page: Page, raw: RawOutput, task: str) -> PageResult:
-        width, height = page.size
-        text = raw.text
-        if task == "text" and not has_grounding(text):
-            return self.page_result(page, raw, text=text.strip())
-        grounded = parse_grounding(text, width, height)
-        if grounded.blocks and grounded.markdown == blocks_text(grounded):
-            markdown = blocks_to_markdown(grounded.blocks).strip()     # same rendering as the other layout models
-        elif grounded.blocks or has_grounding(text):
-            markdown = grounded.markdown
-        else:
-            markdown = strip_tags(text)
-        layout = grounded.blocks if task in ("markdown", "layout") else None
-        if task == "text":
-            return self.page_result(page, raw, text=markdown_to_text(markdown), repaired=grounded.repaired)
-        return self.page_result(page, raw, markdown=markdown, text=markdown_to_text(markdown), layout=layout,
-                                repaired=grounded.repaired)
-
-
-def blocks_text(grounded) -> str:
-    """The markdown the blocks alone give (to tell whether any text lies outside every block)."""
-    return "\n\n".join(b.text for b in grounded.blocks if b.text and b.category != "Picture")
+        return grounded_result(self.page_result(page, raw), raw, task, loop_trim=self.text_loop_settings())
