@@ -76,6 +76,7 @@ def run(config: RunConfig, reporter: Optional[Reporter] = None, backend=None) ->
     opts = options_hash(config.options_key())
     stats = RunStats(model=spec.name)
     results: list[dict[str, Any]] = []
+    owned = None
 
     def finish_page(result: PageResult) -> None:
         entry = manifest_entry(result, opts)
@@ -130,7 +131,9 @@ def run(config: RunConfig, reporter: Optional[Reporter] = None, backend=None) ->
         if jobs:
             if backend is None:
                 from .backends.base import create_backend
-                backend = create_backend(spec, config.backend)
+                # A backend made here is closed here (GPU memory, worker processes);
+                # one handed in belongs to the caller (bench, the Python API).
+                owned = backend = create_backend(spec, config.backend)
                 load_start = time.perf_counter()
                 backend.load()   # ModelUnavailableError propagates: nothing can run
                 stats.load_s = backend.load_s or (time.perf_counter() - load_start)
@@ -139,6 +142,8 @@ def run(config: RunConfig, reporter: Optional[Reporter] = None, backend=None) ->
     finally:
         manifest.close()
         reporter.finish()
+        if owned is not None:
+            owned.close()
 
     report = stats.report(engine, extra={
         "command": config.command,
