@@ -80,6 +80,8 @@ class RunStats:
     def report(self, engine: dict[str, Any], extra: Optional[dict[str, Any]] = None) -> dict[str, Any]:
         wall = time.perf_counter() - self.started
         processed = self.ok + self.failed
+        # Throughput counts pages recognised without error: files that could not even be
+        # opened cost no recognition time and must not inflate it.
         run_s = max(wall - self.load_s, 1e-9)
         stages = {}
         for stage, values in self.stage_values.items():
@@ -97,7 +99,7 @@ class RunStats:
             "wall_s": round(wall, 3),
             "model_load_s": round(self.load_s, 3),
             "time_to_first_page_s": _r(self.first_page_s),
-            "pages_per_s": round(processed / run_s, 4) if processed else 0.0,
+            "pages_per_s": round(self.ok / run_s, 4) if self.ok else 0.0,
             "input_tokens": self.input_tokens,
             "output_tokens": self.output_tokens,
             "output_tokens_per_s": round(self.output_tokens / self.gpu_busy_s, 2) if self.gpu_busy_s and self.output_tokens else None,

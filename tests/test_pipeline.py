@@ -98,6 +98,9 @@ def test_failing_page_does_not_stop_the_batch(tmp_path):
     assert "not a PDF or a supported image" in by_source["broken.png"]["error"]
     assert by_source["p1.png"]["status"] == "error" and "width 310" in by_source["p1.png"]["error"]
     assert [by_source[f"p{i}.png"]["status"] for i in (0, 2, 3)] == ["ok"] * 3
+    report = outcome.report
+    expected = 3 / (report["wall_s"] - report["model_load_s"])      # only pages recognised without error
+    assert abs(report["pages_per_s"] - expected) <= 0.05 * expected
 
 
 def test_out_of_memory_splits_the_batch_and_loses_no_page(tmp_path):
