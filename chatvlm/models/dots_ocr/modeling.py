@@ -18,6 +18,7 @@ import torch
 from torch import nn
 from transformers import GenerationConfig, Qwen2ForCausalLM
 
+from ..common import positions_from_mask
 from .configuration import EOS_TOKEN_IDS, DotsVisionConfig, load_config_dict, make_config
 from .vision import DotsVisionTransformer, flash_attn_varlen_func
 
@@ -97,11 +98,6 @@ class DotsOCRForCausalLM(Qwen2ForCausalLM):
             inputs["pixel_values"] = pixel_values
             inputs["image_grid_thw"] = image_grid_thw
         return inputs
-
-
-def positions_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
-    pos = attention_mask.long().cumsum(-1) - 1
-    return pos.masked_fill(attention_mask == 0, 0)
 
 
 # ---------------------------------------------------------------------------------------
