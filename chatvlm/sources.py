@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import glob
 import hashlib
-import os
 import re
 import warnings
 from dataclasses import dataclass, field

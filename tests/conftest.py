@@ -39,3 +39,33 @@ def text_page(text: str, size=(600, 300), font_size: int = 28):
 @pytest.fixture
 def corpus() -> Path:
     return need_corpus()
+
+
+def noise_page(width: int, height: int, seed: int):
+    """A page of random pixels: random-weight models only need pixels of a known size."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
+
+
+def write_noise_pages(folder: Path, sizes) -> list[Path]:
+    """scan1.png, scan2.png, ... of the given (width, height) sizes, seeds 0, 1, ..."""
+    paths = []
+    for i, size in enumerate(sizes):
+        path = folder / f"scan{i + 1}.png"
+        noise_page(*size, seed=i).save(path)
+        paths.append(path)
+    return paths
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny matrices: thread hand-offs cost more than the maths on a busy 2-core machine."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

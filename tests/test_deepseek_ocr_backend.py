@@ -19,6 +19,9 @@ from chatvlm.backends.base import create_backend
 from chatvlm.config import BackendOptions, GenerationParams
 from chatvlm.records import Page, RawOutput
 from chatvlm.registry import get_spec
+from tests.conftest import noise_page, write_noise_pages
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 FIXTURE = SHARED / "fixtures" / "deepseek_ocr"
@@ -30,22 +33,6 @@ MAX_NEW = 8
 # (w, h): the first fits one 640-px tile (global view only, 273 image slots); the second is
 # wider than 640 px, so gundam adds a 2x1 tile grid (273 + 10 * 21 = 483 slots).
 SIZES = [(300, 200), (700, 300)]
-
-
-def page_image(w: int, h: int, seed: int) -> Image.Image:
-    rng = np.random.default_rng(seed)
-    return Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # tiny matrices: thread hand-offs cost more than the maths on a busy 2-core machine
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
@@ -62,13 +49,7 @@ def checkpoint(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def pages(tmp_path_factory) -> list[Path]:
-    folder = tmp_path_factory.mktemp("dsocr_pages")
-    out = []
-    for i, size in enumerate(SIZES):
-        path = folder / f"scan{i + 1}.png"
-        page_image(*size, seed=i).save(path)
-        out.append(path)
-    return out
+    return write_noise_pages(tmp_path_factory.mktemp("dsocr_pages"), SIZES)
 
 
 @pytest.fixture(scope="module")
@@ -234,7 +215,7 @@ def test_synthetic_mode_builds_from_the_config(tmp_path):
         assert b.describe()["synthetic"] is True
         proc = b.processor
         assert proc.tokenizer is None                     # the official prompt keeps its real token ids
-        (raw,) = b.generate_batch([Page(source=Path("s.png"), doc_key="s", page=1, image=page_image(200, 300, 3))],
+        (raw,) = b.generate_batch([Page(source=Path("s.png"), doc_key="s", page=1, image=noise_page(200, 300, 3))],
                                   "layout", GenerationParams(max_new_tokens=5))
         assert raw.output_tokens == 5 and raw.finish_reason == "length"
         assert raw.input_tokens == 1 + 9 + 111          # BOS + the prompt's 9 real ids + 10 * 11 + 1 slots

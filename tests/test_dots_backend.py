@@ -11,6 +11,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from tests.conftest import write_noise_pages
 from PIL import Image
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
@@ -24,11 +25,6 @@ pytestmark = pytest.mark.skipif(
 MAX_NEW = 6
 
 
-def page_image(w: int, h: int, seed: int) -> Image.Image:
-    import numpy as np
-
-    rng = np.random.default_rng(seed)
-    return Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
 
 
 @pytest.fixture(scope="module")
@@ -45,13 +41,7 @@ def checkpoint(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def pages(tmp_path_factory) -> list[Path]:
-    folder = tmp_path_factory.mktemp("dots_pages")
-    out = []
-    for i, size in enumerate([(150, 200), (260, 120)]):
-        path = folder / f"scan{i + 1}.png"
-        page_image(*size, seed=i).save(path)
-        out.append(path)
-    return out
+    return write_noise_pages(tmp_path_factory.mktemp("dots_pages"), [(150, 200), (260, 120)])
 
 
 @pytest.fixture(scope="module")

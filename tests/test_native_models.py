@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -19,19 +18,14 @@ from chatvlm.registry import get_spec
 from chatvlm.testing import build_tiny_checkpoint
 from tests.conftest import ROOT
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 MODELS = ["qwen_vl_2b", "qwen3_vl_2b", "got_ocr_hf", "deepseek_ocr2"]
 SIZES = [(300, 200), (900, 1300), (640, 480), (200, 700)]      # (w, h): different token counts per page
 MAX_NEW = 24
 PARAMS = GenerationParams(max_new_tokens=MAX_NEW, max_pixels=28 * 28 * 100, min_pixels=28 * 28 * 4)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # tiny matrices: thread hand-offs cost more than the maths on a busy 2-core machine
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")

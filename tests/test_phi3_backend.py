@@ -12,6 +12,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from tests.conftest import write_noise_pages
 from PIL import Image
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
@@ -28,11 +29,6 @@ END_ID = 32007          # <|end|> with the official vocab (32064)
 SIZES = [(150, 200), (400, 120)]   # portrait and landscape: different crop grids
 
 
-def page_image(w: int, h: int, seed: int) -> Image.Image:
-    import numpy as np
-
-    rng = np.random.default_rng(seed)
-    return Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
 
 
 def copy_checkpoint(folder: Path) -> Path:
@@ -71,13 +67,7 @@ def stopping_checkpoint(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def pages(tmp_path_factory) -> list[Path]:
-    folder = tmp_path_factory.mktemp("phi3_pages")
-    out = []
-    for i, size in enumerate(SIZES):
-        path = folder / f"scan{i + 1}.png"
-        page_image(*size, seed=i).save(path)
-        out.append(path)
-    return out
+    return write_noise_pages(tmp_path_factory.mktemp("phi3_pages"), SIZES)
 
 
 def as_pages(paths: list[Path]):
