@@ -16,13 +16,13 @@ from pathlib import Path
 from typing import Any, Optional
 
 from .config import RunConfig
-from .errors import EXIT_ABORTED, EXIT_OK, EXIT_PAGES_FAILED, ChatVLMError, InputError, ModelUnavailableError
+from .errors import EXIT_OK, EXIT_PAGES_FAILED, ChatVLMError
 from .i18n import _
 from .layout import blocks_to_markdown, draw_overlay, picture_crops
 from .records import Page, PageResult, RawOutput
 from .registry import ModelSpec, all_specs, get_spec
 from .scheduler import Job, bucketed_windows, generate_with_backoff, rendered_pages
-from .sources import expand_inputs, open_document, parse_page_ranges, select_pages
+from .sources import plan_pages
 from .timing import RunStats, stopwatch
 from .writers import REPORT, Manifest, atomic_write_text, manifest_entry, options_hash, page_stem, write_page
 
@@ -88,30 +88,19 @@ def run(config: RunConfig, reporter: Optional[Reporter] = None, backend=None) ->
 
     # Plan: open every input (hash, page count) before loading the model, so bad files
     # are reported at once and the progress bar knows the total.
-    ranges = parse_page_ranges(config.pages)
     failed_files: list[Page] = []
     jobs: list[Job] = []
     skipped: list[Page] = []
-    for item in expand_inputs(config.inputs):
+    for page, doc in plan_pages(config.inputs, config.pages, config.max_image_pixels):
         if config.max_pages is not None and len(jobs) + len(skipped) >= config.max_pages:
             break
-        if item.error:
-            failed_files.append(Page(source=item.path, doc_key=item.doc_key, page=None, error=item.error))
+        if doc is None:
+            failed_files.append(page)
             continue
-        try:
-            doc = open_document(item.path, item.doc_key, config.max_image_pixels)
-        except InputError as exc:
-            failed_files.append(Page(source=item.path, doc_key=item.doc_key, page=None, error=str(exc)))
+        if not config.force and manifest.is_done(str(page.source), page.page, doc.sha256, spec.name, opts):
+            skipped.append(page)
             continue
-        for number in select_pages(doc.page_count, ranges):
-            if config.max_pages is not None and len(jobs) + len(skipped) >= config.max_pages:
-                break
-            page = Page(source=item.path, doc_key=item.doc_key, page=number, sha256=doc.sha256,
-                        page_count=doc.page_count)
-            if not config.force and manifest.is_done(str(item.path), number, doc.sha256, spec.name, opts):
-                skipped.append(page)
-                continue
-            jobs.append(Job(page=page, render=_renderer(doc, number, config)))
+        jobs.append(Job(page=page, render=_renderer(doc, page.page, config)))
     for index, job in enumerate(jobs):
         job.page.index = index
 

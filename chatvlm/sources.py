@@ -14,10 +14,13 @@ import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import TYPE_CHECKING, Iterator, Optional
 
 from .errors import InputError, UsageError
 from .i18n import _
+
+if TYPE_CHECKING:
+    from .records import Page
 
 GLOB_CHARS = re.compile(r"[*?\[]")
 
@@ -446,28 +449,37 @@ def _to_rgb(img):
 
 # --------------------------------------------------------------------------- convenience
 
-def iter_pages(inputs: list[str], pages: Optional[str] = None, dpi: int = 200,
-               max_pixels: int = DEFAULT_MAX_PIXELS) -> Iterator["PageItem"]:
-    """Every page of every input, rendered lazily (the Python API's `chatvlm.pages`)."""
+def plan_pages(inputs: list[str], pages: Optional[str] = None,
+               max_pixels: int = DEFAULT_MAX_PIXELS) -> Iterator[tuple["Page", Optional[Document]]]:
+    """Every selected page of every input, not yet rendered: (page, its document).
+
+    An input that cannot be opened comes as one Page with page=None, its error set and no
+    document. Opening reads page counts and hashes only; pixels come from doc.render().
+    """
     from .records import Page
 
     ranges = parse_page_ranges(pages)
     for item in expand_inputs(inputs):
         if item.error:
-            yield Page(source=item.path, doc_key=item.doc_key, page=None, error=item.error)
+            yield Page(source=item.path, doc_key=item.doc_key, page=None, error=item.error), None
             continue
         try:
             doc = open_document(item.path, item.doc_key, max_pixels)
         except InputError as exc:
-            yield Page(source=item.path, doc_key=item.doc_key, page=None, error=str(exc))
+            yield Page(source=item.path, doc_key=item.doc_key, page=None, error=str(exc)), None
             continue
         for number in select_pages(doc.page_count, ranges):
-            page = Page(source=item.path, doc_key=item.doc_key, page=number, sha256=doc.sha256, page_count=doc.page_count)
+            yield Page(source=item.path, doc_key=item.doc_key, page=number, sha256=doc.sha256,
+                       page_count=doc.page_count), doc
+
+
+def iter_pages(inputs: list[str], pages: Optional[str] = None, dpi: int = 200,
+               max_pixels: int = DEFAULT_MAX_PIXELS) -> Iterator["Page"]:
+    """Every page of every input, rendered lazily (the Python API's `chatvlm.pages`)."""
+    for page, doc in plan_pages(inputs, pages, max_pixels):
+        if doc is not None:
             try:
-                page.image = doc.render(number, dpi, max_pixels)
+                page.image = doc.render(page.page, dpi, max_pixels)
             except InputError as exc:
                 page.error = str(exc)
-            yield page
-
-
-PageItem = "chatvlm.records.Page"
+        yield page
