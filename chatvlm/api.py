@@ -258,7 +258,7 @@ class Model:
         return result.markdown if result.markdown is not None else (result.text or "")
 
     def _run(self, images: list[ImageInput], task: str) -> list[PageResult]:
-        from .scheduler import generate_with_backoff
+        from .scheduler import failure_reason, generate_with_backoff
 
         def make_page(index: int, image: ImageInput) -> Page:
             source = Path(image) if isinstance(image, (str, Path)) else Path(f"<image {index + 1}>")
@@ -272,8 +272,9 @@ class Model:
             chunk = [make_page(start + i, image) for i, image in enumerate(images[start:start + size])]
             outputs = generate_with_backoff(lambda b: self.backend.generate_batch(b, task, self.params), chunk)
             for page, raw in zip(chunk, outputs):
-                if isinstance(raw, BaseException) or (isinstance(raw, RawOutput) and raw.error):
-                    errors[page.index] = raw.error if isinstance(raw, RawOutput) else f"{raw.__class__.__name__}: {raw}"
+                reason = failure_reason(raw)
+                if reason is not None:
+                    errors[page.index] = reason
                     results.append(None)
                     continue
                 results.append(self.backend.postprocess(page, raw, task))

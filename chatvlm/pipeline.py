@@ -21,7 +21,7 @@ from .i18n import _
 from .layout import blocks_to_markdown, draw_overlay, picture_crops
 from .records import Page, PageResult, RawOutput
 from .registry import ModelSpec, all_specs, get_spec
-from .scheduler import Job, bucketed_windows, generate_with_backoff, rendered_pages
+from .scheduler import Job, bucketed_windows, failure_reason, generate_with_backoff, rendered_pages
 from .sources import plan_pages
 from .timing import RunStats, stopwatch
 from .writers import REPORT, Manifest, atomic_write_text, manifest_entry, options_hash, page_stem, write_page
@@ -218,8 +218,8 @@ def _write_window(config: RunConfig, spec: ModelSpec, backend, window: list[Page
 
 
 def _finish(config: RunConfig, spec: ModelSpec, backend, page: Page, raw, reporter: Reporter) -> PageResult:
-    if isinstance(raw, BaseException) or (isinstance(raw, RawOutput) and raw.error):
-        reason = raw.error if isinstance(raw, RawOutput) else f"{raw.__class__.__name__}: {raw}"
+    reason = failure_reason(raw)
+    if reason is not None:
         reporter.message(_("{path} page {page}: recognition failed: {reason}").format(path=page.source, page=page.page, reason=reason), "error")
         return PageResult.failed(page, spec.name, _("recognition failed: {reason}").format(reason=reason))
     timings = page.timings

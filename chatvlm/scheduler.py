@@ -145,6 +145,13 @@ def generate_with_backoff(generate: Callable[[list[Page]], list], pages: list[Pa
                 + generate_with_backoff(generate, pages[half:], on_shrink))
 
 
+def failure_reason(outcome) -> Optional[str]:
+    """Why a slot of generate_with_backoff's result failed, or None when it holds a good output."""
+    if isinstance(outcome, BaseException):
+        return f"{outcome.__class__.__name__}: {outcome}"
+    return getattr(outcome, "error", None) or None
+
+
 def _free_accelerator_memory() -> None:
     try:
         import torch
