@@ -25,7 +25,7 @@ from typing import Any, Iterable, Iterator, Optional, Sequence, Union
 from .config import BackendOptions, GenerationParams
 from .errors import ChatVLMError, InputError, UsageError
 from .i18n import _
-from .records import LayoutBlock, Page, PageResult, RawOutput
+from .records import LayoutBlock, Page, PageResult
 from .registry import ModelSpec
 
 __all__ = ["ImageInput", "Model", "ModelLoader", "RecognitionError", "load_model", "pages"]
