@@ -29,12 +29,24 @@ How (`StaticDecoder.generate`):
 5. **CUDA graphs** (CUDA only, `use_graphs`): the step is captured once per
    (batch-size bucket, length bucket) against static input buffers and replayed; the
    graphs stay valid across batches because the cache pool and buffers are persistent.
-   On CPU the same step runs eagerly.
+   All graphs live in one `GraphSet` with its own private memory-pool handle. The set is
+   dropped as a whole (never graph by graph) whenever a buffer it reads is reallocated
+   (the cache or the RoPE table grows, `release()`), and the next capture mints a fresh
+   handle: a handle whose graphs were all freed must never be captured into again (the
+   allocator asserts `use_count > 0`). Buffers only grow, by whole buckets, so rebuilds
+   are rare. Capture goes through a small `graph_api` seam (`CudaGraphs` on CUDA) so
+   the lifecycle is testable on CPU with a fake. On CPU the step runs eagerly.
 6. **Finished rows stop paying**: when rows finish (stop token, stop string, loop guard),
    the batch is compacted: active rows move to the front of the pool and the step runs on
    fewer rows (exact count on CPU; the next batch-size bucket on CUDA, padded with
    finished rows). Finish bookkeeping is the backend's own `GenerationTracker`, replayed
    on the host every `sync_every` steps (1 on CPU; 8 on CUDA to avoid a sync per step).
+
+If the decoder cannot serve a batch it raises before the batch's decode starts
+(`Unsupported` for a request it does not handle); on any error it first frees its cache,
+graphs and pool (`release()`), so an out-of-memory error reaches the caller's
+split-and-retry with the memory already returned and other errors leave the batch to
+`generate`.
 
 Greedy only. Logits processors run eagerly between steps on the growing token buffer
 (processors that index rows must offer `select_rows(rows)` for compaction, else the
@@ -144,6 +156,16 @@ def find_lm(model: nn.Module) -> LMParts:
                    rotary, num_heads, num_kv, head_dim, scaling, qk)
 
 
+def _uses_mrope(parts: LMParts) -> bool:
+    """Multimodal RoPE (three position sections: Qwen2-VL, Qwen3-VL) per the LM config."""
+    config = getattr(parts.text_model, "config", None)
+    for name in ("rope_parameters", "rope_scaling"):
+        params = getattr(config, name, None)
+        if isinstance(params, dict) and params.get("mrope_section"):
+            return True
+    return bool(getattr(parts.rotary, "mrope_section", None))
+
+
 def unsupported_reason(model: nn.Module, *, do_sample: bool = False, num_beams: int = 1) -> Optional[str]:
     """Why the static decoder cannot run this model/request (None: it can)."""
     if do_sample:
@@ -206,6 +228,58 @@ def select_processor_rows(processors: list, rows: list[int]) -> Optional[list]:
     return out
 
 
+# ----------------------------------------------------------------------------- CUDA graphs
+
+class CudaGraphs:
+    """The CUDA graph calls the decoder makes (a seam: tests pass a fake with the same methods)."""
+
+    def __init__(self, device):
+        self.device = torch.device(device)
+
+    def pool_handle(self):
+        return torch.cuda.graph_pool_handle()
+
+    def capture(self, fn: Callable[[], Any], pool):
+        """Warm `fn` up on a side stream, then capture it into `pool`; returns the graph."""
+        stream = torch.cuda.Stream(device=self.device)
+        stream.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(stream):
+            for _ in range(2):
+                fn()
+        torch.cuda.current_stream(self.device).wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=pool):
+            fn()
+        return graph
+
+    def synchronize(self) -> None:
+        torch.cuda.synchronize(self.device)
+
+    def empty_cache(self) -> None:
+        torch.cuda.empty_cache()
+
+
+class GraphSet:
+    """Graphs captured into one private pool, against one set of buffers.
+
+    The pool handle lives exactly as long as the set: a set is dropped whole (never graph
+    by graph), and a new set mints a new handle. `buffers` are the data pointers of every
+    tensor the graphs read or write; capturing against other buffers is a bug.
+    """
+
+    def __init__(self, api, buffers: tuple):
+        self.pool = api.pool_handle()
+        self.buffers = buffers
+        self.graphs: dict[tuple[int, int], Any] = {}
+
+    def capture(self, api, key: tuple[int, int], fn: Callable[[], Any], buffers: tuple):
+        assert key not in self.graphs, f"graph {key} captured twice"
+        assert buffers == self.buffers, "decoder buffers moved while their graphs were alive"
+        graph = api.capture(fn, self.pool)
+        self.graphs[key] = graph
+        return graph
+
+
 # ----------------------------------------------------------------------------- the decoder
 
 @dataclass
@@ -223,13 +297,18 @@ class StaticDecoder:
     """Greedy decode with a static KV cache and our own step (CUDA graphs on CUDA)."""
 
     def __init__(self, model: nn.Module, *, use_graphs: Optional[bool] = None, len_bucket: int = 256,
-                 sync_every: Optional[int] = None, compact: bool = True, bucketed: Optional[bool] = None):
+                 sync_every: Optional[int] = None, compact: bool = True, bucketed: Optional[bool] = None,
+                 graph_api=None, max_len: Optional[int] = None):
         self.model = model
+        self.max_len = max_len            # longest prompt + new tokens served (None: no limit)
         self.parts = find_lm(model)
         p = next(model.parameters())
         self.device, self.dtype = p.device, p.dtype
         on_cuda = self.device.type == "cuda"
-        self.use_graphs = on_cuda if use_graphs is None else (bool(use_graphs) and on_cuda)
+        # graphs need CUDA, or an injected graph API (tests run the lifecycle on CPU with a fake)
+        can_graph = on_cuda or graph_api is not None
+        self.use_graphs = can_graph if use_graphs is None else (bool(use_graphs) and can_graph)
+        self.graph_api = graph_api if graph_api is not None else (CudaGraphs(self.device) if on_cuda else None)
         # fixed-length reads (multiple of len_bucket) + key mask: needed by graphs; tests force it on CPU
         self.bucketed = self.use_graphs if bucketed is None else bool(bucketed) or self.use_graphs
         self.len_bucket = int(len_bucket)
@@ -243,12 +322,26 @@ class StaticDecoder:
         self.cur = None                   # [1] long: cache slot written by the next step
         self.logits = None                # [B, vocab] float32 (graph output)
         self.rope_cos = self.rope_sin = None   # [P, hd]
-        self.graphs: dict[tuple[int, int], Any] = {}
-        self.pool = None
+        self._rope_mrope = None
+        self.graph_set: Optional[GraphSet] = None    # the captured graphs and their pool handle
         self.stats = DecodeStats()
 
     # ------------------------------------------------------------------ buffers
+    def _drop_graphs(self) -> None:
+        """Drop every graph together with the pool handle they hold (never one without the other)."""
+        if self.graph_set is None:
+            return
+        self.graph_api.synchronize()        # no replay may still be reading what is freed
+        self.graph_set = None
+        self.graph_api.empty_cache()
+
+    def _buffers(self) -> tuple:
+        return tuple(t.data_ptr() for t in (self.k, self.v, self.mask, self.tok, self.pos, self.cur,
+                                            self.logits, self.rope_cos, self.rope_sin))
+
     def _ensure_pool(self, batch: int, length: int) -> None:
+        """Cache and step buffers for `batch` rows of `length` slots. They only grow, by whole
+        buckets (batch buckets, `len_bucket` multiples); growing drops the graphs."""
         pr = self.parts
         need_b = batch_bucket(batch) if self.use_graphs else batch
         need_l = _round_up(length, self.len_bucket) if self.bucketed else length
@@ -256,8 +349,8 @@ class StaticDecoder:
             return
         if self.k is not None:
             need_b, need_l = max(need_b, self.k.shape[1]), max(need_l, self.k.shape[3])
-        self.graphs.clear()
-        self.k = self.v = None
+        self._drop_graphs()
+        self.k = self.v = self.mask = self.tok = self.pos = self.cur = self.logits = None
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
         shape = (len(pr.layers), need_b, pr.num_kv_heads, need_l, pr.head_dim)
@@ -270,9 +363,16 @@ class StaticDecoder:
         self.logits = torch.zeros(need_b, pr.lm_head.out_features, dtype=torch.float32, device=self.device)
 
     def _ensure_rope(self, positions: int, mrope: bool) -> None:
+        """cos/sin for positions [0, positions): built once large enough (at least the model's
+        context up to 32k positions), so it is rarely rebuilt; rebuilding drops the graphs."""
         if self.rope_cos is not None and self.rope_cos.shape[0] >= positions and self._rope_mrope == mrope:
             return
-        size = _round_up(max(positions, 1), 4096)
+        context = int(getattr(getattr(self.parts.text_model, "config", None), "max_position_embeddings", 0) or 0)
+        size = _round_up(max(positions, min(context, 32768), 1), 4096)
+        if self.rope_cos is not None and self._rope_mrope == mrope:
+            size = max(size, self.rope_cos.shape[0])
+        self._drop_graphs()
+        self.rope_cos = self.rope_sin = None
         ids = torch.arange(size, device=self.device)
         ids = ids.view(1, 1, -1).expand(3, 1, -1) if mrope else ids.view(1, -1)
         dummy = torch.zeros(1, dtype=self.dtype, device=self.device)
@@ -281,7 +381,6 @@ class StaticDecoder:
         self.rope_cos = cos.reshape(size, -1).contiguous()
         self.rope_sin = sin.reshape(size, -1).contiguous()
         self._rope_mrope = mrope
-        self.graphs.clear()
 
     # ------------------------------------------------------------------ one step
     def step(self, b: int, length: int) -> torch.Tensor:
@@ -326,29 +425,16 @@ class StaticDecoder:
         if not self.use_graphs:
             return self.step(b, length)
         key = (b, length)
-        graph = self.graphs.get(key)
+        if self.graph_set is None:
+            self.graph_set = GraphSet(self.graph_api, self._buffers())
+        graph = self.graph_set.graphs.get(key)
         if graph is None:
-            graph = self._capture(b, length)
-            self.graphs[key] = graph
+            # Warm-up runs write the same K/V into the same slot as the real step: idempotent.
+            graph = self.graph_set.capture(self.graph_api, key, lambda: self.step(b, length), self._buffers())
+            self.stats.graphs_captured += 1
         graph.replay()
         self.stats.graph_replays += 1
         return self.logits[:b]
-
-    def _capture(self, b: int, length: int):
-        # Warm-up runs write the same K/V into the same slot as the real step: idempotent.
-        stream = torch.cuda.Stream(device=self.device)
-        stream.wait_stream(torch.cuda.current_stream(self.device))
-        with torch.cuda.stream(stream):
-            for _ in range(2):
-                self.step(b, length)
-        torch.cuda.current_stream(self.device).wait_stream(stream)
-        if self.pool is None:
-            self.pool = torch.cuda.graph_pool_handle()
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self.pool):
-            self.step(b, length)
-        self.stats.graphs_captured += 1
-        return graph
 
     # ------------------------------------------------------------------ generation
     def _prefill(self, inputs: dict, gen_kwargs: dict):
@@ -384,7 +470,39 @@ class StaticDecoder:
     @torch.inference_mode()
     def generate(self, inputs: dict, gen_kwargs: dict, *, max_new_tokens: int, tracker,
                  processors: Sequence[Callable] = (), pad_token_id: int = 0) -> torch.Tensor:
-        """Token ids [batch, prompt_len + n] like `generate` (rows finished early padded)."""
+        """Token ids [batch, prompt_len + n] like `generate` (rows finished early padded).
+
+        Raises Unsupported before the prefill for a request it cannot serve. On any error the
+        cache, graphs and pool are freed first, so an out-of-memory error reaches the caller
+        with the memory already returned.
+        """
+        try:
+            self._admit(inputs, max_new_tokens)
+            return self._generate(inputs, gen_kwargs, max_new_tokens=max_new_tokens, tracker=tracker,
+                                  processors=processors, pad_token_id=pad_token_id)
+        except BaseException:
+            self.release()
+            raise
+
+    def _admit(self, inputs: dict, max_new_tokens: int) -> None:
+        """Check the request and allocate everything its decode needs, before any model call."""
+        input_ids, attention = inputs.get("input_ids"), inputs.get("attention_mask")
+        if input_ids is None or input_ids.dim() != 2:
+            raise Unsupported("input_ids must be [batch, length]")
+        if attention is None or attention.shape != input_ids.shape:
+            raise Unsupported("attention_mask missing or not the shape of input_ids")
+        if max_new_tokens < 1:
+            raise Unsupported(f"max_new_tokens {max_new_tokens} < 1")
+        batch, prompt_len = input_ids.shape
+        total = prompt_len + max_new_tokens
+        if self.max_len is not None and total > self.max_len:
+            raise Unsupported(f"prompt + new tokens ({total}) exceed the decoder's cache limit ({self.max_len})")
+        self._ensure_pool(batch, total)
+        # prompt positions never exceed the prompt's token index (M-RoPE compresses them)
+        self._ensure_rope(total + 1, _uses_mrope(self.parts))
+
+    def _generate(self, inputs: dict, gen_kwargs: dict, *, max_new_tokens: int, tracker,
+                  processors: Sequence[Callable] = (), pad_token_id: int = 0) -> torch.Tensor:
         t0 = time.perf_counter()
         input_ids = inputs["input_ids"]
         attention = inputs["attention_mask"]
@@ -515,10 +633,11 @@ class StaticDecoder:
         return target, new_rows, new_live, seq, processors
 
     def release(self) -> None:
-        """Free the cache pool and the captured graphs (they come back on the next batch)."""
-        self.graphs.clear()
+        """Free the cache, the captured graphs and their pool (all come back on the next batch)."""
+        self._drop_graphs()
         self.k = self.v = self.mask = self.tok = self.pos = self.cur = self.logits = None
         self.rope_cos = self.rope_sin = None
+        self._rope_mrope = None
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
 

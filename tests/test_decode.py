@@ -21,6 +21,8 @@ from chatvlm.records import Page
 from chatvlm.registry import get_spec
 from chatvlm.testing import build_tiny_checkpoint
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 SIZES = [(120, 90), (64, 200), (300, 160)]          # different image-token counts -> left padding
 
 
@@ -129,6 +131,53 @@ def _both(model, inputs, max_new, stop_ids, pad_id, **decoder_kwargs):
     return results
 
 
+BATCH_ORDER = (1, 9, 4, 7, 2, 5, 3, 8, 6)       # every size 1..9; the cache grows, then is reused
+SHORT_ORDER = (1, 9, 4, 6)                       # the slower tiny models: growth, then reuse
+
+
+def _small_pages(n, seed):
+    rng = np.random.default_rng(seed)
+    sizes = [(int(rng.integers(40, 130)), int(rng.integers(40, 130))) for _ in range(n)]
+    return _pages(sizes, seed=seed)
+
+
+@pytest.mark.parametrize("name,order", [("qwen_vl_2b", BATCH_ORDER), ("qwen3_vl_2b", SHORT_ORDER),
+                                        ("got_ocr_hf", SHORT_ORDER)])
+def test_one_decoder_many_batches_of_every_size(backends, name, order):
+    """Batches of 1..9 pages in a row through one decoder per read mode (exact-length reads,
+    and the graph mode's bucketed reads run eagerly): generate's tokens every time."""
+    be = backends(name)
+    eager = decode.StaticDecoder(be.model)
+    bucketed = decode.StaticDecoder(be.model, bucketed=True, len_bucket=32)
+    for i, n in enumerate(order):
+        inputs = be._to_device(be.build_inputs(_small_pages(n, seed=100 + i), "text", GenerationParams()))
+        ref = _generated(be.model, None, inputs, 12, be.stop_token_ids(), be.pad_token_id())
+        for dec in (eager, bucketed):
+            assert _generated(be.model, dec, inputs, 12, be.stop_token_ids(), be.pad_token_id()) == ref, (n, dec.bucketed)
+    assert bucketed.k.shape[1] == 9 and bucketed.stats.steps > 0
+
+
+def _generated(model, dec, inputs, max_new, stop_ids, pad_id):
+    """Per row (generated ids, finish reason) from `generate` (dec None) or from `dec`."""
+    from transformers import GenerationConfig, StoppingCriteriaList
+
+    batch, prompt_len = inputs["input_ids"].shape
+    config = GenerationConfig(max_new_tokens=max_new, do_sample=False, num_beams=1, pad_token_id=pad_id,
+                              eos_token_id=stop_ids or None)
+    tracker = make_tracker(prompt_len, batch, stop_ids=stop_ids)
+    kwargs = dict(generation_config=config, stopping_criteria=StoppingCriteriaList([tracker]))
+    with torch.inference_mode():
+        if dec is None:
+            out = model.generate(**inputs, **kwargs)
+        else:
+            out = dec.generate(dict(inputs), kwargs, max_new_tokens=max_new, tracker=tracker, pad_token_id=pad_id)
+    rows = []
+    for r in range(batch):
+        n, reason = tracker.result(r, out.shape[1] - prompt_len)
+        rows.append((out[r, prompt_len:prompt_len + n].tolist(), reason))
+    return rows
+
+
 def test_bucketed_reads_same_tokens(backends):
     """The CUDA-graph read mode (fixed-length bucket + key mask), run eagerly on CPU."""
     be = backends("qwen3_vl_2b")
@@ -164,6 +213,24 @@ def test_dots_ocr_qwen2_lm_same_tokens(dots):
     ref, got = _both(model, inputs, 24, [7], 0)
     assert got == ref
     assert any(reason == "stop" for _, reason in ref) or all(len(ids) == 24 for ids, _ in ref)
+
+
+def _dots_inputs(proc, cfg, n, seed):
+    images = [p.image for p in _small_pages(n, seed)]
+    rows = [proc.expand_image_tokens([5 + i, 17, cfg["image_token_id"], 23] + list(range(30, 30 + 2 * i)),
+                                     [proc.preprocess_image(img)[1]]) for i, img in enumerate(images)]
+    return {**proc.pad(rows, "left"), **proc.preprocess_images(images)}
+
+
+def test_dots_ocr_one_decoder_many_batches_of_every_size(dots):
+    model, proc, cfg = dots
+    eager = decode.StaticDecoder(model)
+    bucketed = decode.StaticDecoder(model, bucketed=True, len_bucket=32)
+    for i, n in enumerate(BATCH_ORDER):
+        inputs = _dots_inputs(proc, cfg, n, seed=200 + i)
+        ref = _generated(model, None, inputs, 16, [7], 0)
+        for dec in (eager, bucketed):
+            assert _generated(model, dec, inputs, 16, [7], 0) == ref, (n, dec.bucketed)
 
 
 # ------------------------------------------------------------------ the cache is read only where filled
@@ -244,3 +311,79 @@ def test_broken_static_decoder_falls_back_to_generate_and_says_so(tmp_path):
     _run(be, pages, "auto")
     assert broken.calls == 1                          # disabled for the rest of the run
     be.close()
+
+
+# ------------------------------------------------------------------ failures: freed first, then generate or OOM
+
+def _fail_step_after(dec, calls: int, exc: BaseException):
+    """Fault injection: the decoder's step raises `exc` on its `calls`-th call."""
+    real = dec.step
+    count = {"n": 0}
+
+    def step(*args, **kwargs):
+        count["n"] += 1
+        if count["n"] >= calls:
+            raise exc
+        return real(*args, **kwargs)
+
+    dec.step = step
+    return count
+
+
+@pytest.fixture
+def fresh_qwen(backends):
+    """The shared Qwen2-VL backend with a new decoder, its decoder state restored afterwards."""
+    be = backends("qwen_vl_2b")
+    be._static_decoder, be._decode_disabled = None, None
+    be.options.extra.pop("decode_max_len", None)
+    yield be
+    be._static_decoder, be._decode_disabled = None, None
+    be.options.extra.pop("decode_max_len", None)
+
+
+def test_error_inside_decode_frees_the_decoder_and_generate_gives_the_same_pages(fresh_qwen):
+    be = fresh_qwen
+    pages = _pages()
+    reference, _ = _run(be, pages, "hf")
+    be.options.extra["decode"] = "auto"
+    dec = be.static_decoder(GenerationParams())
+    count = _fail_step_after(dec, 3, RuntimeError("illegal memory access in a decode step"))
+    got, facts = _run(be, pages, "auto")
+    assert count["n"] == 3                       # it really failed mid-decode, after two steps
+    assert got == reference
+    assert facts["decode"] == decode.HF and "illegal memory access" in facts["decode_reason"]
+    assert dec.k is None and dec.graph_set is None and dec.rope_cos is None   # cache and graphs freed
+
+
+def test_request_the_decoder_declines_goes_to_generate_for_that_batch_only(fresh_qwen):
+    be = fresh_qwen
+    pages = _pages()
+    reference, _ = _run(be, pages, "hf")
+    be.options.extra["decode_max_len"] = 8         # shorter than any prompt: declined at admission
+    got, facts = _run(be, pages, "auto")
+    assert got == reference
+    assert facts["decode"] == decode.HF and "cache limit" in facts["decode_reason"]
+    dec = be._static_decoder
+    assert dec.stats.steps == 0 and dec.k is None   # declined before any decode work, nothing held
+    dec.max_len = None                               # the next batch fits: the decoder serves it
+    got, facts = _run(be, pages, "auto")
+    assert got == reference and facts["decode"] == decode.STATIC
+
+
+def test_out_of_memory_in_the_decoder_propagates_after_freeing(fresh_qwen):
+    """OOM is for the scheduler (split and retry), not for the generate fallback."""
+    be = fresh_qwen
+    pages = _pages()
+    reference, _ = _run(be, pages, "hf")
+    be.options.extra["decode"] = "auto"
+    dec = be.static_decoder(GenerationParams())
+    _fail_step_after(dec, 2, torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"))
+    with pytest.raises(torch.OutOfMemoryError):
+        be.generate_batch(pages, "text", GenerationParams(max_new_tokens=24))
+    assert dec.k is None and dec.graph_set is None
+    assert not getattr(be, "_decode_disabled", None)            # not a reason to stop using it
+    del dec.step                                                 # memory back: smaller retries succeed
+    for part in (pages[:1], pages[1:]):
+        got, facts = _run(be, part, "auto")
+        assert facts["decode"] == decode.STATIC
+        assert got == reference[pages.index(part[0]):pages.index(part[0]) + len(part)]

@@ -666,13 +666,19 @@ class HFBackend(Backend):
                                            processors=processors, pad_token_id=self.pad_token_id())
                     self._facts.update(decoder.facts())
                 except Exception as exc:
+                    from ..decode import HF, Unsupported
                     from ..scheduler import is_out_of_memory
+                    # The decoder has freed its cache, graphs and pool before raising.
                     if is_out_of_memory(exc):
                         raise   # the scheduler splits the batch
-                    # Our decoder is an optimisation: if it breaks on this model or library
-                    # version, say so in the report and use transformers for the rest of the run.
-                    self._decode_disabled = f"static decoder failed: {exc.__class__.__name__}: {exc}"[:300]
-                    self._facts["decode"], self._facts["decode_reason"] = "hf-generate", self._decode_disabled
+                    if isinstance(exc, Unsupported):
+                        # This request only (e.g. too long for the decoder): this batch goes to generate.
+                        reason = f"static decoder declined this batch: {exc}"[:300]
+                    else:
+                        # Our decoder is an optimisation: if it breaks on this model or library
+                        # version, say so in the report and use transformers for the rest of the run.
+                        reason = self._decode_disabled = f"static decoder failed: {exc.__class__.__name__}: {exc}"[:300]
+                    self._facts["decode"], self._facts["decode_reason"] = HF, reason
                     tracker, processors, gen_kwargs = fresh_generation_state()
             if out is None:
                 out = self.model.generate(**inputs, **gen_kwargs)
@@ -735,7 +741,8 @@ class HFBackend(Backend):
             decoder = fast.StaticDecoder(
                 self.model, use_graphs=opts.get("decode_graphs"),
                 len_bucket=int(opts.get("decode_len_bucket", 256)),
-                sync_every=opts.get("decode_sync_every"))
+                sync_every=opts.get("decode_sync_every"),
+                max_len=int(opts["decode_max_len"]) if opts.get("decode_max_len") else None)
             self._static_decoder = decoder
         self._facts["decode"] = fast.STATIC
         self._facts.pop("decode_reason", None)
