@@ -16,6 +16,7 @@ import threading
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
+from .paths import path_text, source_id
 from .records import PageResult
 
 MANIFEST = "manifest.jsonl"
@@ -64,8 +65,9 @@ class Manifest:
     """OUT/manifest.jsonl: one JSON line per page, appended as pages finish.
 
     On open, earlier lines are read (a torn last line from a killed run is ignored)
-    and kept by key (source, page): the last line wins. `compact()` rewrites the file
-    with one line per key, so reruns never duplicate entries.
+    and kept by key (resolved source, page): the last line wins, and `./x.png` and
+    `/abs/x.png` are one source. `compact()` rewrites the file with one line per key,
+    so reruns never duplicate entries.
     """
 
     def __init__(self, out: Path):
@@ -88,10 +90,10 @@ class Manifest:
                 except json.JSONDecodeError:
                     continue  # torn write from a killed run: that page is simply redone
                 if isinstance(entry, dict) and "source" in entry:
-                    self.entries[(entry["source"], entry.get("page"))] = entry
+                    self.entries[_entry_key(entry)] = entry
 
-    def is_done(self, source: str, page: int, sha256: str, model: str, options: str) -> Optional[dict[str, Any]]:
-        entry = self.entries.get((source, page))
+    def is_done(self, source: Path, page: int, sha256: str, model: str, options: str) -> Optional[dict[str, Any]]:
+        entry = self.entries.get((source_id(source), page))
         if (entry and entry.get("status") in DONE_STATUSES and entry.get("sha256") == sha256
                 and entry.get("model") == model and entry.get("options") == options):
             return entry
@@ -110,7 +112,21 @@ class Manifest:
             self._fh.write(line)
             self._fh.flush()
             os.fsync(self._fh.fileno())
-            self.entries[(entry["source"], entry.get("page"))] = entry
+            self.entries[_entry_key(entry)] = entry
+
+    def previous(self, source: Path, page: Optional[int]) -> dict[str, Any]:
+        return self.entries.get((source_id(source), page), {})
+
+    def doc_keys(self) -> dict[str, str]:
+        """Each source's output folder from earlier runs, so a rerun writes where it wrote before."""
+        keys: dict[str, str] = {}
+        for (source, _number), entry in self.entries.items():
+            doc = entry.get("doc")
+            if doc is None and entry.get("outputs"):
+                doc = entry["outputs"][0].rsplit("/", 1)[0]   # lines written before "doc" existed
+            if doc:
+                keys[source] = doc
+        return keys
 
     def _ends_with_newline(self) -> bool:
         with open(self.path, "rb") as fh:
@@ -155,7 +171,7 @@ def write_page(out: Path, result: PageResult, formats: Iterable[str]) -> list[st
         put_text(".md", result.markdown)
     if "json" in formats:
         doc = {
-            "source": str(page.source),
+            "source": path_text(page.source),
             "page": page.page,
             "model": result.model,
             "width": result.width,
@@ -171,7 +187,9 @@ def write_page(out: Path, result: PageResult, formats: Iterable[str]) -> list[st
 def manifest_entry(result: PageResult, options: str) -> dict[str, Any]:
     page = result.page
     entry = {
-        "source": str(page.source),
+        "source": path_text(page.source),
+        "resolved": source_id(page.source),
+        "doc": page.doc_key,
         "page": page.page,
         "sha256": page.sha256 or None,
         "model": result.model,
@@ -184,7 +202,13 @@ def manifest_entry(result: PageResult, options: str) -> dict[str, Any]:
         "timings": {k: round(v, 4) for k, v in result.timings.items()},
         "options": options,
     }
+    if result.empty:
+        entry["empty"] = True
     if result.repaired:
         entry["repaired"] = True
         entry["dropped_blocks"] = result.dropped_blocks
     return entry
+
+
+def _entry_key(entry: dict[str, Any]) -> tuple[str, Optional[int]]:
+    return entry.get("resolved") or source_id(entry["source"]), entry.get("page")

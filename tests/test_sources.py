@@ -24,8 +24,9 @@ def test_folder_is_recursive_and_keys_mirror_paths(tmp_path):
     items = expand_inputs([str(root / "a"), str(root / "b")])
     keys = [i.doc_key for i in items]
     # same-named files in different folders never collide; .txt beside scans is not an input
-    # b/scan.jpg sorts before b/scan.png; both collide with a/scan, so they keep their extension
-    assert keys == ["deep/scan", "scan", "scan_jpg", "scan_png"]
+    # b/scan.jpg sorts before b/scan.png; both collide with a/scan.png: the JPEG keeps its
+    # extension, the other PNG named scan gets a number
+    assert keys == ["deep/scan", "scan", "scan_jpg", "scan-2"]
     assert not any(i.path.name == "notes.txt" or i.path.name.startswith(".") for i in items)
 
 
