@@ -16,7 +16,7 @@ from typing import Union
 _UNDECODABLE = re.compile("[\udc80-\udcff]")
 
 # Windows code pages for Russian: CP1251 (ANSI: Explorer, most programs) and CP866
-# (OEM: ZIP archives and DOS tools). A name is read in whichever gives more letters.
+# (OEM: ZIP archives and DOS tools). A name is read in whichever reads more like Russian.
 LEGACY_ENCODINGS = ("cp1251", "cp866")
 
 
@@ -48,9 +48,22 @@ def readable_name(name: str) -> str:
             text = raw.decode(encoding)
         except UnicodeDecodeError:
             continue
-        # Letters and digits of any script count; CP866's box-drawing characters and
-        # CP1251's punctuation (what the other code page's letters look like) do not.
-        score = sum(ch.isalnum() for ch in text)
+        score = _russian_score(text)
         if score > best_score:
             best, best_score = text, score
     return best
+
+
+# The commonest Russian letters. Read in the wrong code page, a Russian name turns into
+# box-drawing characters, punctuation, rare Cyrillic letters (Ћ, Џ) or rare Russian ones.
+_COMMON_LETTERS = set("оеаинтсрвлкмдпу")
+
+
+def _russian_score(text: str) -> int:
+    score = 0
+    for ch in text.lower():
+        if ch in _COMMON_LETTERS:
+            score += 2
+        elif "а" <= ch <= "я" or ch == "ё" or (ch.isascii() and ch.isalnum()):
+            score += 1
+    return score
