@@ -74,6 +74,7 @@ class Manifest:
         self.path = out / MANIFEST
         self.entries: dict[tuple[str, Optional[int]], dict[str, Any]] = {}
         self._lock = threading.Lock()
+        self._shared: Optional[set[str]] = None   # computed once, from the lines read at open
         self._load()
         self._fh = None
 
@@ -93,9 +94,11 @@ class Manifest:
                     self.entries[_entry_key(entry)] = entry
 
     def is_done(self, source: Path, page: int, sha256: str, model: str, options: str) -> Optional[dict[str, Any]]:
-        entry = self.entries.get((source_id(source), page))
+        key = source_id(source)
+        entry = self.entries.get((key, page))
         if (entry and entry.get("status") in DONE_STATUSES and entry.get("sha256") == sha256
-                and entry.get("model") == model and entry.get("options") == options):
+                and entry.get("model") == model and entry.get("options") == options
+                and key not in self._shared_folder_sources()):
             return entry
         return None
 
@@ -118,15 +121,32 @@ class Manifest:
         return self.entries.get((source_id(source), page), {})
 
     def doc_keys(self) -> dict[str, str]:
-        """Each source's output folder from earlier runs, so a rerun writes where it wrote before."""
-        keys: dict[str, str] = {}
+        """Each source's output folder from earlier runs, so a rerun writes where it wrote before.
+
+        A folder that two sources wrote to (runs from before folders were kept apart) is
+        nobody's: which of them the files hold is unknown, so both get a folder afresh.
+        """
+        shared = self._shared_folder_sources()
+        return {source: doc for source, doc in self._folders().items() if source not in shared}
+
+    def _folders(self) -> dict[str, str]:
+        folders: dict[str, str] = {}
         for (source, _number), entry in self.entries.items():
             doc = entry.get("doc")
             if doc is None and entry.get("outputs"):
                 doc = entry["outputs"][0].rsplit("/", 1)[0]   # lines written before "doc" existed
             if doc:
-                keys[source] = doc
-        return keys
+                folders[source] = doc
+        return folders
+
+    def _shared_folder_sources(self) -> set[str]:
+        """Sources whose output folder another source wrote to as well: their pages are redone."""
+        if self._shared is None:
+            writers: dict[str, set[str]] = {}
+            for source, doc in self._folders().items():
+                writers.setdefault(doc, set()).add(source)
+            self._shared = {source for sources in writers.values() if len(sources) > 1 for source in sources}
+        return self._shared
 
     def _ends_with_newline(self) -> bool:
         with open(self.path, "rb") as fh:

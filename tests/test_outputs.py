@@ -188,3 +188,22 @@ def test_progress_bar_ends_on_the_reports_rate_with_skipped_apart(tmp_path):
     assert outcome.report["pages"]["skipped"] == 2 and outcome.report["pages"]["ok"] == 2
     assert f"{outcome.report['pages_per_s']:.2f} pages/s" in final, final
     assert "2 skipped" in final, final
+
+
+def test_folder_two_sources_shared_in_an_older_manifest_is_redone_apart(tmp_path):
+    """Manifests written before output folders were kept apart may give two files one folder."""
+    for folder, width in (("A", 300), ("B", 310)):
+        (tmp_path / folder).mkdir()
+        text_page(folder, size=(width, 200)).save(tmp_path / folder / "x.png")
+    out = tmp_path / "out"
+    run(config([tmp_path / "A" / "x.png", tmp_path / "B" / "x.png"], out))
+    lines = manifest(out)
+    for entry in lines:                    # as the old naming left it: both in x/, no doc field
+        entry.pop("doc"), entry.pop("resolved")
+        entry["outputs"] = [o.replace("x-2/", "x/") for o in entry["outputs"]]
+    (out / "manifest.jsonl").write_text("".join(json.dumps(e) + "\n" for e in lines))
+    again = run(config([tmp_path / "A" / "x.png", tmp_path / "B" / "x.png"], out))
+    assert again.report["pages"]["ok"] == 2 and again.report["pages"]["skipped"] == 0
+    assert (out / "x" / "page-0001.txt").read_text() == "x.png p1 300x200\n"
+    assert (out / "x-2" / "page-0001.txt").read_text() == "x.png p1 310x200\n"
+    assert run(config([tmp_path / "B" / "x.png"], out)).report["pages"]["skipped"] == 1
