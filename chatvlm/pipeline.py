@@ -19,10 +19,10 @@ from .config import RunConfig
 from .errors import EXIT_OK, EXIT_PAGES_FAILED, ChatVLMError, UsageError
 from .i18n import _
 from .layout import blocks_to_markdown, draw_overlay, markdown_to_text, picture_crops
+from .paths import path_text
 from .records import Page, PageResult, RawOutput
 from .registry import ModelSpec, all_specs, get_spec
 from .scheduler import Job, bucketed_windows, failure_reason, generate_with_backoff, rendered_pages
-from .paths import path_text
 from .sources import plan_pages
 from .timing import RunStats, stopwatch
 from .writers import REPORT, Manifest, atomic_write_text, manifest_entry, options_hash, page_stem, write_page
