@@ -258,6 +258,7 @@ class Model:
         return result.markdown if result.markdown is not None else (result.text or "")
 
     def _run(self, images: list[ImageInput], task: str) -> list[PageResult]:
+        from .pipeline import has_no_text
         from .scheduler import failure_reason, generate_with_backoff
 
         def make_page(index: int, image: ImageInput) -> Page:
@@ -277,7 +278,9 @@ class Model:
                     errors[page.index] = reason
                     results.append(None)
                     continue
-                results.append(self.backend.postprocess(page, raw, task))
+                result = self.backend.postprocess(page, raw, task)
+                result.empty = has_no_text(result)   # a blank page is "" text, not a failure
+                results.append(result)
                 page.image = None
         if errors:
             detail = "; ".join(_("image {n}: {reason}").format(n=i + 1, reason=r) for i, r in sorted(errors.items()))

@@ -435,6 +435,9 @@ class _Capture(Reporter):
     def message(self, text: str, level: str = "info") -> None:
         self.inner.message(text, level)
 
+    def summary(self, report: dict[str, Any]) -> None:
+        self.inner.summary(report)
+
     def finish(self) -> None:
         self.inner.finish()
 

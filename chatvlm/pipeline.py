@@ -16,9 +16,10 @@ from pathlib import Path
 from typing import Any, Optional
 
 from .config import RunConfig
-from .errors import EXIT_OK, EXIT_PAGES_FAILED, ChatVLMError
+from .errors import EXIT_OK, EXIT_PAGES_FAILED, ChatVLMError, UsageError
 from .i18n import _
-from .layout import blocks_to_markdown, draw_overlay, picture_crops
+from .layout import blocks_to_markdown, draw_overlay, markdown_to_text, picture_crops
+from .paths import path_text
 from .records import Page, PageResult, RawOutput
 from .registry import ModelSpec, all_specs, get_spec
 from .scheduler import Job, bucketed_windows, failure_reason, generate_with_backoff, rendered_pages
@@ -33,6 +34,8 @@ class Reporter:
     def start(self, total: int, model: str) -> None: ...
     def advance(self, result: PageResult) -> None: ...
     def message(self, text: str, level: str = "info") -> None: ...
+    def summary(self, report: dict[str, Any]) -> None:
+        """The run's report, just before finish() (not called when the run broke off)."""
     def finish(self) -> None: ...
 
 
@@ -91,29 +94,40 @@ def run(config: RunConfig, reporter: Optional[Reporter] = None, backend=None) ->
     failed_files: list[Page] = []
     jobs: list[Job] = []
     skipped: list[Page] = []
-    for page, doc in plan_pages(config.inputs, config.pages, config.max_image_pixels):
+    # Sources keep the output folders earlier runs gave them; the output folder is never input.
+    for page, doc in plan_pages(config.inputs, config.pages, config.max_image_pixels,
+                                reserved=manifest.doc_keys(), exclude=(out,)):
         if config.max_pages is not None and len(jobs) + len(skipped) >= config.max_pages:
             break
         if doc is None:
             failed_files.append(page)
             continue
-        if not config.force and manifest.is_done(str(page.source), page.page, doc.sha256, spec.name, opts):
+        if not config.force and manifest.is_done(page.source, page.page, doc.sha256, spec.name, opts):
             skipped.append(page)
             continue
         jobs.append(Job(page=page, render=_renderer(doc, page.page, config)))
     for index, job in enumerate(jobs):
         job.page.index = index
+    if not (jobs or failed_files or skipped):
+        manifest.close()
+        if config.pages:
+            raise UsageError(_("nothing to do: --pages {pages} selects no page of the inputs").format(pages=config.pages))
+        raise UsageError(_("nothing to do: no PDF or image found in the inputs"))
+    if skipped and not (jobs or failed_files):
+        reporter.message(_("all {n} pages were done by an earlier run (see {manifest}); --force redoes them").format(
+            n=len(skipped), manifest=manifest.path), "hint")
 
     reporter.start(len(jobs) + len(failed_files) + len(skipped), spec.name)
+    completed = False
     try:
         for page in failed_files:
-            reporter.message(_("{path}: {reason}").format(path=page.source, reason=page.error), "error")
+            reporter.message(_("{path}: {reason}").format(path=path_text(page.source), reason=page.error), "error")
             finish_page(PageResult.failed(page, spec.name, page.error or "unreadable"))
         for page in skipped:
-            previous = manifest.entries[(str(page.source), page.page)]
+            previous = manifest.previous(page.source, page.page)
             result = PageResult(page=page, model=spec.name, status="skipped", outputs=previous.get("outputs", []),
                                 finish_reason=previous.get("finish_reason"), input_tokens=previous.get("input_tokens"),
-                                output_tokens=previous.get("output_tokens"))
+                                output_tokens=previous.get("output_tokens"), empty=bool(previous.get("empty")))
             finish_page(result)
 
         engine: dict[str, Any] = {}
@@ -128,9 +142,11 @@ def run(config: RunConfig, reporter: Optional[Reporter] = None, backend=None) ->
                 stats.load_s = backend.load_s or (time.perf_counter() - load_start)
             _recognise_all(config, spec, backend, jobs, stats, finish_page, reporter)
             engine = backend.describe()
+        completed = True
     finally:
         manifest.close()
-        reporter.finish()
+        if not completed:
+            reporter.finish()
         if owned is not None:
             owned.close()
 
@@ -139,10 +155,13 @@ def run(config: RunConfig, reporter: Optional[Reporter] = None, backend=None) ->
         "task": config.task,
         "formats": list(config.formats),
         "dpi": config.dpi,
-        "inputs": list(config.inputs),
-        "out": str(out),
+        "inputs": [path_text(arg) for arg in config.inputs],
+        "out": path_text(out),
     })
     atomic_write_text(out / REPORT, json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+    # The progress bar ends on the report's own numbers (pages/s, skipped pages).
+    reporter.summary(report)
+    reporter.finish()
     code = EXIT_PAGES_FAILED if stats.failed else EXIT_OK
     return RunOutcome(exit_code=code, report=report, results=results)
 
@@ -210,7 +229,7 @@ def _write_window(config: RunConfig, spec: ModelSpec, backend, window: list[Page
         outputs = outputs.result()
     for page in window:
         if not page.ok:
-            reporter.message(_("{path} page {page}: {reason}").format(path=page.source, page=page.page, reason=page.error), "error")
+            reporter.message(_("{path} page {page}: {reason}").format(path=path_text(page.source), page=page.page, reason=page.error), "error")
             finish_page(PageResult.failed(page, spec.name, page.error or "unreadable"))
         else:
             finish_page(_finish(config, spec, backend, page, outputs[id(page)], reporter))
@@ -220,7 +239,7 @@ def _write_window(config: RunConfig, spec: ModelSpec, backend, window: list[Page
 def _finish(config: RunConfig, spec: ModelSpec, backend, page: Page, raw, reporter: Reporter) -> PageResult:
     reason = failure_reason(raw)
     if reason is not None:
-        reporter.message(_("{path} page {page}: recognition failed: {reason}").format(path=page.source, page=page.page, reason=reason), "error")
+        reporter.message(_("{path} page {page}: recognition failed: {reason}").format(path=path_text(page.source), page=page.page, reason=reason), "error")
         return PageResult.failed(page, spec.name, _("recognition failed: {reason}").format(reason=reason))
     timings = page.timings
     try:
@@ -228,16 +247,26 @@ def _finish(config: RunConfig, spec: ModelSpec, backend, page: Page, raw, report
             result = backend.postprocess(page, raw, config.task)
             _add_page_images(config, page, result)
         result.timings = timings
+        result.empty = has_no_text(result)
+        if result.empty:
+            reporter.message(_("{path} page {page}: no text on this page").format(path=path_text(page.source), page=page.page), "info")
         with stopwatch(timings, "write"):
             result.outputs = write_page(config.out, result, config.formats)
         result.timings = timings
     except Exception as exc:
-        reporter.message(_("{path} page {page}: cannot write output: {reason}").format(path=page.source, page=page.page, reason=exc), "error")
+        reporter.message(_("{path} page {page}: cannot write output: {reason}").format(path=path_text(page.source), page=page.page, reason=exc), "error")
         return PageResult.failed(page, spec.name, f"postprocess/write failed: {exc.__class__.__name__}: {exc}")
     if result.finish_reason == "loop":
         reporter.message(_("{path} page {page}: the model started repeating itself; output cut at the repetition").format(
-            path=page.source, page=page.page), "warning")
+            path=path_text(page.source), page=page.page), "warning")
     return result
+
+
+def has_no_text(result: PageResult) -> bool:
+    """A blank page, a photo or a form without words: nothing to read, which is no failure."""
+    if (result.text or "").strip() or any(block.text.strip() for block in result.layout or []):
+        return False
+    return not markdown_to_text(result.markdown or "").strip()
 
 
 def _add_page_images(config: RunConfig, page: Page, result: PageResult) -> None:

@@ -104,6 +104,7 @@ class PageResult:
     output_tokens: Optional[int] = None
     repaired: bool = False          # the model output was malformed and salvaged
     dropped_blocks: int = 0         # blocks the salvage left out (broken tail, repeats, bad boxes)
+    empty: bool = False             # recognised, and the page holds no text (a blank back, a photo)
     timings: dict[str, float] = field(default_factory=dict)
     images: dict[str, Any] = field(default_factory=dict)  # extra images to write (crops, overlay): name -> PIL image
     outputs: list[str] = field(default_factory=list)      # written paths, relative to OUT

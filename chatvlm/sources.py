@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Iterator, Optional
 
 from .errors import InputError, UsageError
 from .i18n import _
+from .paths import readable_name, source_id
 
 if TYPE_CHECKING:
     from .records import Page
@@ -62,41 +63,54 @@ class Document:
 
 # --------------------------------------------------------------------------- inputs
 
-def expand_inputs(inputs: list[str]) -> list[InputFile]:
-    """Expand CLI arguments into input files, deduplicated, in a stable order."""
+def expand_inputs(inputs: list[str], reserved: Optional[dict[str, str]] = None,
+                  exclude: tuple[Path, ...] = ()) -> list[InputFile]:
+    """Expand CLI arguments into input files, deduplicated, in a stable order.
+
+    `reserved` maps sources (paths.source_id) to the output folders earlier runs gave
+    them: such a source keeps its folder and no other source gets it. Files under a
+    folder in `exclude` (the output folder) are never taken from a folder or a glob.
+    """
     found: list[InputFile] = []
-    seen: set[Path] = set()
-    used_keys: set[str] = set()
+    seen: set[str] = set()
+    # output folder -> the source holding it, so two sources never share a folder
+    holders: dict[str, str] = {key: source for source, key in (reserved or {}).items()}
+    excluded = [p.expanduser().resolve() for p in exclude]
 
     def add(path: Path, base: Optional[Path], error: Optional[str] = None) -> None:
+        source = source_id(path)
         if error is None:
-            real = path.resolve()
-            if real in seen:
+            if source in seen:
                 return
-            seen.add(real)
-        key = _unique_key(_doc_key(path, base), path, used_keys)
+            seen.add(source)
+        key = (reserved or {}).get(source) or _unique_key(_doc_key(path, base), source, holders)
+        holders.setdefault(key, source)
         found.append(InputFile(path=path, doc_key=key, error=error))
 
+    def wanted(path: Path) -> bool:
+        real = path.resolve()
+        return not any(real == folder or folder in real.parents for folder in excluded)
+
     for arg in _read_list_files(inputs):
-        if GLOB_CHARS.search(arg):
+        path = Path(arg).expanduser()
+        if GLOB_CHARS.search(arg) and not path.exists():
+            # An existing file is itself, whatever its name holds (`scan [1].png`).
             matches = sorted(glob.glob(arg, recursive=True))
-            files = [Path(m) for m in matches if Path(m).is_file()]
+            files = [Path(m) for m in matches if Path(m).is_file() and wanted(Path(m))]
             if not files:
                 add(Path(arg), None, _("no file matches this pattern"))
             base = _glob_base(arg)
             for f in files:
                 add(f, base)
+        elif path.is_dir():
+            files = sorted(p for p in path.rglob("*") if p.is_file() and not _hidden(p, path)
+                           and p.suffix.lower() in DOCUMENT_EXTENSIONS and wanted(p))
+            for f in files:
+                add(f, path)
+        elif path.is_file():
+            add(path, None)
         else:
-            path = Path(arg).expanduser()
-            if path.is_dir():
-                files = sorted(p for p in path.rglob("*") if p.is_file() and not _hidden(p, path)
-                               and p.suffix.lower() in DOCUMENT_EXTENSIONS)
-                for f in files:
-                    add(f, path)
-            elif path.is_file():
-                add(path, None)
-            else:
-                add(path, None, _("no such file or folder"))
+            add(path, None, _("no such file or folder"))
     return found
 
 
@@ -114,9 +128,10 @@ def _read_list_files(inputs: list[str]) -> list[str]:
                 if line and not line.startswith("#"):
                     # Relative entries are relative to the list file, like most tools do.
                     entry = Path(line).expanduser()
-                    if not entry.is_absolute() and not GLOB_CHARS.search(line):
+                    if not entry.is_absolute():
                         candidate = list_path.parent / entry
-                        entry = candidate if candidate.exists() or not entry.exists() else entry
+                        if candidate.exists() or (not entry.exists() and not GLOB_CHARS.search(line)):
+                            entry = candidate
                     out.append(str(entry))
         else:
             out.append(arg)
@@ -152,23 +167,26 @@ def _doc_key(path: Path, base: Optional[Path]) -> str:
 
 
 def _safe_part(part: str) -> str:
-    cleaned = re.sub(r"[\x00-\x1f/\\:*?\"<>|]", "_", part).strip()
+    cleaned = re.sub(r"[\x00-\x1f/\\:*?\"<>|]", "_", readable_name(part)).strip()
     return cleaned or "_"
 
 
-def _unique_key(key: str, path: Path, used: set[str]) -> str:
-    if key not in used:
-        used.add(key)
+def _unique_key(key: str, source: str, holders: dict[str, str]) -> str:
+    """`key`, or when another source holds it, a free variant of it.
+
+    The same stem with another extension (a.png beside a.pdf) gets the extension
+    (`a_pdf`); the same file name from another folder gets a number (`x-2`, `x-3`).
+    """
+    holder = holders.get(key)
+    if holder is None or holder == source:
         return key
-    # Same stem twice (a.png and a.pdf, or two arguments with the same file name):
-    # keep the extension, then count, so outputs never collide.
-    candidate = f"{key}_{path.suffix.lstrip('.')}" if path.suffix else key
+    suffix = Path(source).suffix.lstrip(".")
+    if suffix and Path(holder).suffix.lstrip(".").lower() != suffix.lower() and f"{key}_{suffix}" not in holders:
+        return f"{key}_{suffix}"
     n = 2
-    while candidate in used:
-        candidate = f"{key}-{n}"
+    while f"{key}-{n}" in holders:
         n += 1
-    used.add(candidate)
-    return candidate
+    return f"{key}-{n}"
 
 
 # --------------------------------------------------------------------------- page ranges
@@ -280,8 +298,8 @@ def _pdf_info(path: Path) -> tuple[int, dict[int, tuple[float, float]]]:
         raise InputError(_pdf_reason(str(exc))) from None
     except Exception as exc:  # poppler can fail in many ways on broken files
         raise InputError(_pdf_reason(str(exc))) from None
-    if str(info.get("Encrypted", "no")).lower().startswith("yes"):
-        raise InputError(_("the PDF is encrypted (password protected); decrypt it first (e.g. qpdf --decrypt)"))
+    # "Encrypted: yes" alone is no refusal: a PDF with only an owner password (print or
+    # copy restrictions) opens without one, and one that needs a password failed above.
     pages = int(info.get("Pages", 0) or 0)
     if pages <= 0:
         raise InputError(_("the PDF has no pages (damaged or truncated file)"))
@@ -449,17 +467,19 @@ def _to_rgb(img):
 
 # --------------------------------------------------------------------------- convenience
 
-def plan_pages(inputs: list[str], pages: Optional[str] = None,
-               max_pixels: int = DEFAULT_MAX_PIXELS) -> Iterator[tuple["Page", Optional[Document]]]:
+def plan_pages(inputs: list[str], pages: Optional[str] = None, max_pixels: int = DEFAULT_MAX_PIXELS,
+               reserved: Optional[dict[str, str]] = None,
+               exclude: tuple[Path, ...] = ()) -> Iterator[tuple["Page", Optional[Document]]]:
     """Every selected page of every input, not yet rendered: (page, its document).
 
     An input that cannot be opened comes as one Page with page=None, its error set and no
     document. Opening reads page counts and hashes only; pixels come from doc.render().
+    `reserved` and `exclude` are expand_inputs'.
     """
     from .records import Page
 
     ranges = parse_page_ranges(pages)
-    for item in expand_inputs(inputs):
+    for item in expand_inputs(inputs, reserved, exclude):
         if item.error:
             yield Page(source=item.path, doc_key=item.doc_key, page=None, error=item.error), None
             continue

@@ -11,6 +11,7 @@ from rich.table import Table
 from rich.text import Text
 
 from .i18n import N_, _
+from .paths import path_text
 from .pipeline import Reporter
 from .records import PageResult
 
@@ -24,9 +25,19 @@ STAGE_NAMES = (N_("render"), N_("preprocess"), N_("recognise"), N_("postprocess"
 
 
 class PagesPerSecond(ProgressColumn):
+    """Pages recognised per second, as the report counts them; pages skipped apart.
+
+    Rich's own speed counts every advance over a short window, so pages skipped as done
+    (hundreds in a second) or a batch written at once made it many times the real rate.
+    """
+
     def render(self, task) -> Text:
-        speed = task.finished_speed or task.speed
-        return Text(f"{speed:.2f} " + _("pages/s") if speed else "– " + _("pages/s"), style="progress.data.speed")
+        speed = task.fields.get("pages_per_s")
+        text = f"{speed:.2f} " + _("pages/s") if speed else "– " + _("pages/s")
+        skipped = task.fields.get("skipped")
+        if skipped:
+            text += ", " + _("{n} skipped").format(n=skipped)
+        return Text(text, style="progress.data.speed")
 
 
 class RichReporter(Reporter):
@@ -37,6 +48,9 @@ class RichReporter(Reporter):
         self.progress: Optional[Progress] = None
         self.task = None
         self.show_progress = show_progress and VERBOSITY["level"] > 0
+        self.started = time.perf_counter()
+        self.ok = 0
+        self.skipped = 0
 
     def start(self, total: int, model: str) -> None:
         if not self.show_progress:
@@ -47,14 +61,20 @@ class RichReporter(Reporter):
             console=self.console, transient=False,
         )
         self.progress.start()
-        self.task = self.progress.add_task(model, total=total)
+        self.task = self.progress.add_task(model, total=total, pages_per_s=None, skipped=0)
+        self.started = time.perf_counter()
 
     def advance(self, result: PageResult) -> None:
+        self.ok += result.status == "ok"
+        self.skipped += result.status == "skipped"
         if self.progress is not None:
-            self.progress.advance(self.task)
+            # Until the report says better: recognised pages over the time since the start.
+            elapsed = time.perf_counter() - self.started
+            self.progress.update(self.task, advance=1, skipped=self.skipped,
+                                 pages_per_s=self.ok / elapsed if self.ok and elapsed > 0 else None)
         if VERBOSITY["level"] >= 2 and result.status == "ok":
             self.message(_("{path} page {page}: {status} ({reason})").format(
-                path=result.page.source, page=result.page.page, status=result.status, reason=result.finish_reason), "info")
+                path=path_text(result.page.source), page=result.page.page, status=result.status, reason=result.finish_reason), "info")
 
     def message(self, text: str, level: str = "info") -> None:
         if VERBOSITY["level"] == 0 and level not in ("error",):
@@ -67,6 +87,11 @@ class RichReporter(Reporter):
         line.append(text, style=style)
         # Through the progress console, so the bar is redrawn below the message, not torn.
         (self.progress.console if self.progress is not None else self.console).print(line)
+
+    def summary(self, report: dict[str, Any]) -> None:
+        if self.progress is not None:
+            self.progress.update(self.task, pages_per_s=report.get("pages_per_s") or None,
+                                 skipped=report["pages"]["skipped"])
 
     def finish(self) -> None:
         if self.progress is not None:

@@ -16,6 +16,7 @@ import threading
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
+from .paths import path_text, source_id
 from .records import PageResult
 
 MANIFEST = "manifest.jsonl"
@@ -64,14 +65,16 @@ class Manifest:
     """OUT/manifest.jsonl: one JSON line per page, appended as pages finish.
 
     On open, earlier lines are read (a torn last line from a killed run is ignored)
-    and kept by key (source, page): the last line wins. `compact()` rewrites the file
-    with one line per key, so reruns never duplicate entries.
+    and kept by key (resolved source, page): the last line wins, and `./x.png` and
+    `/abs/x.png` are one source. `compact()` rewrites the file with one line per key,
+    so reruns never duplicate entries.
     """
 
     def __init__(self, out: Path):
         self.path = out / MANIFEST
         self.entries: dict[tuple[str, Optional[int]], dict[str, Any]] = {}
         self._lock = threading.Lock()
+        self._shared: Optional[set[str]] = None   # computed once, from the lines read at open
         self._load()
         self._fh = None
 
@@ -88,12 +91,14 @@ class Manifest:
                 except json.JSONDecodeError:
                     continue  # torn write from a killed run: that page is simply redone
                 if isinstance(entry, dict) and "source" in entry:
-                    self.entries[(entry["source"], entry.get("page"))] = entry
+                    self.entries[_entry_key(entry)] = entry
 
-    def is_done(self, source: str, page: int, sha256: str, model: str, options: str) -> Optional[dict[str, Any]]:
-        entry = self.entries.get((source, page))
+    def is_done(self, source: Path, page: int, sha256: str, model: str, options: str) -> Optional[dict[str, Any]]:
+        key = source_id(source)
+        entry = self.entries.get((key, page))
         if (entry and entry.get("status") in DONE_STATUSES and entry.get("sha256") == sha256
-                and entry.get("model") == model and entry.get("options") == options):
+                and entry.get("model") == model and entry.get("options") == options
+                and key not in self._shared_folder_sources()):
             return entry
         return None
 
@@ -110,7 +115,38 @@ class Manifest:
             self._fh.write(line)
             self._fh.flush()
             os.fsync(self._fh.fileno())
-            self.entries[(entry["source"], entry.get("page"))] = entry
+            self.entries[_entry_key(entry)] = entry
+
+    def previous(self, source: Path, page: Optional[int]) -> dict[str, Any]:
+        return self.entries.get((source_id(source), page), {})
+
+    def doc_keys(self) -> dict[str, str]:
+        """Each source's output folder from earlier runs, so a rerun writes where it wrote before.
+
+        A folder that two sources wrote to (runs from before folders were kept apart) is
+        nobody's: which of them the files hold is unknown, so both get a folder afresh.
+        """
+        shared = self._shared_folder_sources()
+        return {source: doc for source, doc in self._folders().items() if source not in shared}
+
+    def _folders(self) -> dict[str, str]:
+        folders: dict[str, str] = {}
+        for (source, _number), entry in self.entries.items():
+            doc = entry.get("doc")
+            if doc is None and entry.get("outputs"):
+                doc = entry["outputs"][0].rsplit("/", 1)[0]   # lines written before "doc" existed
+            if doc:
+                folders[source] = doc
+        return folders
+
+    def _shared_folder_sources(self) -> set[str]:
+        """Sources whose output folder another source wrote to as well: their pages are redone."""
+        if self._shared is None:
+            writers: dict[str, set[str]] = {}
+            for source, doc in self._folders().items():
+                writers.setdefault(doc, set()).add(source)
+            self._shared = {source for sources in writers.values() if len(sources) > 1 for source in sources}
+        return self._shared
 
     def _ends_with_newline(self) -> bool:
         with open(self.path, "rb") as fh:
@@ -155,7 +191,7 @@ def write_page(out: Path, result: PageResult, formats: Iterable[str]) -> list[st
         put_text(".md", result.markdown)
     if "json" in formats:
         doc = {
-            "source": str(page.source),
+            "source": path_text(page.source),
             "page": page.page,
             "model": result.model,
             "width": result.width,
@@ -171,7 +207,9 @@ def write_page(out: Path, result: PageResult, formats: Iterable[str]) -> list[st
 def manifest_entry(result: PageResult, options: str) -> dict[str, Any]:
     page = result.page
     entry = {
-        "source": str(page.source),
+        "source": path_text(page.source),
+        "resolved": source_id(page.source),
+        "doc": page.doc_key,
         "page": page.page,
         "sha256": page.sha256 or None,
         "model": result.model,
@@ -184,7 +222,13 @@ def manifest_entry(result: PageResult, options: str) -> dict[str, Any]:
         "timings": {k: round(v, 4) for k, v in result.timings.items()},
         "options": options,
     }
+    if result.empty:
+        entry["empty"] = True
     if result.repaired:
         entry["repaired"] = True
         entry["dropped_blocks"] = result.dropped_blocks
     return entry
+
+
+def _entry_key(entry: dict[str, Any]) -> tuple[str, Optional[int]]:
+    return entry.get("resolved") or source_id(entry["source"]), entry.get("page")

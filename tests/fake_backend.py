@@ -1,7 +1,8 @@
 """A small fake backend registered through the real registry, for pipeline and CLI tests.
 
 It "recognises" a page by reporting its size; it can be told (through BackendOptions.extra)
-to sleep per page, to fail on pages of a given width, or to raise out-of-memory for
+to sleep per page, to fail on pages of a given width, to find no text on pages of a given
+width (an empty answer, as a VLM gives for a blank page), or to raise out-of-memory for
 batches larger than a limit, so the pipeline's error paths run for real.
 """
 
@@ -11,6 +12,7 @@ import os
 import time
 
 from chatvlm.backends.base import Backend
+from chatvlm.paths import path_text
 from chatvlm.records import LayoutBlock, PageResult, RawOutput
 from chatvlm.registry import ModelSpec, register
 
@@ -45,11 +47,18 @@ class FakeBackend(Backend):
             w, h = page.image.size
             if self.options.extra.get("fail_width") == w:
                 raise ValueError(f"cannot handle width {w}")
-            outs.append(RawOutput(text=f"{page.source.name} p{page.page} {w}x{h}", input_tokens=w, output_tokens=h))
+            if self.options.extra.get("empty_width") == w:
+                outs.append(RawOutput(text="", input_tokens=w, output_tokens=1))
+                continue
+            name = path_text(page.source.name)
+            outs.append(RawOutput(text=f"{name} p{page.page} {w}x{h}", input_tokens=w, output_tokens=h))
         return outs
 
     def postprocess(self, page, raw, task):
         w, h = page.image.size
+        if not raw.text:
+            return PageResult(page=page, model=self.spec.name, text="", markdown="", layout=[], width=w, height=h,
+                              finish_reason=raw.finish_reason, input_tokens=raw.input_tokens, output_tokens=raw.output_tokens)
         return PageResult(page=page, model=self.spec.name, text=raw.text + "\n", markdown=f"# {raw.text}\n",
                           layout=[LayoutBlock(bbox=[0, 0, w, h], category="Text", text=raw.text)],
                           width=w, height=h, finish_reason=raw.finish_reason,

@@ -192,3 +192,10 @@ def test_tiny_vlm_answers_with_history(tiny_qwen):
     assert isinstance(second, str)
     assert history == [("What is the total?", first)]   # the caller's history is not changed
     assert tiny_qwen.ask(small, "What is the total?") == first   # greedy: reproducible
+
+
+def test_blank_page_is_empty_text_not_an_error(tess):
+    blank = Image.new("RGB", (800, 1000), "white")
+    assert tess.ocr(blank) == ""
+    assert tess.ocr_batch([blank, render_page(ENGLISH)])[0] == ""
+    assert tess.recognize(blank).empty is True

@@ -24,8 +24,9 @@ def test_folder_is_recursive_and_keys_mirror_paths(tmp_path):
     items = expand_inputs([str(root / "a"), str(root / "b")])
     keys = [i.doc_key for i in items]
     # same-named files in different folders never collide; .txt beside scans is not an input
-    # b/scan.jpg sorts before b/scan.png; both collide with a/scan, so they keep their extension
-    assert keys == ["deep/scan", "scan", "scan_jpg", "scan_png"]
+    # b/scan.jpg sorts before b/scan.png; both collide with a/scan.png: the JPEG keeps its
+    # extension, the other PNG named scan gets a number
+    assert keys == ["deep/scan", "scan", "scan_jpg", "scan-2"]
     assert not any(i.path.name == "notes.txt" or i.path.name.startswith(".") for i in items)
 
 
@@ -115,3 +116,62 @@ def test_transparent_png_becomes_white_paper(tmp_path):
     img.save(path)
     out = open_document(path, "t").render(1)
     assert out.mode == "RGB" and out.getpixel((10, 10)) == (255, 255, 255)
+
+
+def test_existing_file_with_brackets_is_itself_not_a_glob(tmp_path):
+    text_page("one").save(tmp_path / "scan [1].png")
+    text_page("two").save(tmp_path / "scan1.png")           # what the glob [1] would match
+    (tmp_path / "list.txt").write_text("scan [1].png\n")
+    for arg in (str(tmp_path / "scan [1].png"), f"@{tmp_path / 'list.txt'}"):
+        (item,) = expand_inputs([arg])
+        assert item.error is None and item.path.name == "scan [1].png" and item.doc_key == "scan [1]"
+    # a pattern that names no existing file is still a glob
+    assert [i.path.name for i in expand_inputs([str(tmp_path / "scan[1].png")])] == ["scan1.png"]
+
+
+def test_folders_reserved_by_earlier_runs_and_the_output_folder(tmp_path):
+    from chatvlm.paths import source_id
+
+    for folder in ("A", "B"):
+        (tmp_path / folder).mkdir()
+        text_page(folder).save(tmp_path / folder / "x.png")
+    a, b = tmp_path / "A" / "x.png", tmp_path / "B" / "x.png"
+    assert [i.doc_key for i in expand_inputs([str(a), str(b)])] == ["x", "x-2"]
+    # an earlier run gave B's x.png the folder x: it keeps it, A's gets another
+    assert [i.doc_key for i in expand_inputs([str(a), str(b)], reserved={source_id(b): "x"})] == ["x-2", "x"]
+    out = tmp_path / "A" / "out"
+    (out / "x").mkdir(parents=True)
+    text_page("overlay").save(out / "x" / "page-0001.layout.png")
+    assert [i.path for i in expand_inputs([str(tmp_path / "A")], exclude=(out,))] == [a]
+    assert [i.path for i in expand_inputs([str(tmp_path / "**" / "*.png")], exclude=(out,))] == [a, b]
+
+
+def test_pdf_with_only_an_owner_password_opens(tmp_path):
+    pypdf = pytest.importorskip("pypdf", reason="pypdf makes the owner-password PDF (pip install -e .[test])")
+    plain = tmp_path / "plain.pdf"
+    text_page("restricted").save(plain, resolution=100)
+    writer = pypdf.PdfWriter(clone_from=str(plain))
+    # no user password: anyone may open it; the owner password only restricts printing and copying
+    writer.encrypt(user_password="", owner_password="owner secret", algorithm="RC4-128", permissions_flag=0)
+    locked = tmp_path / "locked.pdf"
+    writer.write(str(locked))
+    doc = open_document(locked, "locked")
+    assert doc.page_count == 1 and doc.render(1, dpi=100).size[0] > 500
+    writer = pypdf.PdfWriter(clone_from=str(plain))
+    writer.encrypt(user_password="user secret", owner_password="owner secret", algorithm="RC4-128")
+    writer.write(str(tmp_path / "needs-password.pdf"))
+    with pytest.raises(InputError, match="password protected"):
+        open_document(tmp_path / "needs-password.pdf", "needs-password")
+
+
+def test_names_that_are_not_utf8_read_as_russian_code_pages():
+    import os
+
+    from chatvlm.paths import path_text, readable_name
+
+    for word in ("Пример", "Отчёт 1", "обмен", "Счёт-фактура №5", "ИТОГИ 2023"):
+        for encoding in ("cp1251", "cp866"):
+            name = os.fsdecode(word.encode(encoding))
+            assert readable_name(name) == word, (word, encoding)
+    assert path_text(os.fsdecode(b"in/\xcf\xf0.png")) == "in/\\xcf\\xf0.png"
+    assert readable_name("plain.png") == "plain.png" and path_text("Пример.png") == "Пример.png"

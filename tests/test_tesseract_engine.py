@@ -74,3 +74,29 @@ def test_a_crashed_worker_costs_no_page(tmp_path):
     assert outcome.exit_code == 0 and [e["status"] for e in entries] == ["ok"] * 4
     for i, entry in enumerate(entries):
         assert f"Page number {i}" in (tmp_path / "out" / entry["outputs"][0]).read_text()
+
+
+def blank_like_pages():
+    """Pages with nothing to read: blank paper, a gradient photo, noise, a ruled form without words."""
+    import numpy as np
+    from PIL import Image, ImageDraw
+
+    from tests.conftest import noise_page
+
+    blank = Image.new("RGB", (800, 1000), "white")
+    gradient = Image.fromarray(np.tile(np.linspace(0, 255, 800), (600, 1)).astype("uint8")).convert("RGB")
+    form = Image.new("RGB", (800, 1000), "white")
+    draw = ImageDraw.Draw(form)
+    draw.rectangle([40, 90, 760, 910], outline="black", width=3)
+    for y in range(150, 900, 50):
+        draw.line([(50, y), (750, y)], fill="black", width=2)
+    return [blank, gradient, noise_page(800, 600, seed=0), form]
+
+
+def test_pages_without_text_are_empty_not_failures():
+    from chatvlm.pipeline import has_no_text
+
+    results = recognise(blank_like_pages())
+    assert [r.status for r in results] == ["ok"] * 4
+    assert [r.text for r in results] == [""] * 4
+    assert all(has_no_text(r) for r in results)

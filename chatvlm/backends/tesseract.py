@@ -272,7 +272,7 @@ def recognise_image(image) -> dict[str, Any]:
                 block_type = iterator.BlockType()
                 block_bbox = iterator.BoundingBox(level_block)
                 block_paras = []
-            text = (iterator.GetUTF8Text(level_para) or "").strip()
+            text = _utf8_text(lambda: iterator.GetUTF8Text(level_para)).strip()
             if text:
                 block_paras.append(text)
             if not iterator.Next(level_para):
@@ -280,7 +280,7 @@ def recognise_image(image) -> dict[str, Any]:
         if block_bbox is not None:
             blocks.append((block_bbox, block_type, block_paras))
     confidence = api.MeanTextConf()
-    full_text = api.GetUTF8Text() or ""
+    full_text = _utf8_text(api.GetUTF8Text)
     api.Clear()
     return {
         "text": full_text,
@@ -291,6 +291,20 @@ def recognise_image(image) -> dict[str, Any]:
         "confidence": confidence,
         "seconds": time.perf_counter() - start,
     }
+
+
+def _utf8_text(get_text) -> str:
+    """Text of a page or block; "" where there is none.
+
+    tesserocr raises RuntimeError("No text returned") for a page or block without
+    words (a blank page, a photo, a ruled form): that is an empty page, not a failure.
+    """
+    try:
+        return get_text() or ""
+    except RuntimeError as exc:
+        if "no text" in str(exc).lower():
+            return ""
+        raise
 
 
 def _orientation(image) -> int:
