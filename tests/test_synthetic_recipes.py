@@ -113,3 +113,21 @@ def test_recipe_builds_and_bench_generates_exactly_n_tokens(name, tmp_path, one_
     if name == "deepseek_ocr":
         assert row["engine"]["mode"] == "small"
     assert outcome.exit_code == 0
+
+
+def test_full_size_recipes_of_the_ports_keep_the_official_ids_and_budgets(tmp_path):
+    """What the GPU check builds at full size: the recipe folders the ports' loaders read."""
+    from chatvlm.backends.base import create_backend
+
+    folders = {}
+    for name in ("dots_ocr", "phi3_vision", "deepseek_ocr"):
+        folders[name] = synthetic.prepare_checkpoint(name, get_spec(name).full_config, tmp_path / name)
+        assert json.loads((folders[name] / "config.json").read_text()) == get_spec(name).full_config
+    dots = create_backend(get_spec("dots_ocr")).load_processor(folders["dots_ocr"])
+    assert (dots.min_pixels, dots.max_pixels) == (3136, 11289600)          # the official pixel budget
+    assert dots.tokenizer.convert_tokens_to_ids("<|imgpad|>") == dots.image_token_id == 151665
+    assert dots.tokenizer.convert_tokens_to_ids("<|endofassistant|>") == 151673
+    phi3 = create_backend(get_spec("phi3_vision")).load_processor(folders["phi3_vision"])
+    assert phi3.num_crops == 16 and phi3.tokenizer.convert_tokens_to_ids("<|end|>") == 32007
+    assert (folders["deepseek_ocr"] / "decode_tokenizer" / "tokenizer.json").is_file()
+    assert json.loads((folders["deepseek_ocr"] / "processor_config.json").read_text())["patch_size"] == 16
