@@ -40,7 +40,8 @@ def test_plan_covers_every_vlm_and_the_two_baselines(tmp_path):
     assert _arg(cmd["qwen_vl_2b"], "--batch-size") == "auto" and _arg(cmd["qwen_vl_2b"], "--tokens") == "512"
     assert _arg(cmd["qwen_vl_2b-generate"], "-O") == "decode=hf"
     assert _arg(cmd["qwen_vl_2b-batch1"], "--batch-size") == "1" and _arg(cmd["qwen_vl_2b-batch1"], "--max-pages") == "4"
-    assert _arg(cmd["deepseek_ocr"], "--max-pages") == "64" and "--device" not in cmd["deepseek_ocr"]
+    assert _arg(cmd["qwen3_vl_2b"], "--max-pages") == "64" and _arg(cmd["dots_ocr"], "--max-pages") == "64"
+    assert _arg(cmd["deepseek_ocr"], "--max-pages") == "32" and "--device" not in cmd["deepseek_ocr"]
     assert [r.id for r in gpucheck.plan_runs(Settings(out=tmp_path, models=["got_ocr_hf"]))] == ["got_ocr_hf"]
 
 
