@@ -265,13 +265,21 @@ class Model:
             source = Path(image) if isinstance(image, (str, Path)) else Path(f"<image {index + 1}>")
             return Page(source=source, doc_key=source.stem, page=1, image=to_image(image), index=index)
 
-        size = max(1, self.backend.default_batch_size(self.params))
+        state = {"size": max(1, self.backend.default_batch_size(self.params))}
+
+        def shrink(size: int) -> None:   # out of memory: later chunks use the smaller size
+            state["size"] = min(state["size"], size)
+
         results: list[Optional[PageResult]] = []
         errors: dict[int, str] = {}
-        for start in range(0, len(images), size):
+        start = 0
+        while start < len(images):
             # Decoded one batch at a time, so a long list of paths never sits in memory as pixels.
+            size = state["size"]
             chunk = [make_page(start + i, image) for i, image in enumerate(images[start:start + size])]
-            outputs = generate_with_backoff(lambda b: self.backend.generate_batch(b, task, self.params), chunk)
+            start += len(chunk)
+            outputs = generate_with_backoff(lambda b: self.backend.generate_batch(b, task, self.params), chunk,
+                                            shrink, release=self.backend.release_memory)
             for page, raw in zip(chunk, outputs):
                 reason = failure_reason(raw)
                 if reason is not None:

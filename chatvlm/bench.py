@@ -466,7 +466,7 @@ def run_bench(config: BenchConfig, models: list[str], reporter: Optional[Reporte
                     "max_new_tokens": config.tokens if config.synthetic else config.base.generation.max_new_tokens,
                     "max_pixels": config.base.generation.max_pixels, "device": config.base.backend.device,
                     "dtype": config.base.backend.dtype, "attn": config.base.backend.attn,
-                    "lang": config.base.backend.lang},
+                    "lang": config.base.backend.lang, "model_options": dict(config.base.backend.extra)},
         "warmup_page": ({"source": str(warmup_page.source), "page": warmup_page.page} if warmup_page else None),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "models": [],

@@ -294,6 +294,7 @@ def bench(
     max_pixels: Optional[int] = typer.Option(None, "--max-pixels", help=_("Model pixel budget per page (overrides the model's).")),
     max_image_pixels: int = typer.Option(50_000_000, "--max-image-pixels", help=_("Pages above this are downscaled; far above it, refused.")),
     workers: Optional[int] = typer.Option(None, "--workers", help=_("CPU engine worker processes (default: one per core).")),
+    model_option: Optional[List[str]] = typer.Option(None, "--model-option", "-O", help=_("Setting KEY=VALUE for every model of the run, repeatable (e.g. decode=hf).")),
 ) -> None:
     from . import bench as bench_mod
     from .ui import RichReporter, stderr, stdout
@@ -304,7 +305,8 @@ def bench(
         if ignore_case not in ("auto", "yes", "no"):
             raise UsageError(_("--ignore-case must be auto, yes or no"))
         base = _build_config("bench", inputs, out, "auto", "text,markdown", pages, dpi, True, lang, None, device, dtype,
-                             attn, batch_size, max_new_tokens, max_pixels, False, False, max_image_pixels, workers)
+                             attn, batch_size, max_new_tokens, max_pixels, False, False, max_image_pixels, workers,
+                             extra=parse_model_options(model_option))
         base.max_pages = max_pages
         config = bench_mod.BenchConfig(
             base=base, model_paths=bench_mod.parse_assignments(model_path, "--model-path"), repeats=repeats,

@@ -22,7 +22,7 @@ from .layout import blocks_to_markdown, draw_overlay, markdown_to_text, picture_
 from .paths import path_text
 from .records import Page, PageResult, RawOutput
 from .registry import ModelSpec, all_specs, get_spec
-from .scheduler import Job, bucketed_windows, failure_reason, generate_with_backoff, rendered_pages
+from .scheduler import Job, bucketed_windows, failure_reason, generate_with_backoff, rendered_pages, split_to_size
 from .sources import plan_pages
 from .timing import RunStats, stopwatch
 from .writers import REPORT, Manifest, atomic_write_text, manifest_entry, options_hash, page_stem, write_page
@@ -187,20 +187,23 @@ def _recognise_all(config: RunConfig, spec: ModelSpec, backend, jobs: list[Job],
 
     def recognise_groups(groups: list[list[Page]]) -> dict[int, Any]:
         outputs: dict[int, Any] = {}
-        for batch in groups:
-            if len(batch) == 1 and not batch[0].ok:
+        for group in groups:
+            if len(group) == 1 and not group[0].ok:
                 continue
-            start = time.perf_counter()
-            raws = generate_with_backoff(lambda b: backend.generate_batch(b, config.task, params), batch, shrink)
-            elapsed = time.perf_counter() - start
-            stats.gpu_busy_s += elapsed
-            stats.batches += 1
-            for page, raw in zip(batch, raws):
-                measured = raw.generate_s if isinstance(raw, RawOutput) and raw.generate_s else elapsed / len(batch)
-                page.timings["recognise"] = measured
-                if isinstance(raw, RawOutput) and raw.preprocess_s:
-                    page.timings["preprocess"] = raw.preprocess_s
-                outputs[id(page)] = raw
+            # A size learnt from an out-of-memory error after this window was cut applies at once.
+            for batch in split_to_size(group, state["batch_size"]):
+                start = time.perf_counter()
+                raws = generate_with_backoff(lambda b: backend.generate_batch(b, config.task, params), batch, shrink,
+                                             release=backend.release_memory)
+                elapsed = time.perf_counter() - start
+                stats.gpu_busy_s += elapsed
+                stats.batches += 1
+                for page, raw in zip(batch, raws):
+                    measured = raw.generate_s if isinstance(raw, RawOutput) and raw.generate_s else elapsed / len(batch)
+                    page.timings["recognise"] = measured
+                    if isinstance(raw, RawOutput) and raw.preprocess_s:
+                        page.timings["preprocess"] = raw.preprocess_s
+                    outputs[id(page)] = raw
         return outputs
 
     # Postprocessing and writing run in one writer thread, in input order, while the next

@@ -121,28 +121,76 @@ def is_out_of_memory(exc: BaseException) -> bool:
     return name in ("OutOfMemoryError", "MemoryError") or "out of memory" in str(exc).lower()
 
 
+def probe_batch_size(free_bytes: int, probe_peak_bytes: int, probe_pages: int, probe_new_tokens: int,
+                     max_new_tokens: int, kv_bytes_per_token: int, headroom: float = 0.8, cap: int = 256) -> int:
+    """Batch size from a measured probe: `probe_pages` pages run through prefill and
+    `probe_new_tokens` decode steps took `probe_peak_bytes` above the memory held before.
+
+    One page then costs its share of that peak plus the KV cache of the decode steps the
+    probe did not run (max_new_tokens - probe_new_tokens). The free memory times `headroom`
+    (the safety margin: pages bigger than the probe's, allocator fragmentation) is divided
+    by that, rounded down to a power of two.
+    """
+    per_page = probe_peak_bytes / max(1, probe_pages)
+    per_page += max(0, max_new_tokens - probe_new_tokens) * max(0, kv_bytes_per_token)
+    return auto_batch_size(free_bytes, int(per_page), headroom=headroom, cap=cap)
+
+
 def generate_with_backoff(generate: Callable[[list[Page]], list], pages: list[Page],
-                          on_shrink: Optional[Callable[[int], None]] = None) -> list:
+                          on_shrink: Optional[Callable[[int], None]] = None,
+                          release: Optional[Callable[[], None]] = None) -> list:
     """Run a batch; on failure split it in halves and retry, so no page is lost.
 
-    Out-of-memory also tells the caller (on_shrink) to use smaller batches from now on.
-    A single page that still fails comes back as an exception object in its slot.
+    After an out-of-memory error everything the failed attempt held is freed first
+    (`release`: the backend's caches, then Python garbage and the CUDA cache), and the
+    caller is told (on_shrink) the smaller size to use from now on. A page fails for
+    out-of-memory only when it fails alone on an emptied card: a single page that hit
+    it is retried once after the memory is freed. Any other error splits the batch the
+    same way, so one bad page cannot take its neighbours with it; a single page that
+    still fails comes back as the exception object in its slot.
     """
+    outputs, error = _attempt(generate, pages)
+    if error is None:
+        return outputs
+    out_of_memory = is_out_of_memory(error)
+    if out_of_memory:
+        # The traceback holds the failed attempt's frames (and their tensors): drop it first.
+        error.__traceback__ = None
+        free_memory(release)
+    if len(pages) == 1:
+        if not out_of_memory:
+            return [error]
+        del error
+        outputs, error = _attempt(generate, pages)   # alone, on an emptied card
+        if error is None:
+            return outputs
+        error.__traceback__ = None
+        free_memory(release)
+        return [error]
+    half = len(pages) // 2
+    if out_of_memory and on_shrink is not None:
+        on_shrink(max(1, len(pages) - half))
+    del error
+    return (generate_with_backoff(generate, pages[:half], on_shrink, release)
+            + generate_with_backoff(generate, pages[half:], on_shrink, release))
+
+
+def _attempt(generate: Callable[[list[Page]], list], pages: list[Page]) -> tuple[Optional[list], Optional[BaseException]]:
+    """(outputs, None) or (None, the exception): the caller handles the failure outside the
+    `except` block, where the failed frames are no longer alive."""
     try:
         outputs = generate(pages)
         if len(outputs) != len(pages):
             raise RuntimeError(f"backend returned {len(outputs)} outputs for {len(pages)} pages")
-        return outputs
+        return outputs, None
     except Exception as exc:
-        if len(pages) == 1:
-            return [exc]
-        if is_out_of_memory(exc):
-            _free_accelerator_memory()
-            if on_shrink is not None:
-                on_shrink(max(1, len(pages) // 2))
-        half = len(pages) // 2
-        return (generate_with_backoff(generate, pages[:half], on_shrink)
-                + generate_with_backoff(generate, pages[half:], on_shrink))
+        return None, exc
+
+
+def split_to_size(batch: list[Page], size: int) -> list[list[Page]]:
+    """A batch cut into pieces of at most `size` pages (a size learnt after the batch was formed)."""
+    size = max(1, size)
+    return [batch[i:i + size] for i in range(0, len(batch), size)] or [batch]
 
 
 def failure_reason(outcome) -> Optional[str]:
@@ -152,10 +200,22 @@ def failure_reason(outcome) -> Optional[str]:
     return getattr(outcome, "error", None) or None
 
 
-def _free_accelerator_memory() -> None:
+def free_memory(release: Optional[Callable[[], None]] = None) -> None:
+    """Give back what a failed attempt held: the backend's own caches (`release`), Python
+    garbage (tensors kept alive by reference cycles), then the CUDA allocator's cache."""
+    if release is not None:
+        try:
+            release()
+        except Exception:
+            pass   # freeing must never turn one failure into two
+    import gc
+    gc.collect()
     try:
-        import torch
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
+        import sys
+        if "torch" in sys.modules:
+            import torch
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+                torch.cuda.empty_cache()
     except Exception:
         pass

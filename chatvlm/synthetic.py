@@ -12,6 +12,11 @@ dominate, are exact.
 
 `HFBackend.load()` builds the model from this folder with `from_config` (random weights,
 initialised directly on the target device) when `BackendOptions.synthetic` is set.
+
+The models chatvlm ports itself (dots_ocr, phi3_vision, deepseek_ocr) have no transformers
+config or processor class: their recipes write the files the port's own loaders read
+(config.json as the hub ships it, the preprocessor settings, a byte-level tokenizer with the
+official special-token ids), and the backend builds the port with its `build_from_config`.
 """
 
 from __future__ import annotations
@@ -90,6 +95,56 @@ def _deepseek_ocr2(config: dict[str, Any]):
     return config, processor
 
 
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    path.write_text(json.dumps(data, indent=2), encoding="utf-8")
+
+
+def _dots_ocr(config: dict[str, Any], folder: Path) -> None:
+    """config.json as given; the official preprocessor settings (pixel budget 3136..11,289,600,
+    14-px patches merged 2x2, CLIP normalisation); dots' special tokens at their official ids."""
+    from .models.dots_ocr.processing import MAX_PIXELS, MIN_PIXELS
+    from .models.dots_ocr.testing import build_tiny_tokenizer
+
+    _write_json(folder / "config.json", config)
+    _write_json(folder / "preprocessor_config.json", {
+        "min_pixels": MIN_PIXELS, "max_pixels": MAX_PIXELS, "patch_size": 14, "temporal_patch_size": 1,
+        "merge_size": 2, "image_mean": CLIP_MEAN, "image_std": CLIP_STD,
+        "image_processor_type": "Qwen2VLImageProcessor", "processor_class": "DotsVLProcessor"})
+    build_tiny_tokenizer(folder)   # reads config.json's vocab size: official ids at full size
+
+
+def _phi3_vision(config: dict[str, Any], folder: Path) -> None:
+    """config.json as given; the official image processor (HD transform, 336-px crops); a
+    byte-level tokenizer with the official special ids (at vocab 32064 they are the real ones)."""
+    from .models.phi3_vision import Phi3VImageProcessor
+    from .models.phi3_vision.testing import build_tiny_tokenizer
+
+    build_tiny_tokenizer(folder, vocab_size=int(config.get("vocab_size", 32064)))
+    _write_json(folder / "config.json", config)
+    _write_json(folder / "preprocessor_config.json", Phi3VImageProcessor().to_dict())
+
+
+def _deepseek_ocr(config: dict[str, Any], folder: Path) -> None:
+    """config.json as given; the processor settings (16-px patches, 4x downsampling, mean/std
+    0.5); the official prompts keep their real ids without a tokenizer, so a byte-level one
+    (folder decode_tokenizer/) only decodes the random tokens."""
+    from .models.deepseek_ocr.testing import build_tiny_tokenizer
+
+    _write_json(folder / "config.json", config)
+    _write_json(folder / "processor_config.json", {
+        "image_token": "<image>", "patch_size": 16, "downsample_ratio": 4,
+        "image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5]})
+    vocab = int(config.get("vocab_size") or (config.get("language_config") or {}).get("vocab_size") or 129280)
+    build_tiny_tokenizer(folder / "decode_tokenizer", vocab_size=vocab)
+
+
+# Models chatvlm ports itself: the recipe writes the checkpoint folder (no weights) directly.
+PORT_RECIPES: dict[str, Callable[[dict[str, Any], Path], None]] = {
+    "dots_ocr": _dots_ocr,
+    "phi3_vision": _phi3_vision,
+    "deepseek_ocr": _deepseek_ocr,
+}
+
 RECIPES: dict[str, Callable[[dict[str, Any]], tuple[dict[str, Any], Any]]] = {
     "qwen_vl_2b": lambda c: _qwen(c, 2),
     "qwen3_vl_2b": lambda c: _qwen(c, 3),
@@ -105,16 +160,19 @@ def prepare_checkpoint(name: str, config: dict[str, Any], folder: Path) -> Path:
     from .errors import ModelUnavailableError
     from .i18n import _
 
-    if name not in RECIPES:
+    if name not in RECIPES and name not in PORT_RECIPES:
         raise ModelUnavailableError(_("not available yet: no synthetic recipe for model '{name}'").format(name=name))
     if not config or "model_type" not in config:
         raise ModelUnavailableError(_("model '{name}': the synthetic config needs a model_type").format(name=name))
-    config, processor = RECIPES[name](config)
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    fields = {k: v for k, v in config.items() if k != "model_type"}
-    AutoConfig.for_model(config["model_type"], **fields).save_pretrained(folder)
-    processor.save_pretrained(folder)
+    if name in PORT_RECIPES:
+        PORT_RECIPES[name](json.loads(json.dumps(config)), folder)
+    else:
+        config, processor = RECIPES[name](config)
+        fields = {k: v for k, v in config.items() if k != "model_type"}
+        AutoConfig.for_model(config["model_type"], **fields).save_pretrained(folder)
+        processor.save_pretrained(folder)
     (folder / "SYNTHETIC_RANDOM_WEIGHTS.txt").write_text(
         "Synthetic checkpoint built by chatvlm bench --synthetic: config and processor only; weights are random.\n")
     return folder

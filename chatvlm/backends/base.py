@@ -40,6 +40,10 @@ class Backend(ABC):
     def close(self) -> None:
         """Release the model. Backends holding GPU memory override this."""
 
+    def release_memory(self) -> None:
+        """Free caches the backend keeps between batches (e.g. a decoder's KV pool), after an
+        out-of-memory error; the model stays loaded. Backends holding such caches override this."""
+
     def describe(self) -> dict[str, Any]:
         """Engine facts for the report: device, dtype, attention kernel, versions."""
         return {}

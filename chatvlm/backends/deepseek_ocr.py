@@ -24,7 +24,6 @@ their real token ids (the processor knows them without a tokenizer).
 from __future__ import annotations
 
 import json
-import tempfile
 from pathlib import Path
 from typing import Optional
 
@@ -77,24 +76,12 @@ class DeepseekOcrBackend(DeepseekGroundingMixin, HFBackend):
         return deepseek_ocr.from_pretrained(path, dtype=dtype, device=self.device, attn_implementation=attn)
 
     def synthetic_checkpoint(self) -> Path:
-        """Full config + processor config (no weights); a byte-level tokenizer with the official
-        special-token ids, used only to decode the random tokens."""
-        from ..models.deepseek_ocr.testing import build_tiny_tokenizer
+        """The shared recipe (chatvlm.synthetic): full config and processor settings, no
+        weights; its byte-level tokenizer (official special ids) only decodes the random tokens."""
+        from transformers import PreTrainedTokenizerFast
 
-        config = dict(self.options.extra.get("config") or self.spec.full_config or {})
-        if not config:
-            raise ModelUnavailableError(f"model '{self.spec.name}': no full config for synthetic mode")
-        folder = Path(tempfile.mkdtemp(prefix=f"chatvlm-synthetic-{self.spec.name}-"))
-        self._synthetic_dir = folder
-        self._facts["synthetic"] = True
-        (folder / "config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
-        (folder / "processor_config.json").write_text(json.dumps({
-            "image_token": "<image>", "patch_size": 16, "downsample_ratio": 4,
-            "image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5]}), encoding="utf-8")
-        (folder / "SYNTHETIC_RANDOM_WEIGHTS.txt").write_text(
-            "Synthetic checkpoint built by chatvlm bench --synthetic: config only; weights are random.\n")
-        vocab = int(config.get("vocab_size") or config.get("language_config", {}).get("vocab_size") or 129280)
-        self._decode_tokenizer = build_tiny_tokenizer(folder / "decode_tokenizer", vocab_size=vocab)
+        folder = super().synthetic_checkpoint()
+        self._decode_tokenizer = PreTrainedTokenizerFast.from_pretrained(str(folder / "decode_tokenizer"))
         return folder
 
     def after_load(self) -> None:

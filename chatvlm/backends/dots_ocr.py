@@ -63,8 +63,12 @@ class DotsOcrBackend(HFBackend):
         return proc
 
     def load_model(self, path: Path, dtype, attn: str):
-        from ..models.dots_ocr import from_pretrained
+        from ..models.dots_ocr import build_from_config, from_pretrained
 
+        if self.options.synthetic:
+            # bench --synthetic: the real architecture from the full config, random weights
+            # created directly on the device.
+            return build_from_config(path / "config.json", dtype=dtype, device=self.device, attn_implementation=attn)
         return from_pretrained(path, dtype=dtype, device=self.device, attn_implementation=attn)
 
     def after_load(self) -> None:

@@ -319,6 +319,52 @@ def strip_code_fence(text: str) -> str:
     return m.group(1) if m else text
 
 
+# --------------------------------------------------------------------------- memory
+
+PROBE_PAGE_SIZE = (1654, 2339)    # A4 at 200 DPI: what a page of a scanned document usually is
+
+
+class MemoryMeter:
+    """The memory counters the batch-size probe reads (bytes)."""
+
+    def free(self) -> int: ...
+    def allocated(self) -> int: ...
+    def peak(self) -> int: ...
+    def reset_peak(self) -> None: ...
+
+
+class CudaMemory(MemoryMeter):
+    def __init__(self, device: str):
+        import torch
+        self.torch, self.device = torch, torch.device(device)
+
+    def free(self) -> int:
+        return int(self.torch.cuda.mem_get_info(self.device)[0])
+
+    def allocated(self) -> int:
+        return int(self.torch.cuda.memory_allocated(self.device))
+
+    def peak(self) -> int:
+        return int(self.torch.cuda.max_memory_allocated(self.device))
+
+    def reset_peak(self) -> None:
+        self.torch.cuda.reset_peak_memory_stats(self.device)
+
+
+def probe_page(index: int = 0) -> Page:
+    """A4 page at 200 DPI with lines of dark bars (text-like): the pixel count, not the
+    content, decides a page's image tokens and so its memory."""
+    from PIL import Image, ImageDraw
+
+    width, height = PROBE_PAGE_SIZE
+    image = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(image)
+    for y in range(160, height - 160, 48):
+        for x in range(140, width - 240, 180):
+            draw.rectangle([x, y, x + 120 + (x * 7 + y) % 50, y + 22], fill=(20, 20, 20))
+    return Page(source=Path(f"<probe page {index + 1}>"), doc_key="probe", page=1, image=image, index=index)
+
+
 # --------------------------------------------------------------------------- the base backend
 
 class HFBackend(Backend):
@@ -485,22 +531,101 @@ class HFBackend(Backend):
         return facts
 
     def default_batch_size(self, params: GenerationParams) -> int:
-        """--batch-size, else on a GPU the largest batch the free memory holds (`auto`), else 1."""
+        """--batch-size, else on a GPU the largest batch the free memory holds (`auto`), else 1.
+
+        `auto` is measured: a probe batch runs prefill and a few decode steps on the loaded
+        model, and its peak memory, scaled to the free memory with a safety margin, sets the
+        size (`measure_batch_size`). Where the probe cannot run, an estimate from the KV-cache
+        size stands in (`page_memory_bytes`)."""
         if params.batch_size:
             return params.batch_size
-        if not self.device.startswith("cuda"):
+        meter = self.memory_meter()
+        if meter is None:
             return 1
+        key = self.max_new_tokens(params)
+        known = getattr(self, "_auto_batch", {})
+        if key in known:
+            return known[key]
         try:
-            import torch
-            free, _total = torch.cuda.mem_get_info(torch.device(self.device))
+            size = self.measure_batch_size(params, meter)
+        except Exception as exc:
+            from ..scheduler import free_memory, is_out_of_memory
+            exc.__traceback__ = None
+            free_memory(self.release_memory)
+            self._facts["auto_batch_probe"] = f"failed: {exc.__class__.__name__}: {exc}"[:300]
+            # Two small pages did not fit: one at a time. Any other failure: the estimate.
+            size = 1 if is_out_of_memory(exc) else self.estimated_batch_size(params, meter)
+        self._facts["auto_batch_size"] = size
+        self._auto_batch = {**known, key: size}
+        return size
+
+    def memory_meter(self) -> Optional["MemoryMeter"]:
+        """The accelerator's memory counters, or None on a CPU (no probe there)."""
+        if not self.device.startswith("cuda"):
+            return None
+        return CudaMemory(self.device)
+
+    def estimated_batch_size(self, params: GenerationParams, meter: "MemoryMeter") -> int:
+        from ..scheduler import auto_batch_size
+        try:
+            free = meter.free()
             per_page = self.page_memory_bytes(params)
         except Exception:
             return self.default_gpu_batch
-        from ..scheduler import auto_batch_size
-        size = auto_batch_size(free, per_page)
-        self._facts["auto_batch_size"] = size
         self._facts["estimated_page_memory_mb"] = round(per_page / 2**20, 1)
+        return auto_batch_size(free, per_page)
+
+    def probe_task(self) -> str:
+        return "markdown" if "markdown" in self.spec.tasks else self.spec.tasks[0]
+
+    def measure_batch_size(self, params: GenerationParams, meter: "MemoryMeter") -> int:
+        """Run `probe_pages` blank A4 pages (200 DPI) through prefill and `probe_tokens` decode
+        steps; their peak memory above what the model holds, per page, plus the KV cache of
+        the steps not run, divided into the memory then free (times the margin)."""
+        import dataclasses
+
+        from ..scheduler import free_memory, probe_batch_size
+
+        extra = self.options.extra
+        pages_n = max(1, int(extra.get("probe_pages", 2)))
+        tokens = max(1, min(int(extra.get("probe_tokens", 8)), self.max_new_tokens(params)))
+        margin = float(extra.get("probe_margin", 0.8))
+        probe = dataclasses.replace(params, max_new_tokens=tokens, batch_size=pages_n)
+        pages = [probe_page(i) for i in range(pages_n)]
+        free_memory(self.release_memory)
+        meter.reset_peak()
+        held = meter.allocated()
+        t0 = time.perf_counter()
+        self.generate_batch(pages, self.probe_task(), probe)
+        peak = max(0, meter.peak() - held)
+        probe_s = time.perf_counter() - t0
+        free_memory(self.release_memory)     # the probe's own pool and cache go back first
+        free = meter.free()
+        kv = self.kv_bytes_per_token()
+        size = probe_batch_size(free, peak, pages_n, tokens, self.max_new_tokens(params), kv, headroom=margin)
+        self._facts["auto_batch_probe"] = {
+            "pages": pages_n, "new_tokens": tokens, "peak_mb": round(peak / 2**20, 1),
+            "free_mb": round(free / 2**20, 1), "kv_kb_per_token": round(kv / 1024, 1), "margin": margin,
+            "seconds": round(probe_s, 3)}
         return size
+
+    def release_memory(self) -> None:
+        """After an out-of-memory error: drop the static decoder's KV pool and graphs (they
+        are rebuilt, at the size needed, by the next batch)."""
+        decoder = getattr(self, "_static_decoder", None)
+        if decoder is not None:
+            decoder.release()
+
+    def kv_bytes_per_token(self) -> int:
+        """Keys and values of one token of one page across the language model's layers."""
+        from ..scheduler import kv_cache_bytes_per_token
+        config = self.model.config
+        text = config.get_text_config() if hasattr(config, "get_text_config") else config
+        heads = int(getattr(text, "num_attention_heads"))
+        kv_heads = int(getattr(text, "num_key_value_heads", None) or heads)
+        head_dim = int(getattr(text, "head_dim", None) or text.hidden_size // heads)
+        dtype_bytes = 2 if "16" in str(self.dtype) else 4
+        return kv_cache_bytes_per_token(int(text.num_hidden_layers), kv_heads, head_dim, dtype_bytes)
 
     def prompt_tokens_estimate(self) -> int:
         """Prompt length of a typical page: image tokens at the pixel budget plus the text.
@@ -514,15 +639,8 @@ class HFBackend(Backend):
     def page_memory_bytes(self, params: GenerationParams) -> int:
         """GPU memory one page costs in a batch: its KV cache for prompt + new tokens, with
         the same again for activations (vision tower, attention workspace, logits)."""
-        from ..scheduler import kv_cache_bytes_per_token
-        text = self.model.config.get_text_config() if hasattr(self.model.config, "get_text_config") else self.model.config
-        heads = int(getattr(text, "num_attention_heads"))
-        kv_heads = int(getattr(text, "num_key_value_heads", None) or heads)
-        head_dim = int(getattr(text, "head_dim", None) or text.hidden_size // heads)
-        dtype_bytes = 2 if "16" in str(self.dtype) else 4
         tokens = self.prompt_tokens_estimate() + self.max_new_tokens(params)
-        per_token = kv_cache_bytes_per_token(int(text.num_hidden_layers), kv_heads, head_dim, dtype_bytes)
-        return 2 * tokens * per_token
+        return 2 * tokens * self.kv_bytes_per_token()
 
     # ----------------------------------------------------------------- generation hooks
     def build_inputs(self, pages: list[Page], task: str, params: GenerationParams) -> dict:

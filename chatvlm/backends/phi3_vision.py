@@ -88,34 +88,6 @@ class Phi3VisionBackend(HFBackend):
             return build_from_config(config, dtype=dtype, device=self.device, attn_implementation=attn)
         return from_pretrained(path, dtype=dtype, device=self.device, attn_implementation=attn)
 
-    def synthetic_checkpoint(self) -> Path:
-        """bench --synthetic: config.json (options.extra["config"] or the spec's full config),
-        the official preprocessor_config.json and a byte-level tokenizer with the official
-        special ids (at vocab 32064 they are the real ones, so no id remapping); no weights.
-        Image tokens, which dominate a page, are exact; the prompt text tokenises byte by byte
-        (a few dozen tokens more than the real tokenizer)."""
-        import tempfile
-
-        from ..models.phi3_vision import Phi3VImageProcessor
-        from ..models.phi3_vision.testing import build_tiny_tokenizer
-
-        config = dict(self.options.extra.get("config") or self.spec.full_config or {})
-        if not config:
-            raise ModelUnavailableError(_(
-                "not available yet: no full config in the registry (pass --synthetic-config {name}=config.json)"
-            ).format(name=self.spec.name))
-        folder = Path(tempfile.mkdtemp(prefix=f"chatvlm-synthetic-{self.spec.name}-"))
-        self._synthetic_dir = folder
-        self._facts["synthetic"] = True
-        build_tiny_tokenizer(folder, vocab_size=int(config.get("vocab_size", 32064)))
-        (folder / "config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
-        (folder / "preprocessor_config.json").write_text(json.dumps(Phi3VImageProcessor().to_dict(), indent=2),
-                                                         encoding="utf-8")
-        (folder / "SYNTHETIC_RANDOM_WEIGHTS.txt").write_text(
-            "Synthetic checkpoint built by chatvlm bench --synthetic: config, processor and a byte-level "
-            "tokenizer only; weights are random.\n", encoding="utf-8")
-        return folder
-
     def after_load(self) -> None:
         self._facts["num_crops"] = self.processor.num_crops
         report = getattr(self.model, "load_report", None)

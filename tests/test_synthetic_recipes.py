@@ -1,0 +1,133 @@
+"""Every VLM has a synthetic recipe, and `bench --synthetic` runs each of them.
+
+On CPU each model is built from a reduced config (the registry's full-size configs take
+minutes and gigabytes there) through the same recipe and backend code the full-size run
+uses, and must generate exactly N tokens for every page.
+"""
+
+import json
+
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+from chatvlm import bench, synthetic
+from chatvlm.config import BackendOptions, GenerationParams, RunConfig
+from chatvlm.registry import all_specs, get_spec
+from tests.conftest import write_noise_pages
+
+VLMS = sorted(s.name for s in all_specs() if s.repo_id is not None)
+TOKENS = 3
+
+
+def _tiny_configs() -> dict[str, dict]:
+    from chatvlm.models.deepseek_ocr import official_config_dict
+    from chatvlm.models.dots_ocr.testing import config_dict as dots_config
+    from chatvlm.models.phi3_vision.testing import tiny_config as phi3_config
+
+    small_text = dict(vocab_size=400, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096)
+    return {
+        "qwen_vl_2b": {
+            "model_type": "qwen2_vl", "tie_word_embeddings": True,
+            "text_config": {**small_text, "tie_word_embeddings": True,
+                            "rope_parameters": {"rope_type": "default", "mrope_section": [2, 1, 1],
+                                                "rope_theta": 1000000.0}},
+            "vision_config": {"depth": 1, "embed_dim": 32, "hidden_size": 32, "num_heads": 2, "mlp_ratio": 2,
+                              "patch_size": 14, "spatial_merge_size": 2, "temporal_patch_size": 2},
+        },
+        "qwen3_vl_2b": {
+            "model_type": "qwen3_vl", "tie_word_embeddings": True,
+            "text_config": {**small_text, "model_type": "qwen3_vl_text", "head_dim": 8, "tie_word_embeddings": True,
+                            "rope_parameters": {"rope_type": "default", "mrope_section": [2, 1, 1],
+                                                "mrope_interleaved": True, "rope_theta": 5000000.0}},
+            "vision_config": {"model_type": "qwen3_vl", "depth": 2, "hidden_size": 32, "intermediate_size": 64,
+                              "num_heads": 2, "patch_size": 16, "spatial_merge_size": 2, "temporal_patch_size": 2,
+                              "out_hidden_size": 32, "num_position_embeddings": 64,
+                              "deepstack_visual_indexes": [0]},
+        },
+        "got_ocr_hf": {   # 256-px SAM view: 16 image tokens (the recipe's processor follows image_size)
+            "model_type": "got_ocr2", "image_seq_length": 16, "tie_word_embeddings": True,
+            "text_config": {**small_text, "model_type": "qwen2", "tie_word_embeddings": True},
+            "vision_config": {"model_type": "got_ocr2_vision", "hidden_size": 16, "output_channels": 16,
+                              "num_hidden_layers": 1, "num_attention_heads": 2, "image_size": 256,
+                              "patch_size": 16, "window_size": 4, "global_attn_indexes": [], "mlp_dim": 32},
+        },
+        "deepseek_ocr2": {
+            "model_type": "deepseek_ocr2",
+            "text_config": {**small_text, "num_key_value_heads": 4, "max_position_embeddings": 8192,
+                            "n_routed_experts": 4, "num_experts_per_tok": 2, "n_shared_experts": 1,
+                            "moe_intermediate_size": 16, "mlp_layer_types": ["dense", "sparse"],
+                            "bos_token_id": 0, "eos_token_id": 1, "pad_token_id": 2},
+            "vision_config": {
+                "sam_config": {"hidden_size": 16, "output_channels": 16, "num_hidden_layers": 1,
+                               "num_attention_heads": 2, "image_size": 1024, "patch_size": 16, "window_size": 8,
+                               "global_attn_indexes": [], "mlp_dim": 32, "downsample_channels": [16, 32]},
+                "encoder_config": {"vocab_size": 16, "hidden_size": 32, "intermediate_size": 64,
+                                   "num_hidden_layers": 1, "num_attention_heads": 4, "num_key_value_heads": 2,
+                                   "max_position_embeddings": 2048},
+            },
+        },
+        "dots_ocr": dots_config(vocab_size=1000),
+        "phi3_vision": phi3_config(),
+        "deepseek_ocr": official_config_dict(
+            vocab_size=129280, hidden_size=32, intermediate_size=64, moe_intermediate_size=16, num_hidden_layers=2,
+            num_attention_heads=2, n_routed_experts=4, num_experts_per_tok=2, n_shared_experts=1, sam_width=16,
+            sam_layers=2, sam_heads=1, sam_global_attn_indexes=(1,), sam_downsample_channels=(16, 32),
+            clip_layers=1, clip_heads=2),
+    }
+
+
+def test_every_vlm_has_a_recipe_and_a_full_config():
+    assert len(VLMS) == 7
+    assert set(synthetic.RECIPES) | set(synthetic.PORT_RECIPES) == set(VLMS)
+    for name in VLMS:
+        assert "model_type" in (get_spec(name).full_config or {}), name
+    # `--models all` with --synthetic is those seven, and nothing is refused for want of a recipe
+    config = bench.BenchConfig(base=RunConfig(inputs=[], out=None), synthetic=True)
+    assert sorted(bench.select_models("all", config)) == VLMS
+    assert all(bench._unavailable_reason(config, get_spec(n)) is None for n in VLMS)
+
+
+@pytest.mark.parametrize("name", VLMS)
+def test_recipe_builds_and_bench_generates_exactly_n_tokens(name, tmp_path, one_torch_thread):
+    (tmp_path / "in").mkdir()
+    pages = write_noise_pages(tmp_path / "in", [(160, 120), (96, 200)])
+    config_path = tmp_path / f"{name}.json"
+    config_path.write_text(json.dumps(_tiny_configs()[name]))
+    # "mode" reaches every model like -O does; DeepSeek-OCR reads it (one 640-px view instead of tiles)
+    extra = {"mode": "small"} if name == "deepseek_ocr" else {}
+    base = RunConfig(inputs=[str(p) for p in pages], out=tmp_path / "out", model="auto",
+                     backend=BackendOptions(device="cpu", extra=extra),
+                     generation=GenerationParams(max_pixels=40_000))
+    config = bench.BenchConfig(base=base, synthetic=True, tokens=TOKENS, warmup=False,
+                               synthetic_configs={name: config_path}, command_line=["test"])
+    outcome = bench.run_bench(config, [name])
+    (row,) = outcome.report["models"]
+    assert row["status"] == "ok", row["error"]
+    assert [(d["output_tokens"], d["finish_reason"], d["status"]) for d in row["pages_detail"]] == \
+        [(TOKENS, "length", "ok")] * 2
+    assert row["engine"]["synthetic"] is True and row["accuracy"] is None
+    assert outcome.report["options"]["model_options"] == extra
+    if name == "deepseek_ocr":
+        assert row["engine"]["mode"] == "small"
+    assert outcome.exit_code == 0
+
+
+def test_full_size_recipes_of_the_ports_keep_the_official_ids_and_budgets(tmp_path):
+    """What the GPU check builds at full size: the recipe folders the ports' loaders read."""
+    from chatvlm.backends.base import create_backend
+
+    folders = {}
+    for name in ("dots_ocr", "phi3_vision", "deepseek_ocr"):
+        folders[name] = synthetic.prepare_checkpoint(name, get_spec(name).full_config, tmp_path / name)
+        assert json.loads((folders[name] / "config.json").read_text()) == get_spec(name).full_config
+    dots = create_backend(get_spec("dots_ocr")).load_processor(folders["dots_ocr"])
+    assert (dots.min_pixels, dots.max_pixels) == (3136, 11289600)          # the official pixel budget
+    assert dots.tokenizer.convert_tokens_to_ids("<|imgpad|>") == dots.image_token_id == 151665
+    assert dots.tokenizer.convert_tokens_to_ids("<|endofassistant|>") == 151673
+    phi3 = create_backend(get_spec("phi3_vision")).load_processor(folders["phi3_vision"])
+    assert phi3.num_crops == 16 and phi3.tokenizer.convert_tokens_to_ids("<|end|>") == 32007
+    assert (folders["deepseek_ocr"] / "decode_tokenizer" / "tokenizer.json").is_file()
+    assert json.loads((folders["deepseek_ocr"] / "processor_config.json").read_text())["patch_size"] == 16
