@@ -16,8 +16,10 @@ reference notes). Three pieces, usable on their own:
   also catching repeated lines whose tokenisation differs slightly.
 
 Plus the models' own settings: `WindowedNoRepeatNGram` (DeepSeek-OCR's windowed,
-whitelisted n-gram ban, batch-safe) and `PaddingSafeRepetitionPenalty` (transformers'
-repetition penalty, but ignoring left padding so batched == single-page runs).
+whitelisted n-gram ban, batch-safe), `NoRepeatNGramRows` (transformers' whole-sequence
+`no_repeat_ngram_size` ban on chosen rows of a batch: GOT-OCR2 uses it on single-view
+pages only) and `PaddingSafeRepetitionPenalty` (transformers' repetition penalty, but
+ignoring left padding so batched == single-page runs).
 """
 
 from __future__ import annotations
@@ -258,6 +260,36 @@ class WindowedNoRepeatNGram:
             banned = self.banned_tokens(seq)
             if banned:
                 scores[row, sorted(banned)] = float("-inf")
+        return scores
+
+
+class NoRepeatNGramRows:
+    """transformers' `NoRepeatNGramLogitsProcessor` (what `no_repeat_ngram_size=N` does in
+    `generate`) applied to the rows of a batch where `enabled[row]` is True.
+
+    The ban looks at each row's own tokens only (no state between steps), so restricting
+    it to some rows, or to the rows left after chatvlm.decode compacts a batch
+    (`select_rows`), gives every row what it would get alone.
+    """
+
+    def __init__(self, ngram_size: int, enabled: Sequence[bool]):
+        from transformers import NoRepeatNGramLogitsProcessor
+
+        self.ngram_size = int(ngram_size)
+        self.enabled = [bool(e) for e in enabled]
+        self.ban = NoRepeatNGramLogitsProcessor(self.ngram_size)
+
+    def select_rows(self, rows: Sequence[int]) -> "NoRepeatNGramRows":
+        return NoRepeatNGramRows(self.ngram_size, [self.enabled[r] for r in rows])
+
+    def __call__(self, input_ids, scores):
+        if all(self.enabled):
+            return self.ban(input_ids, scores)
+        rows = [i for i, on in enumerate(self.enabled) if on]
+        if not rows:
+            return scores
+        scores = scores.clone()
+        scores[rows] = self.ban(input_ids[rows], scores[rows])
         return scores
 
 

@@ -113,6 +113,8 @@ register(ModelSpec(
 # --- got_ocr_hf -------------------------------------------------------------
 # The processor writes GOT's own prompt (plain " OCR: " for text, " OCR with format: "
 # for markdown); pages with aspect ratio >= 1.8 are tiled (crop_to_patches, <= 6 tiles).
+# no_repeat_ngram_size 20: the authors' generate() setting for single-view pages (none on
+# tiled pages, as in their chat_crop()).
 register(ModelSpec(
     name="got_ocr_hf",
     backend="chatvlm.backends.got_ocr:GotOcrBackend",
@@ -125,7 +127,7 @@ register(ModelSpec(
     max_new_tokens=4096,
     dtype="bfloat16",
     auto_rank=5,
-    extra={"crop": "auto", "crop_min_aspect": 1.8, "max_patches": 6},
+    extra={"crop": "auto", "crop_min_aspect": 1.8, "max_patches": 6, "no_repeat_ngram_size": 20},
     full_config={
         "architectures": ["GotOcr2ForConditionalGeneration"], "model_type": "got_ocr2",
         "image_token_index": 151859, "image_seq_length": 576, "tie_word_embeddings": True,

@@ -133,3 +133,20 @@ def test_repetition_penalty_ignores_left_padding():
     assert torch.equal(out[0], out[1])                         # same real tokens -> same scores
     assert out[0, 0] == 1.0                                    # the pad id is not penalised
     assert out[0, 1] == pytest.approx(2.0 / 1.5) and out[0, 2] == pytest.approx(-1.5)
+
+
+def test_no_repeat_ngram_rows_bans_only_enabled_rows_and_follows_compaction():
+    import torch
+
+    from chatvlm.loop_guard import NoRepeatNGramRows
+
+    ids = torch.tensor([[5, 1, 2, 3, 1, 2], [5, 1, 2, 3, 1, 2], [7, 7, 7, 7, 7, 7]])
+    proc = NoRepeatNGramRows(3, [True, False, True])
+    out = proc(ids, torch.zeros(3, 10))
+    assert out[0, 3] == float("-inf") and torch.isfinite(out[0, :3]).all()   # "1 2 3" seen: 3 banned
+    assert torch.isfinite(out[1]).all()                                      # row off: untouched
+    assert out[2, 7] == float("-inf")
+    kept = proc.select_rows([2, 1])                                          # after compaction
+    assert kept.enabled == [True, False]
+    out = kept(ids[[2, 1]], torch.zeros(2, 10))
+    assert out[0, 7] == float("-inf") and torch.isfinite(out[1]).all()

@@ -129,6 +129,36 @@ def test_got_prompts_plain_format_and_crops(loaded):
     assert not got.use_crops(1700, 2200) and got.use_crops(2000, 600)
 
 
+def test_got_no_repeat_ngram_on_single_view_pages_static_equals_generate(checkpoints):
+    # A near-zero random model repeats one token: the authors' no_repeat_ngram_size=20 must
+    # break the run at the 20th copy on single-view pages and leave tiled pages alone, the
+    # same through chatvlm's static decoder and through transformers generate, batched or not.
+    folder = checkpoints("got_ocr_hf", init_std=0.02)
+    pages = noise_pages([(300, 300), (900, 300), (400, 500)])     # the 900x300 page is tiled
+    params = GenerationParams(max_new_tokens=48, loop_guard=False)
+    runs = {}
+    for decode in ("auto", "hf"):
+        for size in (20, 0):
+            backend = create_backend(get_spec("got_ocr_hf"), BackendOptions(
+                model_path=folder, extra={"decode": decode, "no_repeat_ngram_size": size}))
+            backend.load()
+            assert backend.single_view_rows(backend.build_inputs(pages, "text", params)) == [True, False, True]
+            runs[decode, size] = [(r.text, r.output_tokens) for r in backend.generate_batch(pages, "text", params)]
+            facts = backend.describe()
+            assert facts["decode"] == ("chatvlm-static" if decode == "auto" else "hf-generate")
+            assert facts["no_repeat_ngram"]["ngram_size"] == (size or None)
+            if decode == "auto" and size:
+                assert [(r.text, r.output_tokens) for r in
+                        (backend.generate_batch([p], "text", params)[0] for p in pages)] == runs[decode, size]
+            backend.close()
+    assert runs["auto", 20] == runs["hf", 20] and runs["auto", 0] == runs["hf", 0]
+    banned, free = runs["auto", 20], runs["auto", 0]
+    assert free[0][0] == "\n" * 48                                        # the loop the ban is for
+    assert banned[0][0] != free[0][0] and "\n" * 20 not in banned[0][0]    # single view: broken at 20
+    assert banned[1] == free[1]                                           # tiled: no ban (authors' chat_crop)
+    assert get_spec("got_ocr_hf").extra["no_repeat_ngram_size"] == 20
+
+
 def test_deepseek_prompt_is_bos_plus_raw_prompt(loaded):
     ds = loaded("deepseek_ocr2")
     inputs = ds.build_inputs(noise_pages([(300, 200)]), "text", PARAMS)
@@ -227,6 +257,8 @@ def test_cli_ocr_end_to_end(checkpoints, tmp_path, name):
     report = json.loads((out / "report.json").read_text())
     text = json.dumps(report)
     assert "sdpa" in text and "float32" in text
+    if name == "got_ocr_hf":
+        assert report["engine"]["no_repeat_ngram"]["ngram_size"] == 20
 
 
 def test_cli_layout_end_to_end_deepseek(checkpoints, tmp_path):
