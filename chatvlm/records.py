@@ -63,9 +63,11 @@ class RawOutput:
 class LayoutBlock:
     """One block of a page: bbox [x1, y1, x2, y2] in pixels of the rendered page.
 
-    A block the model gave no usable box for (missing, malformed, empty or off the page)
-    keeps its text with `bbox` None and `problem` saying what was wrong with the box, so
-    markdown and text lose nothing; it is left out of overlays and picture crops.
+    A block without a place on the page keeps its text with `bbox` None, so markdown and
+    text lose nothing; it is left out of overlays and picture crops. `problem` says what
+    was wrong when the model gave an unusable box (missing, malformed, empty or off the
+    page); it is None when the model gives no boxes for such blocks (Qwen3-VL's markdown
+    boxes only pictures and tables).
     """
 
     bbox: Optional[list[int]]

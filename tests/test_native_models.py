@@ -187,7 +187,7 @@ def test_qwen_and_got_postprocess_literal_outputs():
     assert qwen.postprocess(_page(), RawOutput(text="  plain \n"), "text").text == "plain"
     got = create_backend(get_spec("got_ocr_hf"), BackendOptions())
     res = got.postprocess(_page(), RawOutput(text="\\title{Hello}\nworld<|im_end|>", finish_reason="length"), "markdown")
-    assert res.markdown == "\\title{Hello}\nworld" and res.finish_reason == "length"
+    assert res.markdown == "# Hello\n\nworld" and res.text == "Hello\n\nworld\n" and res.finish_reason == "length"
 
 
 def test_deepseek_postprocess_grounding_and_truncation():

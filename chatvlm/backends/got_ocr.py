@@ -4,7 +4,8 @@ The processor writes GOT's prompt itself: plain OCR (" OCR: ") for the text task
 format mode (" OCR with format: ", markdown/LaTeX-style output) for markdown. Pages far
 from square (long strips, two-page spreads) are tiled with `crop_to_patches` (1024-px
 tiles plus a thumbnail, " ... upon the patch reference: "); `extra["crop"]` = "auto" |
-"always" | "never" and `extra["max_patches"]` control it. Each page is processed on its
+"always" | "never" and `extra["max_patches"]` control it. Format mode answers in
+Mathpix-style LaTeX, converted for .md (math kept as `$…$`) and .txt by chatvlm.latex. Each page is processed on its
 own (the crop decision is per page) and the batch is left-padded here. Stops on
 <|im_end|> (the official stop string) and <|endoftext|>.
 
@@ -24,6 +25,7 @@ from __future__ import annotations
 from typing import Optional
 
 from ..config import GenerationParams
+from ..latex import latex_markdown, latex_text
 from ..records import Page, PageResult, RawOutput
 from .hf import HFBackend, collate_left, markdown_to_text
 
@@ -128,4 +130,6 @@ class GotOcrBackend(HFBackend):
         text = raw.text.replace(GOT_STOP_STRING, "").strip()
         if task == "text":
             return self.page_result(page, raw, text=text)
-        return self.page_result(page, raw, markdown=text, text=markdown_to_text(text))
+        # Format mode writes Mathpix-style LaTeX: markdown keeps the math as $…$ and turns
+        # tables, \title, \section, lists and emphasis into markdown; text writes it all out.
+        return self.page_result(page, raw, markdown=latex_markdown(text), text=markdown_to_text(latex_text(text)))
