@@ -66,7 +66,8 @@ register(ModelSpec(
 
 # --- qwen3_vl_2b ------------------------------------------------------------
 # Pixel budget: 512..2048 merged 32-px patches, the budget of Qwen's document-parsing
-# cookbook (min_pixels=512*32*32, max_pixels=2048*32*32). No penalty: the checkpoint ships none
+# cookbook (min_pixels=512*32*32, max_pixels=2048*32*32), used by the text task too (an A4
+# page: 2,014 tokens, ~145 DPI; `chatvlm models` and README say so; --max-pixels raises it). No penalty: the checkpoint ships none
 # for greedy decoding (its presence_penalty 1.5 is a vLLM sampling setting).
 register(ModelSpec(
     name="qwen3_vl_2b",
