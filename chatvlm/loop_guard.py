@@ -20,7 +20,8 @@ a ledger page forty `<tr><td></td><td></td></tr>`, a contents page dotted leader
 page of lines to write on `________`. So a repeat made only of markup (HTML/markdown/
 LaTeX table syntax, separators such as `---`, `___`, `...`, and whitespace; see
 `is_markup_only`) is a loop only when it runs far longer than any page holds
-(`MARKUP_MIN_REPEATS` copies over `MARKUP_MIN_SPAN` tokens), in the spirit of
+(`MARKUP_MIN_REPEATS` copies; a near-periodic markup tail `2 * MARKUP_MIN_SPAN` tokens),
+in the spirit of
 DeepSeek-OCR exempting `<td>`/`</td>` from its n-gram ban; a model stuck emitting empty
 rows is still stopped, after at most a page's worth of them. A repeat with any letter or
 digit in it (the same sentence, a table row with text) keeps the ordinary thresholds: an
@@ -57,8 +58,7 @@ LINE_MIN_REPEATS = 8     # the same line (after whitespace normalisation) this m
 # Repeats made only of markup (empty table rows, separators, whitespace): a loop only far
 # beyond what one page holds (an A4 page has at most ~60 lines or table rows).
 MARKUP_MIN_REPEATS = 100
-MARKUP_MIN_SPAN = 1024   # tokens
-MARKUP_TEXT_MIN_SPAN = 2000   # characters (~2 per token)
+MARKUP_MIN_SPAN = 1024   # tokens: the near-periodic check then looks at 2 * this many
 
 # Markup that carries no text: table tags (HTML), LaTeX table commands, HTML entities for
 # spaces; what is left must be separators, table punctuation or whitespace.
@@ -127,10 +127,11 @@ def is_markup_only(text: str) -> bool:
 
 
 def _find_loop(ids: Sequence[int], min_repeats: int, min_span: int, max_period: int,
-               max_distinct: int) -> Optional[Loop]:
-    window = max(max_period * max(min_repeats, 2) + min_span, 2 * min_span)
+               max_distinct: int, diversity_span: Optional[int] = None) -> Optional[Loop]:
+    diversity_span = diversity_span or 2 * min_span
+    window = max(max_period * max(min_repeats, 2) + min_span, diversity_span)
     tail = list(ids[-window:]) if len(ids) > window else list(ids)
-    loop = _tail_loop(tail, max_period, min_repeats, min_span) or _low_diversity(tail, 2 * min_span, max_distinct)
+    loop = _tail_loop(tail, max_period, min_repeats, min_span) or _low_diversity(tail, diversity_span, max_distinct)
     if loop is None:
         return None
     offset = len(ids) - len(tail)
@@ -154,8 +155,8 @@ def find_token_loop(ids: Sequence[int], *, min_repeats: int = MIN_REPEATS, min_s
     tokens. Near-periodic: the last 2*min_span tokens use <= max_distinct distinct ids.
     A near-periodic loop has period 0 (no block to keep; trim the text instead).
     With `decode` (token ids -> text), a repeat whose text is markup only (empty table
-    rows, separators, whitespace: `is_markup_only`) must also reach markup_min_repeats
-    copies over markup_min_span tokens (pass at least `markup_window()` trailing ids).
+    rows, separators, whitespace: `is_markup_only`) must reach markup_min_repeats copies,
+    or for a near-periodic tail 2*markup_min_span tokens (pass `markup_window()` ids).
     """
     loop = _find_loop(ids, min_repeats, min_span, max_period, max_distinct)
     if loop is None or decode is None:
@@ -165,8 +166,8 @@ def find_token_loop(ids: Sequence[int], *, min_repeats: int = MIN_REPEATS, min_s
     stretch = ids[loop.start:] if loop.period else ids[len(ids) - min_span:]
     if not is_markup_only(decode([int(i) for i in stretch])):
         return loop
-    return _find_loop(ids, max(min_repeats, markup_min_repeats), max(min_span, markup_min_span),
-                      max_period, max_distinct)
+    return _find_loop(ids, max(min_repeats, markup_min_repeats), min_span, max_period, max_distinct,
+                      diversity_span=2 * max(min_span, markup_min_span))
 
 
 def _trim_lines(text: str, min_repeats: int) -> Optional[str]:
@@ -202,15 +203,14 @@ def trim_repetition(text: str, *, min_repeats: int = TEXT_MIN_REPEATS, min_span:
     """Cut a repeated tail from decoded text, keeping one copy. Returns (text, trimmed).
 
     A tail repeating markup only (`is_markup_only`: empty table rows, separators) is cut
-    only past MARKUP_MIN_REPEATS copies over MARKUP_TEXT_MIN_SPAN characters.
+    only past MARKUP_MIN_REPEATS copies.
     """
     if not text:
         return text, False
     chars = [ord(c) for c in text]
     loop = _tail_loop(chars, max_period, min_repeats, min_span)
     if loop is not None and is_markup_only(text[loop.start:]):
-        loop = _tail_loop(chars, max_period, max(min_repeats, MARKUP_MIN_REPEATS),
-                          max(min_span, MARKUP_TEXT_MIN_SPAN))
+        loop = _tail_loop(chars, max_period, max(min_repeats, MARKUP_MIN_REPEATS), min_span)
     if loop is not None:
         kept = text[: loop.keep].rstrip()
         return kept, True
