@@ -159,6 +159,25 @@ def test_got_no_repeat_ngram_on_single_view_pages_static_equals_generate(checkpo
     assert get_spec("got_ocr_hf").extra["no_repeat_ngram_size"] == 20
 
 
+def test_got_no_repeat_ngram_survives_batch_compaction(checkpoints):
+    # Rows that stop early are compacted out of the static decoder's batch; the per-row
+    # ban follows the rows that are left (select_rows) and matches generate.
+    folder = checkpoints("got_ocr_hf", init_std=0.02, eos_boost=4.0)
+    pages = noise_pages([(300, 300), (900, 300), (400, 500), (500, 300)])
+    params = GenerationParams(max_new_tokens=48, loop_guard=False)
+    runs = {}
+    for decode in ("auto", "hf"):
+        backend = create_backend(get_spec("got_ocr_hf"), BackendOptions(
+            model_path=folder, extra={"decode": decode, "no_repeat_ngram_size": 3}))
+        backend.load()
+        runs[decode] = [(r.text, r.output_tokens, r.finish_reason) for r in backend.generate_batch(pages, "text", params)]
+        if decode == "auto":
+            assert backend._static_decoder.stats.compactions >= 1
+        backend.close()
+    assert runs["auto"] == runs["hf"]
+    assert len({n for _, n, _ in runs["auto"]}) >= 2                     # rows ended at different steps
+
+
 def test_deepseek_prompt_is_bos_plus_raw_prompt(loaded):
     ds = loaded("deepseek_ocr2")
     inputs = ds.build_inputs(noise_pages([(300, 200)]), "text", PARAMS)
