@@ -43,7 +43,7 @@ PLAIN = {"text", "textrm", "textsf", "underline", "uline", "mbox", "textnormal",
 RULES = {"hline", "cline", "toprule", "midrule", "bottomrule", "cmidrule", "hhline", "noalign", "rowcolor",
          "cellcolor", "arrayrulecolor", "centering", "raggedright", "raggedleft", "small", "footnotesize",
          "scriptsize", "tiny", "large", "Large", "normalsize", "maketitle", "newpage", "clearpage", "noindent",
-         "label", "vspace", "hspace", "vfill", "hfill", "par", "linebreak", "pagebreak", "toprule"}
+         "label", "vspace", "hspace", "vfill", "hfill", "par", "linebreak", "pagebreak"}
 # \% \& \_ ... : the character (markdown keeps its own escapes for the ones it has)
 ESCAPED = set("%&_#${}~^ ")
 MARKDOWN_ESCAPES = set("_#$*")
@@ -149,7 +149,7 @@ class _Converter:
         if nxt in ESCAPED:
             if self.markdown and nxt in MARKDOWN_ESCAPES:
                 return src[j:j + 2], j + 2
-            return (nxt if nxt != "~" else "~"), j + 2
+            return nxt, j + 2
         if not nxt.isalpha():
             return src[j], j + 1
         node, end = self.parse_one(src, j)
@@ -237,7 +237,7 @@ class _Converter:
             return f"`{text}`" if self.markdown and text else text
         if name == "href":
             return self.convert(args[-1]) if args else ""
-        if name in ("item",):
+        if name == "item":             # an \item outside a list environment
             return "\n- "
         if name in ("newline", "tabularnewline"):
             return "\n"
