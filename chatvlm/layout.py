@@ -4,7 +4,8 @@ Rules follow dots.ocr's own post-processing (../shared/reference/dots_ocr.md §7
 - schema: LayoutBlock (records.py) with dots.ocr's 11 categories; other models' labels map
   onto them, an unknown label is kept as it is (never dropped)
 - boxes mapped from a model's input frame back to page pixels (int-truncated like
-  post_process_cells), clamped to the page; boxes with no place on the page are left out
+  post_process_cells), clamped to the page; a block whose box has no place on the page
+  keeps its text, with bbox None and the box's problem noted
 - salvage of truncated or looping JSON output (keep every complete block, drop the broken
   tail, drop repeats) — the page is then marked `repaired` with a dropped count, never silently
 - markdown rendering (layoutjson2md: formulas as $$ blocks, tables as HTML, pictures as
@@ -100,27 +101,35 @@ def cells_to_blocks(cells: list[dict[str, Any]], frame_size: tuple[float, float]
                     page_size: tuple[int, int]) -> list[LayoutBlock]:
     """dots-style cells ({bbox, category, text}) in the model frame -> blocks in page pixels.
 
-    A cell whose bbox is missing, not 4 numbers, inverted or outside the page has no place
-    on the page and is left out (callers count len(cells) - len(blocks) as dropped).
+    Every cell becomes a block, in order. A cell whose bbox is missing, not 4 numbers,
+    inverted or outside the page cannot be placed: its block keeps the text with bbox
+    None and `problem` saying why (its words still belong in the page's markdown and text).
     """
     blocks: list[LayoutBlock] = []
     for cell in cells:
         if not isinstance(cell, dict):
             continue
-        bbox = cell.get("bbox")
-        if not isinstance(bbox, (list, tuple)) or len(bbox) != 4:
-            continue
-        try:
-            mapped = scale_bbox([float(v) for v in bbox], frame_size, page_size)
-        except (TypeError, ValueError, ZeroDivisionError):
-            continue
-        clamped = clamp_bbox(mapped, *page_size)
-        if clamped is None:
-            continue
+        bbox, problem = _place(cell.get("bbox"), frame_size, page_size)
         text = cell.get("text")
-        blocks.append(LayoutBlock(bbox=clamped, category=normalize_category(cell.get("category")),
-                                  text="" if text is None else str(text), order=len(blocks)))
+        blocks.append(LayoutBlock(bbox=bbox, category=normalize_category(cell.get("category")),
+                                  text="" if text is None else str(text), order=len(blocks), problem=problem))
     return blocks
+
+
+def _place(bbox: Any, frame_size: tuple[float, float], page_size: tuple[int, int]) -> tuple[Optional[list[int]], Optional[str]]:
+    """(box in page pixels, None) or (None, what is wrong with the model's box)."""
+    if bbox is None:
+        return None, "no bbox"
+    if not isinstance(bbox, (list, tuple)) or len(bbox) != 4:
+        return None, f"bbox is not 4 numbers: {json.dumps(bbox, ensure_ascii=False)[:80]}"
+    try:
+        mapped = scale_bbox([float(v) for v in bbox], frame_size, page_size)
+    except (TypeError, ValueError, ZeroDivisionError):
+        return None, f"bbox is not 4 numbers: {json.dumps(bbox, ensure_ascii=False)[:80]}"
+    clamped = clamp_bbox(mapped, *page_size)
+    if clamped is None:
+        return None, f"bbox is empty or off the page: {json.dumps(list(bbox))}"
+    return clamped, None
 
 
 # --------------------------------------------------------------------------- salvage
@@ -132,6 +141,9 @@ def cells_to_blocks(cells: list[dict[str, Any]], frame_size: tuple[float, float]
 # between cells is tolerated, the unfinished last cell is dropped (unless it is the only
 # one: then its bbox, category and the readable start of its text are kept), and the
 # anti-loop pass drops a bbox seen before and a (category, text) pair seen 5+ times.
+# Like the official cleaner, the anti-loop pass runs only on this salvage path: output
+# that parses as JSON is the model's finished answer, and a form's six identical
+# "Signature: ____" cells are six real cells.
 
 _CELL_START = re.compile(r'\{\s*"bbox"\s*:')
 _FENCE = re.compile(r"^\s*```[a-zA-Z]*\s*\n?(.*?)\n?\s*(?:```\s*)?$", re.DOTALL)
@@ -142,9 +154,10 @@ def parse_cells(raw: str) -> tuple[list[dict[str, Any]], bool, int]:
     """Parse a model's JSON array of cells, salvaging what a truncated or looping output allows.
 
     Returns (cells, repaired, dropped): repaired is True when the output was not a clean
-    JSON array of cells (malformed, truncated, cells repeated or unusable; a ``` fence
-    around valid JSON is not a repair); dropped counts the cells, or broken fragments of
-    cells, left out.
+    JSON array of cells (malformed or truncated, or holding items that are not cells; a
+    ``` fence around valid JSON is not a repair); dropped counts the cells, or broken
+    fragments of cells, left out. Repeated cells are dropped only when the JSON had to be
+    salvaged (a looping model); a cell's box is judged later, by cells_to_blocks.
     """
     text = (raw or "").strip()
     if not text:
@@ -159,10 +172,8 @@ def parse_cells(raw: str) -> tuple[list[dict[str, Any]], bool, int]:
     if isinstance(data, dict):
         data = [data]
     if isinstance(data, list) and data:
-        cells, bad = _clean_list(data)
-        cells, repeats = _drop_repeats(cells)
-        dropped = bad + repeats
-        return cells, dropped > 0, dropped
+        cells, bad = _clean_list(data)      # no anti-loop pass: the JSON is complete
+        return cells, bad > 0, bad
     if isinstance(data, list):      # "[]": a page with nothing on it
         return [], False, 0
     cells, dropped = _scan_cells(text)
@@ -245,23 +256,10 @@ def _partial_json_string(chars: str) -> str:
 
 
 def _clean_list(items: list[Any]) -> tuple[list[dict[str, Any]], int]:
-    """The official clean-up of a parsed list: non-dicts go; a 3-number bbox is removed
-    (category and text kept); any other malformed bbox drops the cell; a cell without a
-    bbox stays only if it has a category. Returns (cells, dropped)."""
-    out: list[dict[str, Any]] = []
-    for item in items:
-        if not isinstance(item, dict):
-            continue
-        if "bbox" in item:
-            bbox = item["bbox"]
-            if isinstance(bbox, list) and len(bbox) == 4:
-                out.append(item)
-            elif isinstance(bbox, list) and len(bbox) == 3:
-                kept = {k: item[k] for k in ("category", "text") if k in item}
-                if kept:
-                    out.append(kept)
-        elif "category" in item:
-            out.append(item)
+    """Keep the items that are cells: dicts with a category or a text. Unlike the official
+    clean-up, a cell with a malformed bbox is kept (its text is real; cells_to_blocks
+    notes the box problem) instead of dropped. Returns (cells, dropped)."""
+    out = [item for item in items if isinstance(item, dict) and ("category" in item or "text" in item)]
     return out, len(items) - len(out)
 
 
@@ -389,7 +387,7 @@ def picture_crops(image, blocks: list[LayoutBlock], stem: str) -> tuple[dict[int
         return names, crops
     n = 0
     for i, block in enumerate(blocks):
-        if block.category != "Picture":
+        if block.category != "Picture" or block.bbox is None:
             continue
         n += 1
         name = f"{stem}-picture-{n}.png"
@@ -431,12 +429,16 @@ def draw_overlay(image, blocks: list[LayoutBlock]):
     font = _font(OVERLAY_FONT_SIZE)
     alpha = round(255 * OVERLAY_FILL_OPACITY)
     for i, block in enumerate(blocks):
+        if block.bbox is None:      # no place on the page; its index is kept for the others
+            continue
         x1, y1, x2, y2 = block.bbox
         draw.rectangle([x1, y1, x2 - 1, y2 - 1], fill=COLOURS.get(block.category, DEFAULT_COLOUR) + (alpha,))
     page = Image.alpha_composite(base, layer)
     draw = ImageDraw.Draw(page)
     width = page.size[0]
     for i, block in enumerate(blocks):
+        if block.bbox is None:
+            continue
         colour = COLOURS.get(block.category, DEFAULT_COLOUR)
         x1, y1, x2, y2 = block.bbox
         label = f"{i}_{block.category}"

@@ -15,15 +15,31 @@ reference notes). Three pieces, usable on their own:
 - `trim_repetition(text)`: pure, cuts a repeated tail from decoded text (keeps one copy),
   also catching repeated lines whose tokenisation differs slightly.
 
+Forms and tables repeat for real: a blank form has twenty identical empty table rows,
+a ledger page forty `<tr><td></td><td></td></tr>`, a contents page dotted leaders, a
+page of lines to write on `________`. So a repeat made only of markup (HTML/markdown/
+LaTeX table syntax, separators such as `---`, `___`, `...`, and whitespace; see
+`is_markup_only`) is a loop only when it runs far longer than any page holds
+(`MARKUP_MIN_REPEATS` copies; a near-periodic markup tail `2 * MARKUP_MIN_SPAN` tokens),
+in the spirit of
+DeepSeek-OCR exempting `<td>`/`</td>` from its n-gram ban; a model stuck emitting empty
+rows is still stopped, after at most a page's worth of them. A repeat with any letter or
+digit in it (the same sentence, a table row with text) keeps the ordinary thresholds: an
+identical row of text 8+ times over 256+ tokens does not happen on a real page, so 50
+copies of it are a loop.
+
 Plus the models' own settings: `WindowedNoRepeatNGram` (DeepSeek-OCR's windowed,
-whitelisted n-gram ban, batch-safe) and `PaddingSafeRepetitionPenalty` (transformers'
-repetition penalty, but ignoring left padding so batched == single-page runs).
+whitelisted n-gram ban, batch-safe), `NoRepeatNGramRows` (transformers' whole-sequence
+`no_repeat_ngram_size` ban on chosen rows of a batch: GOT-OCR2 uses it on single-view
+pages only) and `PaddingSafeRepetitionPenalty` (transformers' repetition penalty, but
+ignoring left padding so batched == single-page runs).
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
-from typing import Iterable, Optional, Sequence
+from typing import Callable, Iterable, Optional, Sequence
 
 # Defaults for the token-level detector.
 MIN_REPEATS = 8          # copies of the block
@@ -38,6 +54,19 @@ TEXT_MIN_REPEATS = 6
 TEXT_MIN_SPAN = 200      # characters
 TEXT_MAX_PERIOD = 600    # characters
 LINE_MIN_REPEATS = 8     # the same line (after whitespace normalisation) this many times in a row
+
+# Repeats made only of markup (empty table rows, separators, whitespace): a loop only far
+# beyond what one page holds (an A4 page has at most ~60 lines or table rows).
+MARKUP_MIN_REPEATS = 100
+MARKUP_MIN_SPAN = 1024   # tokens: the near-periodic check then looks at 2 * this many
+
+# Markup that carries no text: table tags (HTML), LaTeX table commands, HTML entities for
+# spaces; what is left must be separators, table punctuation or whitespace.
+_MARKUP_TAGS = re.compile(
+    r"</?(?:table|thead|tbody|tfoot|tr|td|th|br|hr|p|div|span|colgroup|col)\b[^<>]*>"
+    r"|\\(?:hline|midrule|toprule|bottomrule|cline\{[^}]*\}|\\|newline)"
+    r"|&nbsp;|&#160;", re.IGNORECASE)
+_MARKUP_CHARS = set(" \t\r\n|-:+=_.*~&/\\\u00a0\u00b7\u2026\u2013\u2014\u2500\u2502\u2012\u2015")
 
 
 @dataclass(frozen=True)
@@ -86,21 +115,59 @@ def _low_diversity(tail: Sequence, span: int, max_distinct: int) -> Optional[Loo
     return None
 
 
+def is_markup_only(text: str) -> bool:
+    """True when `text` (a repeated stretch of output) holds no words or numbers: only table
+    markup (HTML tags, markdown pipes and rules, LaTeX `&`, `\\\\`, `\\hline`), separators
+    (`-`, `_`, `.`, `=`, `*`, `…`, `—`, box-drawing lines) and whitespace. A tag cut at either
+    end of the stretch (the repeat can start anywhere in a row) is ignored."""
+    text = re.sub(r"^[^<>]*>", "", text)         # the tail of a tag cut at the start
+    text = re.sub(r"<[^<>]*$", "", text)         # the head of a tag cut at the end
+    text = _MARKUP_TAGS.sub("", text)
+    return all(c in _MARKUP_CHARS for c in text)
+
+
+def _find_loop(ids: Sequence[int], min_repeats: int, min_span: int, max_period: int,
+               max_distinct: int, diversity_span: Optional[int] = None) -> Optional[Loop]:
+    diversity_span = diversity_span or 2 * min_span
+    window = max(max_period * max(min_repeats, 2) + min_span, diversity_span)
+    tail = list(ids[-window:]) if len(ids) > window else list(ids)
+    loop = _tail_loop(tail, max_period, min_repeats, min_span) or _low_diversity(tail, diversity_span, max_distinct)
+    if loop is None:
+        return None
+    offset = len(ids) - len(tail)
+    return Loop(start=loop.start + offset, period=loop.period, repeats=loop.repeats)
+
+
+def markup_window(max_period: int = MAX_PERIOD, markup_min_repeats: int = MARKUP_MIN_REPEATS,
+                  markup_min_span: int = MARKUP_MIN_SPAN) -> int:
+    """How many trailing tokens find_token_loop needs to judge a markup-only repeat."""
+    return max(max_period * markup_min_repeats + markup_min_span, 2 * markup_min_span)
+
+
 def find_token_loop(ids: Sequence[int], *, min_repeats: int = MIN_REPEATS, min_span: int = MIN_SPAN,
-                    max_period: int = MAX_PERIOD, max_distinct: int = MAX_DISTINCT) -> Optional[Loop]:
+                    max_period: int = MAX_PERIOD, max_distinct: int = MAX_DISTINCT,
+                    decode: Optional[Callable[[list[int]], str]] = None,
+                    markup_min_repeats: int = MARKUP_MIN_REPEATS,
+                    markup_min_span: int = MARKUP_MIN_SPAN) -> Optional[Loop]:
     """A repetition loop at the end of `ids` (generated token ids), or None.
 
     Exact: a block of <= max_period tokens repeated >= min_repeats times over >= min_span
     tokens. Near-periodic: the last 2*min_span tokens use <= max_distinct distinct ids.
     A near-periodic loop has period 0 (no block to keep; trim the text instead).
+    With `decode` (token ids -> text), a repeat whose text is markup only (empty table
+    rows, separators, whitespace: `is_markup_only`) must reach markup_min_repeats copies,
+    or for a near-periodic tail 2*markup_min_span tokens (pass `markup_window()` ids).
     """
-    window = max(max_period * max(min_repeats, 2) + min_span, 2 * min_span)
-    tail = list(ids[-window:]) if len(ids) > window else list(ids)
-    loop = _tail_loop(tail, max_period, min_repeats, min_span) or _low_diversity(tail, 2 * min_span, max_distinct)
-    if loop is None:
-        return None
-    offset = len(ids) - len(tail)
-    return Loop(start=loop.start + offset, period=loop.period, repeats=loop.repeats)
+    loop = _find_loop(ids, min_repeats, min_span, max_period, max_distinct)
+    if loop is None or decode is None:
+        return loop
+    # The repeated stretch: the periodic tail, or for a near-periodic loop its latest
+    # half (the window's start may still hold the text the repeat followed).
+    stretch = ids[loop.start:] if loop.period else ids[len(ids) - min_span:]
+    if not is_markup_only(decode([int(i) for i in stretch])):
+        return loop
+    return _find_loop(ids, max(min_repeats, markup_min_repeats), min_span, max_period, max_distinct,
+                      diversity_span=2 * max(min_span, markup_min_span))
 
 
 def _trim_lines(text: str, min_repeats: int) -> Optional[str]:
@@ -126,17 +193,24 @@ def _trim_lines(text: str, min_repeats: int) -> Optional[str]:
         elif norm[i]:            # blank lines between copies are allowed
             break
         i -= 1
-    if count < min_repeats:
+    if count < min_repeats or (is_markup_only(target) and count < max(min_repeats, MARKUP_MIN_REPEATS)):
         return None
     return "\n".join(lines[: first + 1])
 
 
 def trim_repetition(text: str, *, min_repeats: int = TEXT_MIN_REPEATS, min_span: int = TEXT_MIN_SPAN,
                     max_period: int = TEXT_MAX_PERIOD, line_repeats: int = LINE_MIN_REPEATS) -> tuple[str, bool]:
-    """Cut a repeated tail from decoded text, keeping one copy. Returns (text, trimmed)."""
+    """Cut a repeated tail from decoded text, keeping one copy. Returns (text, trimmed).
+
+    A tail repeating markup only (`is_markup_only`: empty table rows, separators) is cut
+    only past MARKUP_MIN_REPEATS copies.
+    """
     if not text:
         return text, False
-    loop = _tail_loop([ord(c) for c in text], max_period, min_repeats, min_span)
+    chars = [ord(c) for c in text]
+    loop = _tail_loop(chars, max_period, min_repeats, min_span)
+    if loop is not None and is_markup_only(text[loop.start:]):
+        loop = _tail_loop(chars, max_period, max(min_repeats, MARKUP_MIN_REPEATS), min_span)
     if loop is not None:
         kept = text[: loop.keep].rstrip()
         return kept, True
@@ -153,6 +227,8 @@ class GenerationTracker:
     reason it ended: "stop" (a stop token, or a stop string in the decoded tail),
     "loop" (the loop guard fired; the row is stopped early), else "length" at the end.
     Rows are left-padded, so every row's generated tokens start at `prompt_len`.
+    With `decode`, a repeat made only of markup (empty table rows, separators) is judged
+    by the longer markup thresholds (find_token_loop), so real forms and tables go on.
     """
 
     def __init__(self, prompt_len: int, batch_size: int, stop_ids: Iterable[int] = (),
@@ -199,6 +275,12 @@ class GenerationTracker:
                     rows_cpu = gen[:, -window:].cpu().numpy()
                 loop = find_token_loop(rows_cpu[row], min_repeats=self.min_repeats, min_span=self.min_span,
                                        max_period=self.max_period, max_distinct=self.max_distinct)
+                if loop is not None and self.decode is not None:
+                    # Markup only? Then judge it on the longer window the markup rule needs.
+                    longer = gen[row, -markup_window(self.max_period):].cpu().numpy()
+                    loop = find_token_loop(longer, min_repeats=self.min_repeats, min_span=self.min_span,
+                                           max_period=self.max_period, max_distinct=self.max_distinct,
+                                           decode=self.decode)
                 if loop is not None:
                     self.ends[row], self.reasons[row] = steps, "loop"
                     self.loops[row] = loop
@@ -258,6 +340,36 @@ class WindowedNoRepeatNGram:
             banned = self.banned_tokens(seq)
             if banned:
                 scores[row, sorted(banned)] = float("-inf")
+        return scores
+
+
+class NoRepeatNGramRows:
+    """transformers' `NoRepeatNGramLogitsProcessor` (what `no_repeat_ngram_size=N` does in
+    `generate`) applied to the rows of a batch where `enabled[row]` is True.
+
+    The ban looks at each row's own tokens only (no state between steps), so restricting
+    it to some rows, or to the rows left after chatvlm.decode compacts a batch
+    (`select_rows`), gives every row what it would get alone.
+    """
+
+    def __init__(self, ngram_size: int, enabled: Sequence[bool]):
+        from transformers import NoRepeatNGramLogitsProcessor
+
+        self.ngram_size = int(ngram_size)
+        self.enabled = [bool(e) for e in enabled]
+        self.ban = NoRepeatNGramLogitsProcessor(self.ngram_size)
+
+    def select_rows(self, rows: Sequence[int]) -> "NoRepeatNGramRows":
+        return NoRepeatNGramRows(self.ngram_size, [self.enabled[r] for r in rows])
+
+    def __call__(self, input_ids, scores):
+        if all(self.enabled):
+            return self.ban(input_ids, scores)
+        rows = [i for i, on in enumerate(self.enabled) if on]
+        if not rows:
+            return scores
+        scores = scores.clone()
+        scores[rows] = self.ban(input_ids[rows], scores[rows])
         return scores
 
 

@@ -66,7 +66,8 @@ register(ModelSpec(
 
 # --- qwen3_vl_2b ------------------------------------------------------------
 # Pixel budget: 512..2048 merged 32-px patches, the budget of Qwen's document-parsing
-# cookbook (min_pixels=512*32*32, max_pixels=2048*32*32). No penalty: the checkpoint ships none
+# cookbook (min_pixels=512*32*32, max_pixels=2048*32*32), used by the text task too (an A4
+# page: 2,014 tokens, ~145 DPI; `chatvlm models` and README say so; --max-pixels raises it). No penalty: the checkpoint ships none
 # for greedy decoding (its presence_penalty 1.5 is a vLLM sampling setting).
 register(ModelSpec(
     name="qwen3_vl_2b",
@@ -113,6 +114,8 @@ register(ModelSpec(
 # --- got_ocr_hf -------------------------------------------------------------
 # The processor writes GOT's own prompt (plain " OCR: " for text, " OCR with format: "
 # for markdown); pages with aspect ratio >= 1.8 are tiled (crop_to_patches, <= 6 tiles).
+# no_repeat_ngram_size 20: the authors' generate() setting for single-view pages (none on
+# tiled pages, as in their chat_crop()).
 register(ModelSpec(
     name="got_ocr_hf",
     backend="chatvlm.backends.got_ocr:GotOcrBackend",
@@ -125,7 +128,7 @@ register(ModelSpec(
     max_new_tokens=4096,
     dtype="bfloat16",
     auto_rank=5,
-    extra={"crop": "auto", "crop_min_aspect": 1.8, "max_patches": 6},
+    extra={"crop": "auto", "crop_min_aspect": 1.8, "max_patches": 6, "no_repeat_ngram_size": 20},
     full_config={
         "architectures": ["GotOcr2ForConditionalGeneration"], "model_type": "got_ocr2",
         "image_token_index": 151859, "image_seq_length": 576, "tie_word_embeddings": True,

@@ -61,28 +61,45 @@ class RawOutput:
 
 @dataclass
 class LayoutBlock:
-    """One block of a page: bbox [x1, y1, x2, y2] in pixels of the rendered page."""
+    """One block of a page: bbox [x1, y1, x2, y2] in pixels of the rendered page.
 
-    bbox: list[int]
+    A block without a place on the page keeps its text with `bbox` None, so markdown and
+    text lose nothing; it is left out of overlays and picture crops. `problem` says what
+    was wrong when the model gave an unusable box (missing, malformed, empty or off the
+    page); it is None when the model gives no boxes for such blocks (Qwen3-VL's markdown
+    boxes only pictures and tables).
+    """
+
+    bbox: Optional[list[int]]
     category: str
     text: str = ""
     order: int = 0
     confidence: Optional[float] = None
+    problem: Optional[str] = None
+
+    @property
+    def placed(self) -> bool:
+        return self.bbox is not None
 
     def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"bbox": list(self.bbox), "category": self.category, "text": self.text, "order": self.order}
+        out: dict[str, Any] = {"bbox": list(self.bbox) if self.bbox is not None else None,
+                               "category": self.category, "text": self.text, "order": self.order}
         if self.confidence is not None:
             out["confidence"] = round(float(self.confidence), 4)
+        if self.problem:
+            out["problem"] = self.problem
         return out
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "LayoutBlock":
+        bbox = data.get("bbox")
         return cls(
-            bbox=[int(v) for v in data["bbox"]],
+            bbox=[int(v) for v in bbox] if bbox is not None else None,
             category=str(data.get("category", "Text")),
             text=str(data.get("text", "")),
             order=int(data.get("order", 0)),
             confidence=data.get("confidence"),
+            problem=data.get("problem"),
         )
 
 

@@ -219,13 +219,34 @@ def test_postprocess_truncated_or_looping_keeps_complete_blocks(backend, finish)
     assert r.markdown == "## Results\n\nWe measured $x$.\n"
 
 
-def test_postprocess_bad_boxes_are_dropped_and_counted(backend):
+def test_postprocess_bad_boxes_keep_their_text(backend, tmp_path):
+    from chatvlm.writers import write_page
+
     answer = ('[{"bbox": [50, 20, 450, 60], "category": "Text", "text": "ok"}, '
               '{"bbox": [600, 800, 700, 900], "category": "Text", "text": "outside the frame"}, '
               '{"bbox": [30, 40, 10], "category": "Text", "text": "3 numbers"}]')
     r = literal(backend, answer)
-    assert [b.text for b in r.layout] == ["ok"]
-    assert r.repaired and r.dropped_blocks == 2
+    assert [b.text for b in r.layout] == ["ok", "outside the frame", "3 numbers"]
+    assert [b.bbox for b in r.layout] == [[100, 40, 900, 120], None, None]
+    assert r.repaired and r.dropped_blocks == 0
+    assert r.markdown == "ok\n\noutside the frame\n\n3 numbers\n"
+    assert "outside the frame" in r.text and "3 numbers" in r.text
+    r.page.page, r.page.doc_key = 1, "doc"
+    write_page(tmp_path, r, ("text", "markdown", "json"))
+    doc = json.loads((tmp_path / "doc" / "page-0001.json").read_text())
+    assert doc["repaired"] is True
+    assert doc["blocks"][1] == {"bbox": None, "category": "Text", "text": "outside the frame", "order": 1,
+                                "problem": "bbox is empty or off the page: [600, 800, 700, 900]"}
+    assert doc["blocks"][2]["bbox"] is None and doc["blocks"][2]["problem"].startswith("bbox is not 4 numbers")
+    assert "3 numbers" in (tmp_path / "doc" / "page-0001.txt").read_text()
+
+
+def test_postprocess_complete_form_keeps_repeated_cells(backend):
+    answer = "[" + ", ".join(
+        f'{{"bbox": [50, {40 + 60 * i}, 450, {80 + 60 * i}], "category": "Text", "text": "Signature: ____"}}'
+        for i in range(6)) + "]"
+    r = literal(backend, answer)
+    assert len(r.layout) == 6 and not r.repaired and r.markdown.count("Signature: ____") == 6
 
 
 def test_postprocess_text_task_and_layout_only(backend):

@@ -81,19 +81,42 @@ def test_missing_commas_and_garbage_between_blocks():
     assert [c["text"] for c in cells] == ["a", "b", "c"]
 
 
-def test_loop_of_repeated_blocks_is_cut():
+def looping_cells() -> list[dict]:
     # A looping page: the same row re-emitted with the same box, then the same text
     # with new boxes again and again until max_new_tokens.
     cells_in = [cell(0, "Title", "# Items"), cell(1, "Text", "first")]
     cells_in += [dict(cell(1, "Text", "first"))] * 3                     # same bbox again
     cells_in += [cell(i, "Text", "....") for i in range(2, 12)]          # 10x same text
-    raw = json.dumps(cells_in)
-    cut_raw = raw[:-30]                                                  # and truncated
-    cells, repaired, dropped = layout.parse_cells(raw)
-    assert repaired and dropped == 3 + 9
-    assert [c["text"] for c in cells] == ["# Items", "first", "...."]
+    return cells_in
+
+
+def test_loop_of_repeated_blocks_is_cut_when_the_json_needed_salvage():
+    raw = json.dumps(looping_cells())
+    cut_raw = raw[:-30]                                                  # ran out of tokens mid-cell
     cells, repaired, dropped = layout.parse_cells(cut_raw)
-    assert repaired and [c["text"] for c in cells] == ["# Items", "first", "...."]
+    assert repaired and dropped == 1 + 3 + 8                             # broken tail, 3 boxes, 8 texts
+    assert [c["text"] for c in cells] == ["# Items", "first", "...."]
+
+
+def test_complete_json_keeps_repeated_blocks():
+    # The model finished its answer: repeats are the page's own (dots.ocr de-duplicates
+    # only output it had to repair).
+    cells, repaired, dropped = layout.parse_cells(json.dumps(looping_cells()))
+    assert (len(cells), repaired, dropped) == (15, False, 0)
+
+
+def test_six_identical_signature_cells_stay_six():
+    # A form, as dots.ocr writes it: six signature lines, same text, different boxes.
+    raw = ('[{"bbox": [120, 80, 1500, 140], "category": "Title", "text": "# Approval sheet"}, '
+           + ", ".join(f'{{"bbox": [120, {300 + 150 * i}, 900, {340 + 150 * i}], "category": "Text", '
+                       f'"text": "Signature: ____________"}}' for i in range(6))
+           + ', {"bbox": [120, 1300, 900, 1340], "category": "Text", "text": "Date: ____"}]')
+    cells, repaired, dropped = layout.parse_cells(raw)
+    assert (len(cells), repaired, dropped) == (8, False, 0)
+    blocks = layout.cells_to_blocks(cells, (1652, 2324), (1654, 2339))
+    md = layout.blocks_to_markdown(blocks)
+    assert md.count("Signature: ____________") == 6
+    assert layout.markdown_to_text(md).count("Signature:") == 6
 
 
 def test_repeated_text_under_five_and_layout_only_cells_are_kept():
@@ -103,24 +126,35 @@ def test_repeated_text_under_five_and_layout_only_cells_are_kept():
     assert (len(cells), repaired, dropped) == (12, False, 0)
 
 
-def test_bad_bboxes_follow_the_official_clean_up():
+def test_cells_without_a_usable_box_keep_their_text():
     raw = json.dumps([
-        {"bbox": [1, 2, 30], "category": "Text", "text": "three numbers: bbox removed, text kept"},
-        {"bbox": [1, 2], "category": "Text", "text": "two numbers: dropped"},
-        {"bbox": "nope", "category": "Text", "text": "dropped"},
-        {"category": "Text", "text": "no bbox, has category: kept"},
-        {"text": "no bbox, no category: dropped"},
+        {"bbox": [1, 2, 30], "category": "Text", "text": "three numbers"},
+        {"bbox": [1, 2], "category": "Text", "text": "two numbers"},
+        {"bbox": "nope", "category": "Text", "text": "a string"},
+        {"category": "Section-header", "text": "## no bbox"},
+        {"text": "no bbox, no category"},
         "not a dict",
+        {"bbox": [5, 5, 9, 9]},                                       # neither category nor text
         cell(3, "Text", "fine"),
     ])
     cells, repaired, dropped = layout.parse_cells(raw)
-    assert repaired and dropped == 4
-    assert [c.get("text") for c in cells] == ["three numbers: bbox removed, text kept",
-                                              "no bbox, has category: kept", "fine"]
-    assert "bbox" not in cells[0]
-    # Blocks need a place on the page: cells without a usable box stay out of the layout.
+    assert repaired and dropped == 2
     blocks = layout.cells_to_blocks(cells, (1000, 1000), (1000, 1000))
-    assert [b.text for b in blocks] == ["fine"]
+    assert [b.text for b in blocks] == ["three numbers", "two numbers", "a string", "## no bbox",
+                                        "no bbox, no category", "fine"]
+    assert [b.bbox is None for b in blocks] == [True] * 5 + [False]
+    assert blocks[0].problem.startswith("bbox is not 4 numbers") and blocks[3].problem == "no bbox"
+    assert blocks[5].problem is None and blocks[5].bbox == [10, 130, 500, 160]
+    assert [b.order for b in blocks] == list(range(6))
+    # JSON: the block stays with bbox null and its problem; markdown and text keep the words.
+    assert blocks[3].to_dict() == {"bbox": None, "category": "Section-header", "text": "## no bbox",
+                                   "order": 3, "problem": "no bbox"}
+    assert "problem" not in blocks[5].to_dict()
+    assert LayoutBlock.from_dict(blocks[3].to_dict()) == blocks[3]
+    md = layout.blocks_to_markdown(blocks)
+    for text in ("three numbers", "## no bbox", "fine"):
+        assert text in md
+    assert "no bbox" in layout.markdown_to_text(md)
 
 
 @pytest.mark.parametrize("raw", ["", "   ", "[]"])
@@ -146,7 +180,7 @@ def test_boxes_map_from_model_frame_to_page_like_post_process_cells():
     assert block.bbox == [int(163 / sx), int(241 / sy), int(1536 / sx), int(705 / sy)]
 
 
-def test_boxes_are_clamped_and_bad_ones_dropped():
+def test_boxes_are_clamped_and_bad_ones_noted():
     cells = [
         {"bbox": [-20, -5, 120, 60], "category": "Text", "text": "clamped"},
         {"bbox": [50, 50, 5000, 5000], "category": "Text", "text": "clamped far"},
@@ -158,9 +192,14 @@ def test_boxes_are_clamped_and_bad_ones_dropped():
         {"bbox": ["5", "6", "70", "80"], "category": "Text", "text": "numeric strings"},
     ]
     blocks = layout.cells_to_blocks(cells, (200, 200), (200, 200))
-    assert [(b.text, b.bbox) for b in blocks] == [
+    assert [(b.text, b.bbox) for b in blocks if b.bbox] == [
         ("clamped", [0, 0, 120, 60]), ("clamped far", [50, 50, 200, 200]), ("numeric strings", [5, 6, 70, 80])]
-    assert [b.order for b in blocks] == [0, 1, 2]
+    problems = {b.text: b.problem for b in blocks if b.bbox is None}
+    assert problems["inverted"].startswith("bbox is empty or off the page")
+    assert problems["outside"].startswith("bbox is empty or off the page")
+    assert problems["not numbers"].startswith("bbox is not 4 numbers")
+    assert set(problems) == {"inverted", "outside", "zero width", "not numbers", "nan"}
+    assert [b.order for b in blocks] == list(range(8))
 
 
 def test_categories():
@@ -270,3 +309,12 @@ def test_overlay_colours_inside_boxes():
     # A box on the right edge gets its label inside the page, left of the corner.
     label = out.crop((250, 40, 390, 62))
     assert any(close(px, (0, 255, 255)) for px in np.asarray(label).reshape(-1, 3).tolist())
+
+
+def test_unplaced_blocks_stay_out_of_overlay_and_crops():
+    image = Image.new("RGB", (200, 100), (255, 255, 255))
+    blocks = [LayoutBlock(bbox=None, category="Picture", text="", order=0, problem="no bbox"),
+              LayoutBlock(bbox=[10, 10, 60, 60], category="Title", text="# T", order=1)]
+    out = layout.draw_overlay(image, blocks)
+    assert out.getpixel((30, 30)) != (255, 255, 255) and out.getpixel((150, 80)) == (255, 255, 255)
+    assert layout.picture_crops(image, blocks, "page-0001") == ({}, {})

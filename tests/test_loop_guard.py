@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from chatvlm.loop_guard import (GenerationTracker, PaddingSafeRepetitionPenalty, WindowedNoRepeatNGram,
-                                find_token_loop, make_tracker, trim_repetition)
+                                find_token_loop, is_markup_only, make_tracker, markup_window, trim_repetition)
 
 
 # ----------------------------------------------------------------- token level
@@ -133,3 +133,103 @@ def test_repetition_penalty_ignores_left_padding():
     assert torch.equal(out[0], out[1])                         # same real tokens -> same scores
     assert out[0, 0] == 1.0                                    # the pad id is not penalised
     assert out[0, 1] == pytest.approx(2.0 / 1.5) and out[0, 2] == pytest.approx(-1.5)
+
+
+def test_no_repeat_ngram_rows_bans_only_enabled_rows_and_follows_compaction():
+    import torch
+
+    from chatvlm.loop_guard import NoRepeatNGramRows
+
+    ids = torch.tensor([[5, 1, 2, 3, 1, 2], [5, 1, 2, 3, 1, 2], [7, 7, 7, 7, 7, 7]])
+    proc = NoRepeatNGramRows(3, [True, False, True])
+    out = proc(ids, torch.zeros(3, 10))
+    assert out[0, 3] == float("-inf") and torch.isfinite(out[0, :3]).all()   # "1 2 3" seen: 3 banned
+    assert torch.isfinite(out[1]).all()                                      # row off: untouched
+    assert out[2, 7] == float("-inf")
+    kept = proc.select_rows([2, 1])                                          # after compaction
+    assert kept.enabled == [True, False]
+    out = kept(ids[[2, 1]], torch.zeros(2, 10))
+    assert out[0, 7] == float("-inf") and torch.isfinite(out[1]).all()
+
+
+# ----------------------------------------------------------------- forms and tables are not loops
+#
+# Outputs written as the models emit them; one token per character (decode = chr), which
+# makes a row 30-50 tokens long, as long as or longer than with a real BPE tokenizer.
+
+def char_ids(text: str) -> list[int]:
+    return [ord(c) for c in text]
+
+
+def char_decode(ids) -> str:
+    return "".join(chr(int(i)) for i in ids)
+
+
+BLANK_FORM_MD = (
+    "# Equipment checkout form\n\nDepartment: ________________  Date: ____________\n\n"
+    "| No. | Item | Serial number | Signature |\n|-----|------|---------------|-----------|\n"
+    + "|     |      |               |           |\n" * 20
+    + "\nReturned in good condition: ____________\n\nApproved by: ____________\n")
+BLANK_TABLE_HTML = (
+    "<table><tr><th>Date</th><th>Description</th><th>Debit</th><th>Credit</th></tr>"
+    + "<tr><td></td><td></td><td></td><td></td></tr>" * 20
+    + "</table>\n\nTotals carried forward to page 2.\n")
+CONTENTS = ("## Contents\n\n" + "".join(f"{title} {'.' * 60} {page}\n" for title, page in
+            [("Introduction", 1), ("Methods", 4), ("Results", 9), ("Discussion", 15)])
+            + "\n" + ("-" * 72 + "\n") * 12 + "\nNotes:\n" + ("_" * 72 + "\n") * 20 + "\nEnd of form.\n")
+
+
+@pytest.mark.parametrize("page", [BLANK_FORM_MD, BLANK_TABLE_HTML, CONTENTS], ids=["md-rows", "html-rows", "leaders"])
+def test_blank_forms_and_tables_are_not_loops(page):
+    ids = char_ids(page)
+    repeat_end = page.rindex("|\n" if page is BLANK_FORM_MD else ("</tr>" if page is BLANK_TABLE_HTML else "_\n"))
+    cut_in_rows = ids[:repeat_end]           # what the guard sees while the model is in the rows
+    assert find_token_loop(cut_in_rows) is not None       # the plain rule would stop the page here ...
+    assert find_token_loop(cut_in_rows, decode=char_decode) is None     # ... markup repeats are exempt
+    # Through the tracker, step by step, as during generation: the page is never stopped.
+    tracker = GenerationTracker(0, 1, decode=char_decode)
+    for step in range(8, len(ids) + 1, 8):                   # the guard looks every 8 tokens
+        assert not tracker(torch.tensor([ids[:step]])).any()
+    assert tracker.result(0, len(ids)) == (len(ids), "length")
+    # A page that ran out of tokens inside the rows keeps them (text-level trim).
+    assert trim_repetition(page[:repeat_end]) == (page[:repeat_end], False)
+
+
+def test_true_loops_are_still_cut():
+    sentence = "The committee approved the budget for the next fiscal year. "
+    text_row = "<tr><td>Total</td><td>0.00</td><td>0.00</td></tr>"
+    md_row = "| Signature | ____ | Date | ____ |\n"
+    for block in (sentence, text_row, md_row):
+        page = "# Minutes\n\nOpening remarks.\n\n" + block * 50
+        loop = find_token_loop(char_ids(page), decode=char_decode)
+        assert loop is not None and loop.period == len(block)
+        trimmed, did = trim_repetition(page)
+        assert did and trimmed.count(block.strip()) == 1
+    # A model stuck emitting empty rows is stopped too, past what a page can hold.
+    stuck = BLANK_TABLE_HTML.split("</table>")[0] + "<tr><td></td><td></td><td></td><td></td></tr>" * 300
+    ids = char_ids(stuck)
+    loop = find_token_loop(ids[-markup_window():], decode=char_decode)
+    assert loop is not None and loop.repeats >= 100
+    tracker = GenerationTracker(0, 1, decode=char_decode)
+    for step in range(8, len(ids) + 1, 8):
+        if tracker(torch.tensor([ids[:step]])).any():
+            break
+    n, reason = tracker.result(0, len(ids))
+    assert reason == "loop" and n < len(ids)
+    trimmed, did = trim_repetition(stuck)
+    assert did and trimmed.count("<tr><td></td>") == 1
+
+
+@pytest.mark.parametrize("text, markup", [
+    ("<tr><td></td><td></td></tr>\n", True),
+    ("td></td><td></td></tr><tr><", True),               # a repeat starts anywhere in a row
+    ("<td colspan=\"2\"></td>", True),
+    ("|     |     |\n|-----|:---:|\n", True),
+    (" & & \\\\ \\hline\n", True),                         # LaTeX tabular row
+    ("........ ________ ---- ==== …… —— ", True),
+    ("<tr><td>Total</td></tr>", False),
+    ("| 1 | |\n", False),
+    ("Signature: ____\n", False),
+])
+def test_is_markup_only(text, markup):
+    assert is_markup_only(text) is markup

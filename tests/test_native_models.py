@@ -129,6 +129,55 @@ def test_got_prompts_plain_format_and_crops(loaded):
     assert not got.use_crops(1700, 2200) and got.use_crops(2000, 600)
 
 
+def test_got_no_repeat_ngram_on_single_view_pages_static_equals_generate(checkpoints):
+    # A near-zero random model repeats one token: the authors' no_repeat_ngram_size=20 must
+    # break the run at the 20th copy on single-view pages and leave tiled pages alone, the
+    # same through chatvlm's static decoder and through transformers generate, batched or not.
+    folder = checkpoints("got_ocr_hf", init_std=0.02)
+    pages = noise_pages([(300, 300), (900, 300), (400, 500)])     # the 900x300 page is tiled
+    params = GenerationParams(max_new_tokens=48, loop_guard=False)
+    runs = {}
+    for decode in ("auto", "hf"):
+        for size in (20, 0):
+            backend = create_backend(get_spec("got_ocr_hf"), BackendOptions(
+                model_path=folder, extra={"decode": decode, "no_repeat_ngram_size": size}))
+            backend.load()
+            assert backend.single_view_rows(backend.build_inputs(pages, "text", params)) == [True, False, True]
+            runs[decode, size] = [(r.text, r.output_tokens) for r in backend.generate_batch(pages, "text", params)]
+            facts = backend.describe()
+            assert facts["decode"] == ("chatvlm-static" if decode == "auto" else "hf-generate")
+            assert facts["no_repeat_ngram"]["ngram_size"] == (size or None)
+            if decode == "auto" and size:
+                assert [(r.text, r.output_tokens) for r in
+                        (backend.generate_batch([p], "text", params)[0] for p in pages)] == runs[decode, size]
+            backend.close()
+    assert runs["auto", 20] == runs["hf", 20] and runs["auto", 0] == runs["hf", 0]
+    banned, free = runs["auto", 20], runs["auto", 0]
+    assert free[0][0] == "\n" * 48                                        # the loop the ban is for
+    assert banned[0][0] != free[0][0] and "\n" * 20 not in banned[0][0]    # single view: broken at 20
+    assert banned[1] == free[1]                                           # tiled: no ban (authors' chat_crop)
+    assert get_spec("got_ocr_hf").extra["no_repeat_ngram_size"] == 20
+
+
+def test_got_no_repeat_ngram_survives_batch_compaction(checkpoints):
+    # Rows that stop early are compacted out of the static decoder's batch; the per-row
+    # ban follows the rows that are left (select_rows) and matches generate.
+    folder = checkpoints("got_ocr_hf", init_std=0.02, eos_boost=4.0)
+    pages = noise_pages([(300, 300), (900, 300), (400, 500), (500, 300)])
+    params = GenerationParams(max_new_tokens=48, loop_guard=False)
+    runs = {}
+    for decode in ("auto", "hf"):
+        backend = create_backend(get_spec("got_ocr_hf"), BackendOptions(
+            model_path=folder, extra={"decode": decode, "no_repeat_ngram_size": 3}))
+        backend.load()
+        runs[decode] = [(r.text, r.output_tokens, r.finish_reason) for r in backend.generate_batch(pages, "text", params)]
+        if decode == "auto":
+            assert backend._static_decoder.stats.compactions >= 1
+        backend.close()
+    assert runs["auto"] == runs["hf"]
+    assert len({n for _, n, _ in runs["auto"]}) >= 2                     # rows ended at different steps
+
+
 def test_deepseek_prompt_is_bos_plus_raw_prompt(loaded):
     ds = loaded("deepseek_ocr2")
     inputs = ds.build_inputs(noise_pages([(300, 200)]), "text", PARAMS)
@@ -157,7 +206,7 @@ def test_qwen_and_got_postprocess_literal_outputs():
     assert qwen.postprocess(_page(), RawOutput(text="  plain \n"), "text").text == "plain"
     got = create_backend(get_spec("got_ocr_hf"), BackendOptions())
     res = got.postprocess(_page(), RawOutput(text="\\title{Hello}\nworld<|im_end|>", finish_reason="length"), "markdown")
-    assert res.markdown == "\\title{Hello}\nworld" and res.finish_reason == "length"
+    assert res.markdown == "# Hello\n\nworld" and res.text == "Hello\n\nworld\n" and res.finish_reason == "length"
 
 
 def test_deepseek_postprocess_grounding_and_truncation():
@@ -177,18 +226,19 @@ def test_deepseek_postprocess_grounding_and_truncation():
 # ----------------------------------------------------------------- loop guard on a real model
 
 def test_loop_guard_stops_and_trims_a_looping_model(checkpoints):
-    path = checkpoints("qwen_vl_2b", init_std=0.05)          # narrow weights: emits one token forever
+    path = checkpoints("qwen_vl_2b", init_std=0.05)          # narrow weights: emits "\n" forever
     backend = create_backend(get_spec("qwen_vl_2b"), BackendOptions(model_path=path))
     backend.load()
     backend.loop_settings = {"min_span": 16, "min_repeats": 4, "check_every": 4}
     pages = noise_pages(SIZES[:2])
-    guarded = backend.generate_batch(pages, "text", GenerationParams(max_new_tokens=64, max_pixels=28 * 28 * 64))
-    free = backend.generate_batch(pages, "text", GenerationParams(max_new_tokens=64, max_pixels=28 * 28 * 64,
+    # Whitespace is markup: a run of it is a loop only past MARKUP_MIN_REPEATS (100) copies.
+    guarded = backend.generate_batch(pages, "text", GenerationParams(max_new_tokens=128, max_pixels=28 * 28 * 64))
+    free = backend.generate_batch(pages, "text", GenerationParams(max_new_tokens=128, max_pixels=28 * 28 * 64,
                                                                    loop_guard=False))
     for g, f in zip(guarded, free):
-        assert g.finish_reason == "loop" and g.output_tokens < 64 and g.extra["loop_trimmed"]
+        assert g.finish_reason == "loop" and 100 <= g.output_tokens < 128 and g.extra["loop_trimmed"]
         assert len(g.text) < len(f.text)
-        assert f.finish_reason == "length" and f.output_tokens == 64
+        assert f.finish_reason == "length" and f.output_tokens == 128
     backend.close()
 
 
@@ -227,6 +277,8 @@ def test_cli_ocr_end_to_end(checkpoints, tmp_path, name):
     report = json.loads((out / "report.json").read_text())
     text = json.dumps(report)
     assert "sdpa" in text and "float32" in text
+    if name == "got_ocr_hf":
+        assert report["engine"]["no_repeat_ngram"]["ngram_size"] == 20
 
 
 def test_cli_layout_end_to_end_deepseek(checkpoints, tmp_path):

@@ -145,13 +145,14 @@ class DotsOcrBackend(HFBackend):
 def layout_result(result: PageResult, answer: str, frame: tuple[int, int]) -> PageResult:
     """Fill a PageResult from a layout answer: salvage the cells, map their boxes from the
     model frame to the page, render markdown (layoutjson2md rules) and text from them.
-    A truncated or looping answer keeps every complete block and is marked repaired."""
+    A truncated or looping answer keeps every complete block and is marked repaired; so
+    is a page with a block the model gave no usable box (the block keeps its text, with
+    bbox null and its problem noted in the JSON)."""
     cells, repaired, dropped = parse_cells(answer)
     blocks = cells_to_blocks(cells, frame, (result.width, result.height))
-    unplaced = len(cells) - len(blocks)     # no usable box on the page
     result.layout = blocks
-    result.repaired = repaired or unplaced > 0
-    result.dropped_blocks = dropped + unplaced
+    result.repaired = repaired or any(b.bbox is None for b in blocks)
+    result.dropped_blocks = dropped
     result.markdown = blocks_to_markdown(blocks)
     result.text = markdown_to_text(result.markdown)
     return result

@@ -4,9 +4,20 @@ The processor writes GOT's prompt itself: plain OCR (" OCR: ") for the text task
 format mode (" OCR with format: ", markdown/LaTeX-style output) for markdown. Pages far
 from square (long strips, two-page spreads) are tiled with `crop_to_patches` (1024-px
 tiles plus a thumbnail, " ... upon the patch reference: "); `extra["crop"]` = "auto" |
-"always" | "never" and `extra["max_patches"]` control it. Each page is processed on its
+"always" | "never" and `extra["max_patches"]` control it. Format mode answers in
+Mathpix-style LaTeX, converted for .md (math kept as `$…$`) and .txt by chatvlm.latex. Each page is processed on its
 own (the crop decision is per page) and the batch is left-padded here. Stops on
 <|im_end|> (the official stop string) and <|endoftext|>.
+
+Anti-repetition: the authors generate single-view pages with `no_repeat_ngram_size=20`
+(GOT-OCR2.0 `chat()`) and tiled pages with none (`chat_crop()`); chatvlm does the same,
+per row of a batch (the model spec's `extra["no_repeat_ngram_size"]`, `-O
+no_repeat_ngram_size=0` turns it off), and records it in report.json (`no_repeat_ngram`).
+
+Prompt: transformers' GotOcr2Processor writes the query as "\n OCR: " (its box slot is
+empty, and a space follows it), where the authors' code writes "\nOCR: ". chatvlm keeps the
+processor's prompt: it is the one the transformers port of the checkpoint was validated
+with, and changing model input without a measurement on real weights is a guess.
 """
 
 from __future__ import annotations
@@ -14,10 +25,12 @@ from __future__ import annotations
 from typing import Optional
 
 from ..config import GenerationParams
+from ..latex import latex_markdown, latex_text
 from ..records import Page, PageResult, RawOutput
 from .hf import HFBackend, collate_left, markdown_to_text
 
 GOT_STOP_STRING = "<|im_end|>"
+NO_REPEAT_NGRAM_SIZE = 20       # the authors' setting for single-view pages
 
 
 class GotOcrBackend(HFBackend):
@@ -72,6 +85,28 @@ class GotOcrBackend(HFBackend):
         features = [self.page_inputs(p.image, task) for p in pages]
         return collate_left(features, self.pad_token_id(), concat_keys=("pixel_values",))
 
+    # ------------------------------------------------------------------ anti-repetition
+    def no_repeat_ngram_size(self) -> int:
+        value = self.options.extra.get("no_repeat_ngram_size",
+                                       self.spec.extra.get("no_repeat_ngram_size", NO_REPEAT_NGRAM_SIZE))
+        return max(0, int(value))
+
+    def single_view_rows(self, inputs: dict) -> list[bool]:
+        """Which rows hold one 1024-px view (not tiles): exactly one view's image tokens."""
+        image_id = int(self.model.config.image_token_index)
+        counts = (inputs["input_ids"] == image_id).sum(dim=1).tolist()
+        return [int(c) == self.num_image_tokens for c in counts]
+
+    def logits_processors(self, task: str, params: GenerationParams, inputs: dict) -> list:
+        from ..loop_guard import NoRepeatNGramRows
+
+        size = self.no_repeat_ngram_size()
+        self._facts["no_repeat_ngram"] = {"ngram_size": size or None, "pages": "single-view (none when tiled)"}
+        if not size:
+            return []
+        rows = self.single_view_rows(inputs)
+        return [NoRepeatNGramRows(size, rows)] if any(rows) else []
+
     # ------------------------------------------------------------------ stops
     def stop_token_ids(self) -> list[int]:
         ids = []
@@ -95,4 +130,6 @@ class GotOcrBackend(HFBackend):
         text = raw.text.replace(GOT_STOP_STRING, "").strip()
         if task == "text":
             return self.page_result(page, raw, text=text)
-        return self.page_result(page, raw, markdown=text, text=markdown_to_text(text))
+        # Format mode writes Mathpix-style LaTeX: markdown keeps the math as $…$ and turns
+        # tables, \title, \section, lists and emphasis into markdown; text writes it all out.
+        return self.page_result(page, raw, markdown=latex_markdown(text), text=markdown_to_text(latex_text(text)))

@@ -749,7 +749,7 @@ class HFBackend(Backend):
             """Tracker, processors and generate() arguments; both decoders mutate them, so
             a retry gets new ones."""
             tracker = make_tracker(prompt_len, batch, stop_ids=stop_ids, stop_strings=stop_strings,
-                                   decode=self._decode_raw if stop_strings else None,
+                                   decode=self._decode_raw,   # stop strings; markup-only repeats
                                    loop_guard=params.loop_guard and not synthetic, **self.loop_settings)
             processors = [as_logits_processor(p) for p in self.logits_processors(task, params, inputs)]
             penalty = self.repetition_penalty(params)
