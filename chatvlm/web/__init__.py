@@ -9,6 +9,7 @@ Streamlit runs the script in its own process.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -48,6 +49,8 @@ def run_ui(model: str = "auto", model_path: Optional[Path] = None, host: str = "
            device: Optional[str] = None) -> int:
     """Run the page until Ctrl-C; returns Streamlit's exit code."""
     process = subprocess.Popen(streamlit_command(host, port), env=page_environment(model, model_path, device))
+    # A service manager stops us with SIGTERM: the page must not outlive this process.
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: process.terminate())
     try:
         return process.wait()
     except KeyboardInterrupt:
@@ -58,3 +61,5 @@ def run_ui(model: str = "auto", model_path: Optional[Path] = None, host: str = "
             process.kill()
             process.wait()
         return 0
+    finally:
+        signal.signal(signal.SIGTERM, previous)
