@@ -236,6 +236,26 @@ def test_messages_follow_the_interface_language(client):
     assert_error(client.post("/v1/ocr", data={}), 400, "нет поля")
 
 
+def test_batcher_skips_requests_whose_client_gave_up(tess):
+    from chatvlm.server.batcher import Batcher, Work
+
+    batcher = Batcher(tess, queue_pages=4)
+    page = render_page(ENGLISH)
+    gone = batcher.submit(Work(task="text", images=[page]))
+    kept = batcher.submit(Work(task="text", images=[page]))
+    assert batcher.waiting_pages == 2
+    assert gone.cancel()
+    with counted_generation(tess) as calls:
+        batcher.start()
+        try:
+            (outcome,) = kept.result(60)
+        finally:
+            batcher.stop()
+    assert calls == [1] and outcome.error is None
+    assert cer("\n".join(ENGLISH), outcome.result.text) < 0.05
+    assert batcher.waiting_pages == 0
+
+
 # --------------------------------------------------------------------------- real uvicorn
 
 def test_real_uvicorn_ocr_limits_and_queue_full(tess, page_png):

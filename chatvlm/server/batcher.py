@@ -142,13 +142,16 @@ class Batcher:
                         break
                     self._cond.wait(left)
             self._waiting_pages -= sum(len(job.images) for job in batch)
-            return batch
+        # From here on a request cannot be cancelled; one its client gave up on is dropped.
+        return [job for job in batch if job.future.set_running_or_notify_cancel()]
 
     def _loop(self) -> None:
         while True:
             batch = self._take_batch()
             if batch is None:
                 return
+            if not batch:
+                continue
             started = time.monotonic()
             try:
                 if batch[0].task == "ask":
