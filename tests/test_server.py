@@ -26,7 +26,7 @@ from PIL import Image  # noqa: E402
 import chatvlm  # noqa: E402
 from chatvlm.server.app import ServerSettings, create_app  # noqa: E402
 from chatvlm.server.uploads import Limits  # noqa: E402
-from tests.api_helpers import ENGLISH, RUSSIAN, cer, english_interface, render_page, tiny_checkpoint  # noqa: E402,F401
+from tests.api_helpers import ENGLISH, cer, english_interface, render_page, tiny_checkpoint  # noqa: E402,F401
 from tests.conftest import CORPUS  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
