@@ -349,9 +349,73 @@ def ask(
     raise typer.Exit(code)
 
 
+@app.command(help=_("Serve a model over HTTP: POST /v1/ocr, /v1/layout, /v1/ask; API docs at /docs."))
+def serve(
+    model: str = typer.Option("auto", "--model", "-m", help=_("Model name (see `chatvlm models`); auto = best available.")),
+    model_path: Optional[Path] = typer.Option(None, "--model-path", help=_("Local checkpoint folder for --model.")),
+    host: str = typer.Option("127.0.0.1", "--host", help=_("Address to listen on (0.0.0.0 opens it to the network).")),
+    port: int = typer.Option(8000, "--port", help=_("Port to listen on.")),
+    api_key: Optional[str] = typer.Option(None, "--api-key", envvar="CHATVLM_API_KEY", show_default=False,
+                                          help=_("Require this key (Authorization: Bearer KEY or X-API-Key: KEY) on every endpoint but /health.")),
+    device: Optional[str] = typer.Option(None, "--device", help=_("cuda, cuda:N or cpu (default: best available).")),
+    batch_size: Optional[str] = typer.Option(None, "--batch-size", "-b", help=_("Pages per batch, or auto.")),
+    max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", help=_("Generation limit per page.")),
+    queue_size: int = typer.Option(64, "--queue-size", help=_("Pages that may wait for the model; above it requests get 503 with Retry-After.")),
+    max_upload_mb: float = typer.Option(50.0, "--max-upload-mb", help=_("Largest upload accepted, in MB (413 above it).")),
+    max_image_pixels: int = typer.Option(50_000_000, "--max-image-pixels", help=_("Largest image accepted, in pixels (413 above it); PDF pages are rendered within it.")),
+    max_pages: int = typer.Option(50, "--max-pages", help=_("Most pages one request may ask for (413 above it).")),
+    dpi: int = typer.Option(200, "--dpi", help=_("Resolution for rendering PDF pages.")),
+    lang: Optional[str] = typer.Option(None, "--lang", help=_("Tesseract languages, e.g. eng+rus.")),
+) -> None:
+    try:
+        from .server import SERVE_MODULES, require_extra, run_server
+        require_extra(SERVE_MODULES, "serve")
+        from .server.app import ServerSettings
+        from .server.uploads import Limits
+
+        if not 0 < port < 65536:
+            raise UsageError(_("--port must be between 1 and 65535"))
+        if queue_size < 1 or max_pages < 1 or max_upload_mb <= 0 or max_image_pixels < 1:
+            raise UsageError(_("--queue-size, --max-pages, --max-upload-mb and --max-image-pixels must be positive"))
+        if dpi < 30 or dpi > 1200:
+            raise UsageError(_("--dpi must be between 30 and 1200"))
+        size = _parse_batch_size(batch_size)
+        limits = Limits(max_upload_bytes=int(max_upload_mb * 1024 * 1024), max_pixels=max_image_pixels,
+                        max_pages=max_pages, dpi=dpi)
+        settings = ServerSettings(limits=limits, queue_pages=queue_size, batch_size=size)
+        options: dict = {k: v for k, v in (("batch_size", size), ("max_new_tokens", max_new_tokens), ("lang", lang)) if v is not None}
+        run_server(model, model_path=model_path, host=host, port=port, api_key=api_key, device=device,
+                   settings=settings, **options)
+    except ChatVLMError as exc:
+        _fail(exc)
+
+
+@app.command(help=_("Open a web page to try models on your own pages (Streamlit): upload, recognise, download."))
+def ui(
+    model: str = typer.Option("auto", "--model", "-m", help=_("Model selected when the page opens (the page can switch).")),
+    model_path: Optional[Path] = typer.Option(None, "--model-path", help=_("Local checkpoint folder for --model.")),
+    host: str = typer.Option("127.0.0.1", "--host", help=_("Address to listen on (0.0.0.0 opens it to the network).")),
+    port: int = typer.Option(8501, "--port", help=_("Port to listen on.")),
+    device: Optional[str] = typer.Option(None, "--device", help=_("cuda, cuda:N or cpu (default: best available).")),
+) -> None:
+    try:
+        from .server import require_extra
+        require_extra(("streamlit",), "ui")
+        if not 0 < port < 65536:
+            raise UsageError(_("--port must be between 1 and 65535"))
+        from .web import run_ui
+        code = run_ui(model, model_path=model_path, host=host, port=port, device=device)
+    except ChatVLMError as exc:
+        _fail(exc)
+    raise typer.Exit(code)
+
+
 def _fail(exc: ChatVLMError) -> None:
+    from rich.markup import escape
+
     from .ui import stderr
-    stderr.print(f"[bold red]{_('error')}:[/] {exc}", highlight=False)
+    # Messages are plain text: brackets in them (chatvlm[serve], [1, 2]) are not markup.
+    stderr.print(f"[bold red]{_('error')}:[/] {escape(str(exc))}", highlight=False)
     raise typer.Exit(exc.exit_code if exc.exit_code else EXIT_USAGE)
 
 
