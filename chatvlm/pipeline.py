@@ -34,6 +34,8 @@ class Reporter:
     def advance(self, result: PageResult) -> None: ...
     def message(self, text: str, level: str = "info") -> None: ...
     def finish(self) -> None: ...
+    def workers(self, rows: list[dict[str, Any]]) -> None:
+        """Cluster runs: one row per model worker (node, pages, pages/s), updated as pages finish."""
 
 
 @dataclass
@@ -77,6 +79,7 @@ def run(config: RunConfig, reporter: Optional[Reporter] = None, backend=None) ->
     stats = RunStats(model=spec.name)
     results: list[dict[str, Any]] = []
     owned = None
+    cluster: dict[str, Any] = {}   # with --ray: workers, their pages/s, retries
 
     def finish_page(result: PageResult) -> None:
         entry = manifest_entry(result, opts)
@@ -117,7 +120,12 @@ def run(config: RunConfig, reporter: Optional[Reporter] = None, backend=None) ->
             finish_page(result)
 
         engine: dict[str, Any] = {}
-        if jobs:
+        if jobs and config.ray is not None and backend is None:
+            # Pages go to model workers on a Ray cluster; results come back here and are
+            # written by finish_page exactly as below, in input order.
+            from .distributed import recognise_on_ray
+            engine, cluster = recognise_on_ray(config, spec, jobs, stats, finish_page, reporter)
+        elif jobs:
             if backend is None:
                 from .backends.base import create_backend
                 # A backend made here is closed here (GPU memory, worker processes);
@@ -141,6 +149,7 @@ def run(config: RunConfig, reporter: Optional[Reporter] = None, backend=None) ->
         "dpi": config.dpi,
         "inputs": list(config.inputs),
         "out": str(out),
+        **({"cluster": cluster} if cluster else {}),
     })
     atomic_write_text(out / REPORT, json.dumps(report, indent=2, ensure_ascii=False) + "\n")
     code = EXIT_PAGES_FAILED if stats.failed else EXIT_OK
@@ -171,16 +180,10 @@ def _recognise_all(config: RunConfig, spec: ModelSpec, backend, jobs: list[Job],
         for batch in groups:
             if len(batch) == 1 and not batch[0].ok:
                 continue
-            start = time.perf_counter()
-            raws = generate_with_backoff(lambda b: backend.generate_batch(b, config.task, params), batch, shrink)
-            elapsed = time.perf_counter() - start
+            raws, elapsed = recognise_batch(config, backend, batch, shrink)
             stats.gpu_busy_s += elapsed
             stats.batches += 1
             for page, raw in zip(batch, raws):
-                measured = raw.generate_s if isinstance(raw, RawOutput) and raw.generate_s else elapsed / len(batch)
-                page.timings["recognise"] = measured
-                if isinstance(raw, RawOutput) and raw.preprocess_s:
-                    page.timings["preprocess"] = raw.preprocess_s
                 outputs[id(page)] = raw
         return outputs
 
@@ -203,6 +206,20 @@ def _recognise_all(config: RunConfig, spec: ModelSpec, backend, jobs: list[Job],
             pending.popleft().result()
 
 
+def recognise_batch(config: RunConfig, backend, batch: list[Page], shrink) -> tuple[list, float]:
+    """One batch through the backend (split on failure, see generate_with_backoff), with
+    each page's recognise/preprocess timings set; returns the raw outputs and the seconds taken."""
+    start = time.perf_counter()
+    raws = generate_with_backoff(lambda b: backend.generate_batch(b, config.task, config.generation), batch, shrink)
+    elapsed = time.perf_counter() - start
+    for page, raw in zip(batch, raws):
+        measured = raw.generate_s if isinstance(raw, RawOutput) and raw.generate_s else elapsed / len(batch)
+        page.timings["recognise"] = measured
+        if isinstance(raw, RawOutput) and raw.preprocess_s:
+            page.timings["preprocess"] = raw.preprocess_s
+    return raws, elapsed
+
+
 def _write_window(config: RunConfig, spec: ModelSpec, backend, window: list[Page], outputs,
                   finish_page, reporter: Reporter) -> None:
     """Results go to the writers in input order, whatever order the buckets ran in."""
@@ -218,6 +235,14 @@ def _write_window(config: RunConfig, spec: ModelSpec, backend, window: list[Page
 
 
 def _finish(config: RunConfig, spec: ModelSpec, backend, page: Page, raw, reporter: Reporter) -> PageResult:
+    return write_result(config, spec, postprocess_page(config, spec, backend, page, raw, reporter), reporter)
+
+
+def postprocess_page(config: RunConfig, spec: ModelSpec, backend, page: Page, raw, reporter: Reporter) -> PageResult:
+    """A raw generation into a PageResult (text, markdown, layout, picture crops), not yet written.
+
+    Runs where the page's pixels are: in this process, or on a cluster worker.
+    """
     reason = failure_reason(raw)
     if reason is not None:
         reporter.message(_("{path} page {page}: recognition failed: {reason}").format(path=page.source, page=page.page, reason=reason), "error")
@@ -228,15 +253,26 @@ def _finish(config: RunConfig, spec: ModelSpec, backend, page: Page, raw, report
             result = backend.postprocess(page, raw, config.task)
             _add_page_images(config, page, result)
         result.timings = timings
-        with stopwatch(timings, "write"):
-            result.outputs = write_page(config.out, result, config.formats)
-        result.timings = timings
     except Exception as exc:
         reporter.message(_("{path} page {page}: cannot write output: {reason}").format(path=page.source, page=page.page, reason=exc), "error")
         return PageResult.failed(page, spec.name, f"postprocess/write failed: {exc.__class__.__name__}: {exc}")
     if result.finish_reason == "loop":
         reporter.message(_("{path} page {page}: the model started repeating itself; output cut at the repetition").format(
             path=page.source, page=page.page), "warning")
+    return result
+
+
+def write_result(config: RunConfig, spec: ModelSpec, result: PageResult, reporter: Reporter) -> PageResult:
+    """Write a postprocessed page's files; a page that cannot be written becomes a failed one."""
+    if result.status != "ok":
+        return result
+    page = result.page
+    try:
+        with stopwatch(result.timings, "write"):
+            result.outputs = write_page(config.out, result, config.formats)
+    except Exception as exc:
+        reporter.message(_("{path} page {page}: cannot write output: {reason}").format(path=page.source, page=page.page, reason=exc), "error")
+        return PageResult.failed(page, spec.name, f"postprocess/write failed: {exc.__class__.__name__}: {exc}")
     return result
 
 
