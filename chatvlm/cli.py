@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any, List, Optional
 
 import typer
+from rich.markup import escape
 import typer.rich_utils  # noqa: F401  (its panel titles are translated by set_language)
 from typer.core import TyperGroup
 
@@ -51,6 +52,7 @@ class LocalizedGroup(TyperGroup):
     context_class = _LocalizedContext
 
     def make_context(self, info_name, args, parent=None, **extra):
+        args = normalize_ray_flag(list(args))
         set_language(language_from_argv(args))
         _localize(self)
         for command in self.commands.values():
@@ -139,7 +141,7 @@ def _run(config: RunConfig) -> None:
     try:
         outcome = pipeline.run(config, RichReporter())
     except ChatVLMError as exc:
-        stderr.print(f"[bold red]{_('error')}:[/] {exc}", highlight=False)
+        stderr.print(f"[bold red]{_('error')}:[/] {escape(str(exc))}", highlight=False)
         raise typer.Exit(exc.exit_code)
     except KeyboardInterrupt:
         stderr.print(f"[bold red]{_('interrupted')}[/]: " + _("pages already written are kept; rerun the same command to resume"))
@@ -209,7 +211,7 @@ RAY_LOCAL = "local"
 
 
 def _ray_option():
-    return typer.Option(None, "--ray", is_flag=False, flag_value=RAY_LOCAL, metavar="[ADDRESS]",
+    return typer.Option(None, "--ray", metavar="[ADDRESS]",
                         help=_("Run on a Ray cluster: alone, a local cluster for this run; or auto, ray://HOST:10001, HOST:PORT."))
 
 
@@ -223,11 +225,14 @@ def _looks_like_ray_address(value: str) -> bool:
 
 
 def normalize_ray_flag(argv: list[str]) -> list[str]:
-    """`--ray` followed by an input (not an address) means a local cluster, not ADDRESS=input."""
+    """`--ray` without an address after it (last, before an option, or before an input)
+    means a local cluster: click options take a value or none, never either."""
     out: list[str] = []
     for i, arg in enumerate(argv):
+        if arg == "--":
+            return out + argv[i:]
         out.append(arg)
-        if arg == "--ray" and i + 1 < len(argv) and not argv[i + 1].startswith("-") and not _looks_like_ray_address(argv[i + 1]):
+        if arg == "--ray" and (i + 1 == len(argv) or not _looks_like_ray_address(argv[i + 1])):
             out.append(RAY_LOCAL)
     return out
 
@@ -387,7 +392,7 @@ def ask(
 
 def _fail(exc: ChatVLMError) -> None:
     from .ui import stderr
-    stderr.print(f"[bold red]{_('error')}:[/] {exc}", highlight=False)
+    stderr.print(f"[bold red]{_('error')}:[/] {escape(str(exc))}", highlight=False)
     raise typer.Exit(exc.exit_code if exc.exit_code else EXIT_USAGE)
 
 
@@ -421,7 +426,7 @@ def hoist_global_options(argv: list[str]) -> list[str]:
 
 
 def main() -> None:
-    app(args=normalize_ray_flag(hoist_global_options(sys.argv[1:])), prog_name="chatvlm")
+    app(args=hoist_global_options(sys.argv[1:]), prog_name="chatvlm")
 
 
 if __name__ == "__main__":

@@ -49,7 +49,7 @@ def require_ray():
     try:
         import ray
     except ImportError:
-        raise UsageError(_("--ray needs Ray, which is not installed here: pip install 'chatvlm[ray]' (or pip install 'ray[default]')")) from None
+        raise UsageError(_("--ray needs Ray, which is not installed here: pip install 'chatvlm[ray]'")) from None
     return ray
 
 
@@ -207,7 +207,7 @@ def plan_workers(ray, config: RunConfig, spec: ModelSpec) -> tuple[int, dict[str
     """How many model workers, and the resources of each."""
     resources = ray.cluster_resources()
     gpus = float(resources.get("GPU", 0))
-    wanted = config.backend.extra.get("workers")
+    wanted = config.workers or config.backend.extra.get("workers")
     if spec.backend_class().uses_gpu and gpus > 0 and config.backend.device != "cpu":
         share = config.gpus_per_worker
         count = int(wanted or max(1, int(gpus / share + 1e-9)))

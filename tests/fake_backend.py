@@ -1,7 +1,7 @@
 """A small fake backend registered through the real registry, for pipeline and CLI tests.
 
 It "recognises" a page by reporting its size; it can be told (through BackendOptions.extra)
-to sleep per page, to fail on pages of a given width, or to raise out-of-memory for
+to sleep per page, to fail (or kill its process) on pages of a given width, or to raise out-of-memory for
 batches larger than a limit, so the pipeline's error paths run for real.
 """
 
@@ -45,6 +45,8 @@ class FakeBackend(Backend):
             w, h = page.image.size
             if self.options.extra.get("fail_width") == w:
                 raise ValueError(f"cannot handle width {w}")
+            if self.options.extra.get("crash_width") == w:
+                os._exit(17)   # the whole worker process dies, as on a segfault or the OOM killer
             outs.append(RawOutput(text=f"{page.source.name} p{page.page} {w}x{h}", input_tokens=w, output_tokens=h))
         return outs
 
