@@ -200,7 +200,7 @@ class _Worker:
         return {"worker": self.name, "node": self.info.get("node"), "pid": self.info.get("pid"),
                 "device": (self.info.get("engine") or {}).get("device"), "pages": self.pages,
                 "pages_per_s": round(self.pages / span, 4) if span else 0.0, "busy_s": round(self.busy_s, 3),
-                "restarts": self.restarts, "alive": self.healthy or self.ping is not None}
+                "restarts": self.restarts, "alive": self.healthy}
 
 
 def plan_workers(ray, config: RunConfig, spec: ModelSpec) -> tuple[int, dict[str, Any]]:
@@ -243,28 +243,35 @@ class _Dispatcher:
         self.engine: dict[str, Any] = {}
         self.attempts = [0] * len(self.pages)
         self.retried = 0
-        self.started = time.perf_counter()
         self.last_rows = 0.0
+        self.batch_size = 1
 
     # ------------------------------------------------------------------ workers
     def start_workers(self) -> None:
+        """Start every worker; return once one has its model loaded.
+
+        The others join as they become ready: a cluster that fits fewer workers than asked
+        for (or a node that is slow to start) does not hold the run back.
+        """
         count, resources = plan_workers(self.ray, self.config, self.spec)
         remote = self.ray.remote(PageWorker).options(max_restarts=MAX_RESTARTS, max_task_retries=0, **resources)
         language = current_language()
+        start = time.perf_counter()
         for i in range(count):
             actor = remote.remote(self.spec, self.config, language)
-            self.workers.append(_Worker(name=f"w{i + 1}", actor=actor))
-        start = time.perf_counter()
-        infos = self.ray.get([w.actor.ready.remote() for w in self.workers])
-        errors = [info["error"] for info in infos if info["error"]]
-        if errors:
-            raise ModelUnavailableError(errors[0])
-        now = time.perf_counter()
-        for worker, info in zip(self.workers, infos):
-            worker.info, worker.healthy, worker.started = info, True, now
-        # Workers load in parallel: the run waited this long for its models.
-        self.stats.load_s = now - start
-        self.engine = dict(infos[0]["engine"] or {})
+            self.workers.append(_Worker(name=f"w{i + 1}", actor=actor, ping=actor.ready.remote()))
+        while not any(w.healthy for w in self.workers):
+            pings = {w.ping: w for w in self.workers if w.ping is not None}
+            if not pings:
+                raise ModelUnavailableError(_("every Ray worker has died; pages written so far are kept, run again to resume"))
+            ready, _pending = self.ray.wait(list(pings), num_returns=1)
+            for ref in ready:
+                self._pinged(pings[ref], ref, starting=True)
+        # Workers load in parallel: the run waited this long for its first model.
+        self.stats.load_s = time.perf_counter() - start
+        first = next(w for w in self.workers if w.healthy)
+        self.engine = dict(first.info["engine"] or {})
+        self.batch_size = first.info["batch_size"]
         self.reporter.workers(self.worker_rows())
 
     def stop_workers(self) -> None:
@@ -292,7 +299,7 @@ class _Dispatcher:
         queue: deque[list[int]] = deque()
         # A worker's own batch size, but small enough that a short run still reaches every worker.
         spread = -(-len(self.pages) // (len(self.workers) * IN_FLIGHT_PER_WORKER))
-        size = max(1, min(min(w.info["batch_size"] for w in self.workers), spread))
+        size = max(1, min(self.batch_size, spread))
         indices = list(range(len(self.pages)))
         queue.extend(indices[i:i + size] for i in range(0, len(indices), size))
         in_flight: dict[Any, tuple[_Worker, list[int]]] = {}
@@ -366,18 +373,26 @@ class _Dispatcher:
         else:
             queue.appendleft(batch)
 
-    def _pinged(self, worker: _Worker, ref) -> None:
+    def _pinged(self, worker: _Worker, ref, starting: bool = False) -> None:
+        """A worker answered ready() after its start or a restart (or failed to)."""
         worker.ping = None
         try:
             info = self.ray.get(ref)
         except Exception as exc:
+            if starting and not any(w.ping is not None or w.healthy for w in self.workers):
+                raise ModelUnavailableError(_("Ray workers could not start: {reason}").format(reason=_describe(exc))) from None
             self.reporter.message(_("Ray worker {name} is gone ({reason})").format(name=worker.name, reason=_describe(exc)), "warning")
             return
         if info.get("error"):
+            if starting:
+                raise ModelUnavailableError(info["error"])   # a missing model is missing on every worker
             self.reporter.message(_("Ray worker {name} is gone ({reason})").format(name=worker.name, reason=info["error"]), "warning")
             return
+        if worker.started:
+            worker.restarts += 1
+        else:
+            worker.started = time.perf_counter()
         worker.info, worker.healthy = info, True
-        worker.restarts += 1
 
 
 def _describe(exc: BaseException) -> str:

@@ -180,6 +180,29 @@ def test_page_that_kills_every_worker_it_meets_is_recorded_failed(cluster, tmp_p
     assert any(level == "warning" and "stopped" in text for level, text in watch.messages)
 
 
+def test_model_that_cannot_load_on_the_workers_is_one_clear_error(cluster, tmp_path):
+    from chatvlm.errors import ModelUnavailableError
+
+    src = tmp_path / "in"
+    src.mkdir()
+    write_noise_pages(src, [(100, 80)])
+    with pytest.raises(ModelUnavailableError, match="told to fail"):
+        run(fake_config([src], tmp_path / "out", fail_load=True))
+
+
+def test_more_workers_than_the_cluster_fits_still_finishes(cluster, tmp_path):
+    src = tmp_path / "in"
+    src.mkdir()
+    write_noise_pages(src, [(100 + i, 80) for i in range(6)])
+    config = fake_config([src], tmp_path / "out", batch_size=1)
+    config.workers = 3                         # the cluster has CPUs for two
+    outcome = run(config)
+    assert outcome.exit_code == 0 and outcome.report["pages"]["ok"] == 6
+    rows = outcome.report["cluster"]["workers"]
+    assert len(rows) == 3 and sum(r["pages"] for r in rows) == 6
+    assert 1 <= [r["alive"] for r in rows].count(True) <= 2   # the third never got a CPU; the run did not wait for it
+
+
 # --------------------------------------------------------------------------- Ctrl-C and resume
 
 def test_interrupted_ray_run_resumes_where_it_stopped(cluster, tmp_path):
@@ -211,6 +234,28 @@ def test_interrupted_ray_run_resumes_where_it_stopped(cluster, tmp_path):
     assert output_files(out) == output_files(tmp_path / "one")
     resumed = [{**r, "status": "ok" if r["status"] == "skipped" else r["status"]} for r in page_records(out)]
     assert resumed == page_records(tmp_path / "one")
+
+
+def test_bench_on_ray_scores_the_pages_its_workers_recognised(cluster, tmp_path):
+    from chatvlm import bench
+
+    src = tmp_path / "in"
+    src.mkdir()
+    for name, text in (("a", "Hello bench"), ("b", "Second page")):
+        text_page(text).save(src / f"{name}.png")
+        (src / f"{name}.txt").write_text(text + "\n")
+    ensure_registered()
+    base = RunConfig(inputs=[str(src)], out=tmp_path / "out", formats=("text", "markdown"),
+                     backend=BackendOptions(lang="eng"), command="bench", ray="local")
+    outcome = bench.run_bench(bench.BenchConfig(base=base, command_line=["chatvlm", "bench"]), ["tesseract", FAKE])
+    assert outcome.exit_code == 0
+    rows = {row["model"]: row for row in outcome.report["models"]}
+    for name in ("tesseract", FAKE):
+        assert rows[name]["status"] == "ok" and rows[name]["pages"]["ok"] == 2
+        assert sum(w["pages"] for w in rows[name]["cluster"]["workers"]) == 2
+        assert rows[name]["load_s"] is not None
+    assert rows["tesseract"]["accuracy"]["cer"] < 0.2
+    assert (tmp_path / "out" / "tesseract" / "a" / "page-0001.txt").read_text().startswith("Hello")
 
 
 # --------------------------------------------------------------------------- the command line
