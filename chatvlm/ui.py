@@ -129,7 +129,7 @@ def print_report(report: dict[str, Any], console: Console = stdout) -> None:
 
 
 def _print_workers(cluster: dict[str, Any], report: dict[str, Any], console: Console) -> None:
-    table = Table(title=_("Ray workers ({nodes} nodes, {retried} pages sent again; {total} pages/s in all)").format(
+    table = Table(title=_("Ray workers (nodes: {nodes}; pages sent again: {retried}; {total} pages/s in all)").format(
         nodes=_fmt(cluster.get("nodes")), retried=cluster.get("retried_pages", 0), total=_fmt(report.get("pages_per_s"))),
         title_justify="left")
     for col in (_("worker"), _("node"), _("device"), _("pages"), _("pages/s"), _("restarts")):
