@@ -189,7 +189,7 @@ class _Worker:
     info: dict[str, Any] = dataclasses.field(default_factory=dict)
     in_flight: int = 0
     healthy: bool = False
-    ping: Any = None               # a ready() call while Ray restarts the worker
+    ping: Any = None               # a ready() call while the worker starts or Ray restarts it
     pages: int = 0
     busy_s: float = 0.0
     restarts: int = 0
@@ -305,9 +305,13 @@ class _Dispatcher:
         in_flight: dict[Any, tuple[_Worker, list[int]]] = {}
         done: dict[int, PageResult] = {}
         next_page = 0
+        # Results wait here until every page before them is written; a worker stuck on an
+        # early batch (restarting, slow node) must not let the others fill memory meanwhile.
+        ahead = max(256, size * len(self.workers) * IN_FLIGHT_PER_WORKER * 4)
         while next_page < len(self.pages):
             for worker in self.workers:
-                while worker.healthy and worker.in_flight < IN_FLIGHT_PER_WORKER and queue:
+                while (worker.healthy and worker.in_flight < IN_FLIGHT_PER_WORKER and queue
+                       and queue[0][0] < next_page + ahead):
                     batch = queue.popleft()
                     tasks = [(self.pages[i], str(Path(self.pages[i].source).resolve())) for i in batch]
                     in_flight[worker.actor.recognise.remote(tasks)] = (worker, batch)
