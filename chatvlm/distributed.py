@@ -41,6 +41,7 @@ MAX_ATTEMPTS = 3           # deaths of a page's worker, with the page alone in i
 IN_FLIGHT_PER_WORKER = 2   # batches queued at each worker, so it never waits for the driver
 MAX_RESTARTS = 4           # Ray restarts a dead worker this often before it is given up
 OPEN_DOCUMENTS = 8         # documents a worker keeps open (hash and page count read once)
+PING_TRIES = 3             # failed ready() calls in a row before a dead worker is given up
 WORKER_ROWS_EVERY_S = 1.0  # how often the progress display gets fresh per-worker figures
 
 
@@ -194,6 +195,8 @@ class _Worker:
     busy_s: float = 0.0
     restarts: int = 0
     started: float = 0.0
+    ping_failures: int = 0
+    blamed: int = -1               # the call this worker died on (see _batch_failed)
 
     def row(self, now: float) -> dict[str, Any]:
         span = max(now - self.started, 1e-9) if self.started else 0.0
@@ -302,9 +305,10 @@ class _Dispatcher:
         size = max(1, min(self.batch_size, spread))
         indices = list(range(len(self.pages)))
         queue.extend(indices[i:i + size] for i in range(0, len(indices), size))
-        in_flight: dict[Any, tuple[_Worker, list[int]]] = {}
+        in_flight: dict[Any, tuple[_Worker, list[int], int]] = {}   # call -> worker, page indices, when sent
         done: dict[int, PageResult] = {}
         next_page = 0
+        sent = 0
         # Results wait here until every page before them is written; a worker stuck on an
         # early batch (restarting, slow node) must not let the others fill memory meanwhile.
         ahead = max(256, size * len(self.workers) * IN_FLIGHT_PER_WORKER * 4)
@@ -314,8 +318,9 @@ class _Dispatcher:
                        and queue[0][0] < next_page + ahead):
                     batch = queue.popleft()
                     tasks = [(self.pages[i], str(Path(self.pages[i].source).resolve())) for i in batch]
-                    in_flight[worker.actor.recognise.remote(tasks)] = (worker, batch)
+                    in_flight[worker.actor.recognise.remote(tasks)] = (worker, batch, sent)
                     worker.in_flight += 1
+                    sent += 1
             pings = {w.ping: w for w in self.workers if w.ping is not None}
             if not in_flight and not pings:
                 raise ModelUnavailableError(_("every Ray worker has died; pages written so far are kept, run again to resume"))
@@ -324,12 +329,12 @@ class _Dispatcher:
                 if ref in pings:
                     self._pinged(pings[ref], ref)
                     continue
-                worker, batch = in_flight.pop(ref)
+                worker, batch, seq = in_flight.pop(ref)
                 worker.in_flight -= 1
                 try:
                     outcome = ray.get(ref)
                 except Exception as exc:
-                    self._batch_failed(worker, batch, exc, queue, done)
+                    self._batch_failed(worker, batch, seq, exc, queue, done, in_flight)
                     continue
                 self._batch_done(worker, batch, outcome, done)
             while next_page in done:
@@ -353,16 +358,28 @@ class _Dispatcher:
         worker.busy_s += outcome["busy_s"]
         self.stats.batches += outcome["batches"]
 
-    def _batch_failed(self, worker: _Worker, batch: list[int], exc: BaseException, queue: deque,
-                      done: dict[int, PageResult]) -> None:
+    def _batch_failed(self, worker: _Worker, batch: list[int], seq: int, exc: BaseException, queue: deque,
+                      done: dict[int, PageResult], in_flight: dict) -> None:
         """Send the batch again (first to whichever worker is free); a page that keeps
         killing its worker ends up alone, and after MAX_ATTEMPTS is recorded as failed."""
         reason = _describe(exc)
-        if isinstance(exc, self.ray.exceptions.RayActorError) and worker.healthy:
-            worker.healthy = False
-            worker.ping = worker.actor.ready.remote()
-            self.reporter.message(_("Ray worker {name} on {node} stopped ({reason}); its pages are sent again").format(
-                name=worker.name, node=worker.info.get("node"), reason=reason), "warning")
+        if isinstance(exc, self.ray.exceptions.RayActorError):
+            reason = _("its worker process died ({kind})").format(kind=exc.__class__.__name__)
+        blamed = True
+        if isinstance(exc, self.ray.exceptions.RayActorError):
+            if worker.healthy:
+                # A worker runs its batches one after another, so the oldest one it held is
+                # the one it died on; the batches queued behind it never ran and are not blamed.
+                worker.healthy = False
+                worker.blamed = min([seq] + [s for w, _b, s in in_flight.values() if w is worker])
+                worker.ping = worker.actor.ready.remote()
+                self.reporter.message(_("Ray worker {name} on {node} stopped ({reason}); its pages are sent again").format(
+                    name=worker.name, node=worker.info.get("node"), reason=reason), "warning")
+            blamed = seq == worker.blamed
+        if not blamed:
+            self.retried += len(batch)
+            queue.appendleft(batch)
+            return
         for index in batch:
             self.attempts[index] += 1
         if len(batch) == 1 and self.attempts[batch[0]] >= MAX_ATTEMPTS:
@@ -383,6 +400,12 @@ class _Dispatcher:
         try:
             info = self.ray.get(ref)
         except Exception as exc:
+            # A call sent just as the worker died can reach the dead process and fail while
+            # Ray restarts it: ask again before giving the worker up.
+            worker.ping_failures += 1
+            if worker.ping_failures < PING_TRIES:
+                worker.ping = worker.actor.ready.remote()
+                return
             if starting and not any(w.ping is not None or w.healthy for w in self.workers):
                 raise ModelUnavailableError(_("Ray workers could not start: {reason}").format(reason=_describe(exc))) from None
             self.reporter.message(_("Ray worker {name} is gone ({reason})").format(name=worker.name, reason=_describe(exc)), "warning")
@@ -392,6 +415,7 @@ class _Dispatcher:
                 raise ModelUnavailableError(info["error"])   # a missing model is missing on every worker
             self.reporter.message(_("Ray worker {name} is gone ({reason})").format(name=worker.name, reason=info["error"]), "warning")
             return
+        worker.ping_failures = 0
         if worker.started:
             worker.restarts += 1
         else:

@@ -174,7 +174,7 @@ def test_page_that_kills_every_worker_it_meets_is_recorded_failed(cluster, tmp_p
     entries = {e["source"].rsplit("/", 1)[-1]: e for e in manifest_lines(tmp_path / "out")}
     assert len(entries) == 4
     assert entries["scan2.png"]["status"] == "error"
-    assert "3 times" in entries["scan2.png"]["error"]
+    assert "3 times" in entries["scan2.png"]["error"] and "worker process died" in entries["scan2.png"]["error"]
     assert [entries[f"scan{i}.png"]["status"] for i in (1, 3, 4)] == ["ok"] * 3
     assert (tmp_path / "out" / "scan1" / "page-0001.txt").read_text() == "scan1.png p1 100x80\n"
     assert any(level == "warning" and "stopped" in text for level, text in watch.messages)
