@@ -27,6 +27,7 @@ OUT/bench.md (the table as markdown).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import gc
 import json
@@ -441,6 +442,9 @@ class _Capture(Reporter):
     def finish(self) -> None:
         self.inner.finish()
 
+    def workers(self, rows: list[dict[str, Any]]) -> None:
+        self.inner.workers(rows)
+
 
 def run_bench(config: BenchConfig, models: list[str], reporter: Optional[Reporter] = None) -> BenchOutcome:
     """Bench every model in `models` over the same pages; write bench.json and bench.md."""
@@ -453,7 +457,7 @@ def run_bench(config: BenchConfig, models: list[str], reporter: Optional[Reporte
         raise UsageError(_("--tokens must be at least 1"))
     out = config.out
     out.mkdir(parents=True, exist_ok=True)
-    warmup_page = _first_page(config.base) if config.warmup else None
+    warmup_page = _first_page(config.base) if config.warmup and config.base.ray is None else None
     report: dict[str, Any] = {
         "title": bench_title(config.synthetic, config.tokens),
         "synthetic": config.synthetic,
@@ -473,14 +477,15 @@ def run_bench(config: BenchConfig, models: list[str], reporter: Optional[Reporte
     }
     if any(get_spec(name).repo_id for name in models):
         _preimport()   # library import time is not model load time
-    for name in models:
-        reporter.message(_("benchmarking {name}").format(name=name), "info")
-        row = bench_model(config, name, warmup_page, reporter)
-        report["models"].append(row)
-        if row["status"] != "ok":
-            reporter.message(_("{name}: {reason}").format(name=name, reason=row["error"]), "error")
-        report["hardware"] = hardware_info()
-        _write_outputs(out, report)   # after each model: a later crash keeps what ran
+    with _cluster(config.base.ray):   # one cluster connection for every model
+        for name in models:
+            reporter.message(_("benchmarking {name}").format(name=name), "info")
+            row = bench_model(config, name, warmup_page, reporter)
+            report["models"].append(row)
+            if row["status"] != "ok":
+                reporter.message(_("{name}: {reason}").format(name=name, reason=row["error"]), "error")
+            report["hardware"] = hardware_info()
+            _write_outputs(out, report)   # after each model: a later crash keeps what ran
     if not models:
         report["hardware"] = hardware_info()
         _write_outputs(out, report)
@@ -492,6 +497,13 @@ def run_bench(config: BenchConfig, models: list[str], reporter: Optional[Reporte
     else:
         code = EXIT_OK
     return BenchOutcome(exit_code=code, report=report)
+
+
+def _cluster(address: Optional[str]):
+    if address is None:
+        return contextlib.nullcontext()
+    from .distributed import ray_session
+    return ray_session(address)
 
 
 def bench_title(synthetic: bool, tokens: int) -> str:
@@ -546,44 +558,52 @@ def bench_model(config: BenchConfig, name: str, warmup_page, reporter: Reporter)
         row.update(status="unavailable", error=reason)
         return row
     backend = None
-    cuda = _cuda_in_use(config)
+    cuda = config.base.ray is None and _cuda_in_use(config)
     try:
-        if cuda:
-            _reset_peak_memory()
-        options = _model_config(config, spec, 1).backend
-        if config.synthetic:
-            options.extra["config"] = _synthetic_config(config, spec)
-        try:
-            from .backends.base import create_backend
-            backend = create_backend(spec, options)
-        except ImportError as exc:
-            row.update(status="unavailable", error=_("not available yet: {reason}").format(reason=exc))
-            return row
-        t0 = time.perf_counter()
-        backend.load()
-        row["load_s"] = round(backend.load_s or (time.perf_counter() - t0), 4)
-        cuda = cuda or _cuda_in_use(config, backend)
-        params = _model_config(config, spec, 1).generation
-        task = _model_config(config, spec, 1).task
-        if warmup_page is not None:
-            page = dataclasses.replace(warmup_page, timings={})
-            t1 = time.perf_counter()
-            raw = backend.generate_batch([page], task, params)
-            row["warmup_s"] = round(time.perf_counter() - t1, 4)
-            row["time_to_first_page_s"] = round(row["load_s"] + row["warmup_s"], 4)
-            if raw and getattr(raw[0], "error", None):
-                reporter.message(_("{name}: warm-up page failed: {reason}").format(name=name, reason=raw[0].error), "warning")
+        on_ray = config.base.ray is not None
+        # On a cluster the workers load the model; the runs' reports carry the load time.
+        if not on_ray:
+            if cuda:
+                _reset_peak_memory()
+            options = _model_config(config, spec, 1).backend
+            if config.synthetic:
+                options.extra["config"] = _synthetic_config(config, spec)
+            try:
+                from .backends.base import create_backend
+                backend = create_backend(spec, options)
+            except ImportError as exc:
+                row.update(status="unavailable", error=_("not available yet: {reason}").format(reason=exc))
+                return row
+            t0 = time.perf_counter()
+            backend.load()
+            row["load_s"] = round(backend.load_s or (time.perf_counter() - t0), 4)
+            cuda = cuda or _cuda_in_use(config, backend)
+            params = _model_config(config, spec, 1).generation
+            task = _model_config(config, spec, 1).task
+            if warmup_page is not None:
+                page = dataclasses.replace(warmup_page, timings={})
+                t1 = time.perf_counter()
+                raw = backend.generate_batch([page], task, params)
+                row["warmup_s"] = round(time.perf_counter() - t1, 4)
+                row["time_to_first_page_s"] = round(row["load_s"] + row["warmup_s"], 4)
+                if raw and getattr(raw[0], "error", None):
+                    reporter.message(_("{name}: warm-up page failed: {reason}").format(name=name, reason=raw[0].error), "warning")
         records_by_repeat: list[list[PageRecord]] = []
         from . import pipeline
         for repeat in range(1, config.repeats + 1):
             run_config = _model_config(config, spec, repeat)
+            if on_ray and config.synthetic:
+                run_config.backend.extra["config"] = _synthetic_config(config, spec)
             capture = _Capture(reporter)
             outcome = pipeline.run(run_config, capture, backend=backend)
+            if backend is None:
+                row["load_s"] = row["load_s"] if row["load_s"] is not None else outcome.report["model_load_s"]
+                row["cluster"] = outcome.report.get("cluster")
             records_by_repeat.append(capture.records)
             row["runs"].append({"repeat": repeat, "out": str(run_config.out), "report": outcome.report})
             if config.layout == "olmocr-bench":
                 _write_olmocr_layout(config.out / spec.name, capture.records, repeat)
-        engine = backend.describe() or {}
+        engine = (backend.describe() if backend is not None else row["runs"][0]["report"].get("engine")) or {}
         row["engine"] = engine
         row["outputs"] = str(config.out / spec.name)
         _fill_speed(row, records_by_repeat, engine)

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any, List, Optional
 
 import typer
+from rich.markup import escape
 import typer.rich_utils  # noqa: F401  (its panel titles are translated by set_language)
 from typer.core import TyperGroup
 
@@ -51,6 +52,7 @@ class LocalizedGroup(TyperGroup):
     context_class = _LocalizedContext
 
     def make_context(self, info_name, args, parent=None, **extra):
+        args = normalize_ray_flag(list(args))
         set_language(language_from_argv(args))
         _localize(self)
         for command in self.commands.values():
@@ -139,7 +141,7 @@ def _run(config: RunConfig) -> None:
     try:
         outcome = pipeline.run(config, RichReporter())
     except ChatVLMError as exc:
-        stderr.print(f"[bold red]{_('error')}:[/] {exc}", highlight=False)
+        stderr.print(f"[bold red]{_('error')}:[/] {escape(str(exc))}", highlight=False)
         raise typer.Exit(exc.exit_code)
     except KeyboardInterrupt:
         stderr.print(f"[bold red]{_('interrupted')}[/]: " + _("pages already written are kept; rerun the same command to resume"))
@@ -170,9 +172,15 @@ def _build_config(command: str, inputs: List[str], out: Path, model: str, format
                   force: bool, lang: Optional[str], model_path: Optional[Path], device: Optional[str],
                   dtype: Optional[str], attn: Optional[str], batch_size: Optional[str], max_new_tokens: Optional[int],
                   max_pixels: Optional[int], overlay: bool, skip_headers: bool, max_image_pixels: int,
-                  workers: Optional[int], extra: Optional[dict] = None) -> RunConfig:
+                  workers: Optional[int], extra: Optional[dict] = None, ray: Optional[str] = None,
+                  gpus_per_worker: float = 1.0) -> RunConfig:
     if dpi < 30 or dpi > 1200:
         raise UsageError(_("--dpi must be between 30 and 1200"))
+    if ray is not None:
+        from .distributed import require_ray
+        require_ray()   # not installed: say how to install it, before anything runs
+    if not gpus_per_worker > 0:
+        raise UsageError(_("--gpus-per-worker must be above 0 (e.g. 0.5 for two workers per GPU)"))
     fmt = _parse_formats(formats)
     backend_extra = dict(extra or {})
     if workers:
@@ -185,6 +193,7 @@ def _build_config(command: str, inputs: List[str], out: Path, model: str, format
         task=task_for_formats(fmt, command),
         backend=BackendOptions(model_path=model_path, device=device, dtype=dtype, attn=attn, lang=lang, extra=backend_extra),
         generation=GenerationParams(max_new_tokens=max_new_tokens, batch_size=_parse_batch_size(batch_size), max_pixels=max_pixels),
+        ray=ray, gpus_per_worker=gpus_per_worker,
     )
     from .sources import parse_page_ranges
     parse_page_ranges(pages)   # a bad range is a usage error before anything runs
@@ -197,9 +206,35 @@ def _build_config(command: str, inputs: List[str], out: Path, model: str, format
     return config
 
 
-# Options shared by `ocr` and `layout`, declared once.
-def _common_options(func):
-    return func
+# `--ray` alone starts a local cluster for the run; `--ray ADDRESS` joins one.
+RAY_LOCAL = "local"
+
+
+def _ray_option():
+    return typer.Option(None, "--ray", metavar="[ADDRESS]",
+                        help=_("Run on a Ray cluster: alone, a local cluster for this run; or auto, ray://HOST:10001, HOST:PORT."))
+
+
+def _gpus_per_worker_option():
+    return typer.Option(1.0, "--gpus-per-worker", help=_("With --ray: GPUs per model worker (0.5 = two workers share a GPU)."))
+
+
+def _looks_like_ray_address(value: str) -> bool:
+    import re
+    return value in (RAY_LOCAL, "auto") or value.startswith("ray://") or re.fullmatch(r"[\w.\-]+:\d+", value) is not None
+
+
+def normalize_ray_flag(argv: list[str]) -> list[str]:
+    """`--ray` without an address after it (last, before an option, or before an input)
+    means a local cluster: click options take a value or none, never either."""
+    out: list[str] = []
+    for i, arg in enumerate(argv):
+        if arg == "--":
+            return out + argv[i:]
+        out.append(arg)
+        if arg == "--ray" and (i + 1 == len(argv) or not _looks_like_ray_address(argv[i + 1])):
+            out.append(RAY_LOCAL)
+    return out
 
 
 @app.command(help=_("OCR images and PDFs into text, markdown and/or layout JSON, one file per page."))
@@ -222,13 +257,15 @@ def ocr(
     overlay: bool = typer.Option(False, "--overlay", help=_("Also draw layout boxes on each page (page-NNNN.layout.png).")),
     skip_headers: bool = typer.Option(False, "--skip-headers", help=_("Leave page headers and footers out of markdown.")),
     max_image_pixels: int = typer.Option(50_000_000, "--max-image-pixels", help=_("Pages above this are downscaled; far above it, refused.")),
-    workers: Optional[int] = typer.Option(None, "--workers", help=_("CPU engine worker processes (default: one per core).")),
+    workers: Optional[int] = typer.Option(None, "--workers", help=_("CPU engine worker processes (default: one per core); with --ray, model workers (default: one per GPU, or per CPU).")),
     model_option: Optional[List[str]] = typer.Option(None, "--model-option", "-O", help=_("Model-specific setting KEY=VALUE, repeatable (e.g. mode=gundam for deepseek_ocr, num_crops=4 for phi3_vision).")),
+    ray: Optional[str] = _ray_option(),
+    gpus_per_worker: float = _gpus_per_worker_option(),
 ) -> None:
     try:
         config = _build_config("ocr", inputs, out, model, formats, pages, dpi, force, lang, model_path, device, dtype,
                                attn, batch_size, max_new_tokens, max_pixels, overlay, skip_headers, max_image_pixels, workers,
-                               extra=parse_model_options(model_option))
+                               extra=parse_model_options(model_option), ray=ray, gpus_per_worker=gpus_per_worker)
     except ChatVLMError as exc:
         _fail(exc)
     _run(config)
@@ -255,13 +292,16 @@ def layout(
     max_pixels: Optional[int] = typer.Option(None, "--max-pixels", help=_("Model pixel budget per page (overrides the model's).")),
     max_image_pixels: int = typer.Option(50_000_000, "--max-image-pixels", help=_("Pages above this are downscaled; far above it, refused.")),
     model_option: Optional[List[str]] = typer.Option(None, "--model-option", "-O", help=_("Model-specific setting KEY=VALUE, repeatable (e.g. mode=gundam for deepseek_ocr, num_crops=4 for phi3_vision).")),
+    ray: Optional[str] = _ray_option(),
+    gpus_per_worker: float = _gpus_per_worker_option(),
 ) -> None:
     if mode not in ("all", "layout-only"):
         _fail(UsageError(_("--mode must be all or layout-only")))
     try:
         config = _build_config("layout", inputs, out, model, "json,markdown", pages, dpi, force, lang, model_path, device,
                                dtype, attn, batch_size, max_new_tokens, max_pixels, overlay, skip_headers,
-                               max_image_pixels, None, extra={**parse_model_options(model_option), "layout_mode": mode})
+                               max_image_pixels, None, extra={**parse_model_options(model_option), "layout_mode": mode},
+                               ray=ray, gpus_per_worker=gpus_per_worker)
         from .registry import get_spec
         if "layout" not in get_spec(config.model if model != "auto" else "tesseract").tasks:
             raise UsageError(_("model '{name}' gives no layout boxes; use dots_ocr, deepseek_ocr, deepseek_ocr2 or tesseract").format(name=model))
@@ -293,8 +333,10 @@ def bench(
     max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", help=_("Generation limit per page.")),
     max_pixels: Optional[int] = typer.Option(None, "--max-pixels", help=_("Model pixel budget per page (overrides the model's).")),
     max_image_pixels: int = typer.Option(50_000_000, "--max-image-pixels", help=_("Pages above this are downscaled; far above it, refused.")),
-    workers: Optional[int] = typer.Option(None, "--workers", help=_("CPU engine worker processes (default: one per core).")),
+    workers: Optional[int] = typer.Option(None, "--workers", help=_("CPU engine worker processes (default: one per core); with --ray, model workers (default: one per GPU, or per CPU).")),
     model_option: Optional[List[str]] = typer.Option(None, "--model-option", "-O", help=_("Setting KEY=VALUE for every model of the run, repeatable (e.g. decode=hf).")),
+    ray: Optional[str] = _ray_option(),
+    gpus_per_worker: float = _gpus_per_worker_option(),
 ) -> None:
     from . import bench as bench_mod
     from .ui import RichReporter, stderr, stdout
@@ -306,7 +348,7 @@ def bench(
             raise UsageError(_("--ignore-case must be auto, yes or no"))
         base = _build_config("bench", inputs, out, "auto", "text,markdown", pages, dpi, True, lang, None, device, dtype,
                              attn, batch_size, max_new_tokens, max_pixels, False, False, max_image_pixels, workers,
-                             extra=parse_model_options(model_option))
+                             extra=parse_model_options(model_option), ray=ray, gpus_per_worker=gpus_per_worker)
         base.max_pages = max_pages
         config = bench_mod.BenchConfig(
             base=base, model_paths=bench_mod.parse_assignments(model_path, "--model-path"), repeats=repeats,

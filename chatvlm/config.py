@@ -54,6 +54,8 @@ class RunConfig:
     prefetch: int = 4                        # pages rendered ahead of the recogniser
     workers: Optional[int] = None            # CPU engines: parallel workers (None = cores)
     command: str = "ocr"
+    ray: Optional[str] = None                # None: this machine; "local", "auto", "ray://host:10001", "host:port"
+    gpus_per_worker: float = 1.0             # with ray: GPU share of one model worker (0.5 = two per GPU)
 
     def options_key(self) -> dict:
         """The options that change a page's output; resume only trusts a page done with the same."""

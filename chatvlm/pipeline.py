@@ -37,6 +37,8 @@ class Reporter:
     def summary(self, report: dict[str, Any]) -> None:
         """The run's report, just before finish() (not called when the run broke off)."""
     def finish(self) -> None: ...
+    def workers(self, rows: list[dict[str, Any]]) -> None:
+        """Cluster runs: one row per model worker (node, pages, pages/s), updated as pages finish."""
 
 
 @dataclass
@@ -80,6 +82,7 @@ def run(config: RunConfig, reporter: Optional[Reporter] = None, backend=None) ->
     stats = RunStats(model=spec.name)
     results: list[dict[str, Any]] = []
     owned = None
+    cluster: dict[str, Any] = {}   # with --ray: workers, their pages/s, retries
 
     def finish_page(result: PageResult) -> None:
         entry = manifest_entry(result, opts)
@@ -131,7 +134,12 @@ def run(config: RunConfig, reporter: Optional[Reporter] = None, backend=None) ->
             finish_page(result)
 
         engine: dict[str, Any] = {}
-        if jobs:
+        if jobs and config.ray is not None and backend is None:
+            # Pages go to model workers on a Ray cluster; results come back here and are
+            # written by finish_page exactly as below, in input order.
+            from .distributed import recognise_on_ray
+            engine, cluster = recognise_on_ray(config, spec, jobs, stats, finish_page, reporter)
+        elif jobs:
             if backend is None:
                 from .backends.base import create_backend
                 # A backend made here is closed here (GPU memory, worker processes);
@@ -157,6 +165,7 @@ def run(config: RunConfig, reporter: Optional[Reporter] = None, backend=None) ->
         "dpi": config.dpi,
         "inputs": [path_text(arg) for arg in config.inputs],
         "out": path_text(out),
+        **({"cluster": cluster} if cluster else {}),
     })
     atomic_write_text(out / REPORT, json.dumps(report, indent=2, ensure_ascii=False) + "\n")
     # The progress bar ends on the report's own numbers (pages/s, skipped pages).
@@ -192,17 +201,10 @@ def _recognise_all(config: RunConfig, spec: ModelSpec, backend, jobs: list[Job],
                 continue
             # A size learnt from an out-of-memory error after this window was cut applies at once.
             for batch in split_to_size(group, state["batch_size"]):
-                start = time.perf_counter()
-                raws = generate_with_backoff(lambda b: backend.generate_batch(b, config.task, params), batch, shrink,
-                                             release=backend.release_memory)
-                elapsed = time.perf_counter() - start
+                raws, elapsed = recognise_batch(config, backend, batch, shrink)
                 stats.gpu_busy_s += elapsed
                 stats.batches += 1
                 for page, raw in zip(batch, raws):
-                    measured = raw.generate_s if isinstance(raw, RawOutput) and raw.generate_s else elapsed / len(batch)
-                    page.timings["recognise"] = measured
-                    if isinstance(raw, RawOutput) and raw.preprocess_s:
-                        page.timings["preprocess"] = raw.preprocess_s
                     outputs[id(page)] = raw
         return outputs
 
@@ -225,6 +227,21 @@ def _recognise_all(config: RunConfig, spec: ModelSpec, backend, jobs: list[Job],
             pending.popleft().result()
 
 
+def recognise_batch(config: RunConfig, backend, batch: list[Page], shrink) -> tuple[list, float]:
+    """One batch through the backend (split on failure, see generate_with_backoff), with
+    each page's recognise/preprocess timings set; returns the raw outputs and the seconds taken."""
+    start = time.perf_counter()
+    raws = generate_with_backoff(lambda b: backend.generate_batch(b, config.task, config.generation), batch, shrink,
+                                 release=backend.release_memory)
+    elapsed = time.perf_counter() - start
+    for page, raw in zip(batch, raws):
+        measured = raw.generate_s if isinstance(raw, RawOutput) and raw.generate_s else elapsed / len(batch)
+        page.timings["recognise"] = measured
+        if isinstance(raw, RawOutput) and raw.preprocess_s:
+            page.timings["preprocess"] = raw.preprocess_s
+    return raws, elapsed
+
+
 def _write_window(config: RunConfig, spec: ModelSpec, backend, window: list[Page], outputs,
                   finish_page, reporter: Reporter) -> None:
     """Results go to the writers in input order, whatever order the buckets ran in."""
@@ -240,6 +257,14 @@ def _write_window(config: RunConfig, spec: ModelSpec, backend, window: list[Page
 
 
 def _finish(config: RunConfig, spec: ModelSpec, backend, page: Page, raw, reporter: Reporter) -> PageResult:
+    return write_result(config, spec, postprocess_page(config, spec, backend, page, raw, reporter), reporter)
+
+
+def postprocess_page(config: RunConfig, spec: ModelSpec, backend, page: Page, raw, reporter: Reporter) -> PageResult:
+    """A raw generation into a PageResult (text, markdown, layout, picture crops), not yet written.
+
+    Runs where the page's pixels are: in this process, or on a cluster worker.
+    """
     reason = failure_reason(raw)
     if reason is not None:
         reporter.message(_("{path} page {page}: recognition failed: {reason}").format(path=path_text(page.source), page=page.page, reason=reason), "error")
@@ -253,9 +278,6 @@ def _finish(config: RunConfig, spec: ModelSpec, backend, page: Page, raw, report
         result.empty = has_no_text(result)
         if result.empty:
             reporter.message(_("{path} page {page}: no text on this page").format(path=path_text(page.source), page=page.page), "info")
-        with stopwatch(timings, "write"):
-            result.outputs = write_page(config.out, result, config.formats)
-        result.timings = timings
     except Exception as exc:
         reporter.message(_("{path} page {page}: cannot write output: {reason}").format(path=path_text(page.source), page=page.page, reason=exc), "error")
         return PageResult.failed(page, spec.name, f"postprocess/write failed: {exc.__class__.__name__}: {exc}")
@@ -270,6 +292,20 @@ def has_no_text(result: PageResult) -> bool:
     if (result.text or "").strip() or any(block.text.strip() for block in result.layout or []):
         return False
     return not markdown_to_text(result.markdown or "").strip()
+
+
+def write_result(config: RunConfig, spec: ModelSpec, result: PageResult, reporter: Reporter) -> PageResult:
+    """Write a postprocessed page's files; a page that cannot be written becomes a failed one."""
+    if result.status != "ok":
+        return result
+    page = result.page
+    try:
+        with stopwatch(result.timings, "write"):
+            result.outputs = write_page(config.out, result, config.formats)
+    except Exception as exc:
+        reporter.message(_("{path} page {page}: cannot write output: {reason}").format(path=path_text(page.source), page=page.page, reason=exc), "error")
+        return PageResult.failed(page, spec.name, f"postprocess/write failed: {exc.__class__.__name__}: {exc}")
+    return result
 
 
 def _add_page_images(config: RunConfig, page: Page, result: PageResult) -> None:

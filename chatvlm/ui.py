@@ -58,10 +58,11 @@ class RichReporter(Reporter):
         self.progress = Progress(
             SpinnerColumn(), TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
             TextColumn(_("pages")), PagesPerSecond(), TextColumn(_("ETA")), TimeRemainingColumn(),
+            TextColumn("{task.fields[cluster]}", style="progress.data.speed"),
             console=self.console, transient=False,
         )
         self.progress.start()
-        self.task = self.progress.add_task(model, total=total, pages_per_s=None, skipped=0)
+        self.task = self.progress.add_task(model, total=total, pages_per_s=None, skipped=0, cluster="")
         self.started = time.perf_counter()
 
     def advance(self, result: PageResult) -> None:
@@ -75,6 +76,14 @@ class RichReporter(Reporter):
         if VERBOSITY["level"] >= 2 and result.status == "ok":
             self.message(_("{path} page {page}: {status} ({reason})").format(
                 path=path_text(result.page.source), page=result.page.page, status=result.status, reason=result.finish_reason), "info")
+
+    def workers(self, rows: list[dict[str, Any]]) -> None:
+        """Cluster runs: how many workers are alive, and each one's pages/s, beside the bar."""
+        if self.progress is None:
+            return
+        alive = [r for r in rows if r.get("alive")]
+        rates = " ".join(f"{r['pages_per_s']:.2f}" for r in alive)
+        self.progress.update(self.task, cluster=_("{n} workers: {rates}").format(n=len(alive), rates=rates))
 
     def message(self, text: str, level: str = "info") -> None:
         if VERBOSITY["level"] == 0 and level not in ("error",):
@@ -139,3 +148,18 @@ def print_report(report: dict[str, Any], console: Console = stdout) -> None:
     for stage, values in report["stages"].items():
         stages.add_row(_(stage), _fmt(values["total_s"]), _fmt(values["p50_s"]), _fmt(values["p90_s"]))
     console.print(stages)
+    cluster = report.get("cluster")
+    if cluster:
+        _print_workers(cluster, report, console)
+
+
+def _print_workers(cluster: dict[str, Any], report: dict[str, Any], console: Console) -> None:
+    table = Table(title=_("Ray workers (nodes: {nodes}; pages sent again: {retried}; {total} pages/s in all)").format(
+        nodes=_fmt(cluster.get("nodes")), retried=cluster.get("retried_pages", 0), total=_fmt(report.get("pages_per_s"))),
+        title_justify="left")
+    for col in (_("worker"), _("node"), _("device"), _("pages"), _("pages/s"), _("restarts")):
+        table.add_column(col, justify="left" if col in (_("worker"), _("node"), _("device")) else "right")
+    for row in cluster.get("workers", []):
+        table.add_row(row["worker"], str(row.get("node") or "–"), str(row.get("device") or "–"), str(row["pages"]),
+                      _fmt(row["pages_per_s"]), str(row["restarts"]) + ("" if row.get("alive") else " †"))
+    console.print(table)

@@ -28,7 +28,7 @@ PY=${PYTHON:-python3}
 # torch first, pinned: this version (CPU or CUDA build) is what the project is tested with.
 $PY -m pip install -q torch==2.14.1 torchvision==0.29.1
 if [ "${1:-}" = "--test" ]; then
-  $PY -m pip install -q -e ".[test,serve]"
+  $PY -m pip install -q -e ".[test,serve,ray]"
 else
   $PY -m pip install -q -e .
 fi

@@ -1,8 +1,8 @@
 """A small fake backend registered through the real registry, for pipeline and CLI tests.
 
 It "recognises" a page by reporting its size; it can be told (through BackendOptions.extra)
-to sleep per page, to fail on pages of a given width, to find no text on pages of a given
-width (an empty answer, as a VLM gives for a blank page), or to raise out-of-memory for
+to sleep per page, to fail (or kill its process) on pages of a given width, to find no text
+on pages of a given width (an empty answer, as a VLM gives for a blank page), or to raise out-of-memory for
 batches larger than a limit, so the pipeline's error paths run for real.
 """
 
@@ -50,6 +50,8 @@ class FakeBackend(Backend):
             if self.options.extra.get("empty_width") == w:
                 outs.append(RawOutput(text="", input_tokens=w, output_tokens=1))
                 continue
+            if self.options.extra.get("crash_width") == w:
+                os._exit(17)   # the whole worker process dies, as on a segfault or the OOM killer
             name = path_text(page.source.name)
             outs.append(RawOutput(text=f"{name} p{page.page} {w}x{h}", input_tokens=w, output_tokens=h))
         return outs
