@@ -14,7 +14,8 @@ How (`StaticDecoder.generate`):
 2. The prompt KV is copied into a preallocated static cache
    `[layers, batch, kv_heads, max_len, head_dim]` (one pool, reused across batches).
 3. **Decode steps are ours**, built from the model's own modules (q/k/v/o projections,
-   q/k norms where present, RMSNorms, MLP, final norm, lm_head) and the model's own rotary
+   q/k norms where present, RMSNorms, MLP, final norm, lm_head; DeepSeek-MoE layers through
+   `decode_moe.StaticMoE`, static shapes, the model's own router) and the model's own rotary
    module (a cos/sin table computed once by calling it). Positions follow the models'
    rule for text after the prompt: next = (largest prompt position of the row) + 1, all
    three M-RoPE sections together (= text position + `rope_deltas`); plain RoPE models
@@ -51,7 +52,7 @@ split-and-retry with the memory already returned and other errors leave the batc
 Greedy only. Logits processors run eagerly between steps on the growing token buffer
 (processors that index rows must offer `select_rows(rows)` for compaction, else the
 batch is not compacted). `unsupported_reason(model, ...)` says why a model or a request
-must go through `generate` instead (sampling, beams, MoE or non-Llama layers, sliding
+must go through `generate` instead (sampling, beams, non-Llama layers, sliding
 window, dynamic RoPE, ...); the backend records the choice.
 """
 
@@ -95,6 +96,7 @@ class LMParts:
     head_dim: int
     scaling: float
     qk_norm: bool
+    moe_layers: tuple[int, ...] = ()   # layers whose MLP is a router + experts block (decode_moe)
 
 
 def _children(module: nn.Module) -> set[str]:
@@ -103,9 +105,12 @@ def _children(module: nn.Module) -> set[str]:
 
 def find_lm(model: nn.Module) -> LMParts:
     """The decoder stack of `model`'s language model, or Unsupported(reason)."""
-    text_model = None
+    from .decode_moe import moe_unsupported
+
+    text_model = rotary = None
     for _, module in model.named_modules():
-        if all(hasattr(module, a) for a in ("layers", "norm", "embed_tokens", "rotary_emb")) \
+        rotary = getattr(module, "rotary_emb", None) or getattr(module, "rotary", None)
+        if all(hasattr(module, a) for a in ("layers", "norm", "embed_tokens")) and isinstance(rotary, nn.Module) \
                 and isinstance(getattr(module, "layers"), nn.ModuleList):
             layers = module.layers
             if len(layers) and hasattr(layers[0], "self_attn"):
@@ -124,11 +129,11 @@ def find_lm(model: nn.Module) -> LMParts:
     layer_types = getattr(config, "layer_types", None) or []
     if any(t != "full_attention" for t in layer_types):
         raise Unsupported(f"layer types {sorted(set(layer_types))}")
-    rotary = text_model.rotary_emb
     rope_type = getattr(rotary, "rope_type", None)
     if rope_type not in STATIC_ROPE:
         raise Unsupported(f"rope type {rope_type!r} (length-dependent)")
     dims = None
+    moe_layers = []
     for i, layer in enumerate(text_model.layers):
         extra = _children(layer) - LAYER_CHILDREN
         if extra or not LAYER_CHILDREN <= _children(layer):
@@ -137,7 +142,10 @@ def find_lm(model: nn.Module) -> LMParts:
         if not {"q_proj", "k_proj", "v_proj", "o_proj"} <= _children(attn) or _children(attn) - ATTN_CHILDREN:
             raise Unsupported(f"layer {i} attention ({type(attn).__name__}) is not q/k/v/o projections")
         if _children(mlp) - MLP_CHILDREN or not {"gate_proj", "up_proj", "down_proj"} <= _children(mlp):
-            raise Unsupported(f"layer {i} MLP ({type(mlp).__name__}) is not a dense gated MLP (MoE?)")
+            reason = moe_unsupported(mlp)
+            if reason:
+                raise Unsupported(f"layer {i} MLP: {reason}")
+            moe_layers.append(i)
         if getattr(attn, "sliding_window", None):
             raise Unsupported(f"layer {i} uses a sliding window")
         head_dim = int(attn.head_dim)
@@ -153,7 +161,7 @@ def find_lm(model: nn.Module) -> LMParts:
     if num_heads % num_kv:
         raise Unsupported("query heads not a multiple of KV heads")
     return LMParts(text_model, list(text_model.layers), text_model.embed_tokens, text_model.norm, lm_head,
-                   rotary, num_heads, num_kv, head_dim, scaling, qk)
+                   rotary, num_heads, num_kv, head_dim, scaling, qk, tuple(moe_layers))
 
 
 def _uses_mrope(parts: LMParts) -> bool:
@@ -298,10 +306,15 @@ class StaticDecoder:
 
     def __init__(self, model: nn.Module, *, use_graphs: Optional[bool] = None, len_bucket: int = 256,
                  sync_every: Optional[int] = None, compact: bool = True, bucketed: Optional[bool] = None,
-                 graph_api=None, max_len: Optional[int] = None):
+                 graph_api=None, max_len: Optional[int] = None, moe_mode: str = "auto"):
+        from .decode_moe import StaticMoE
+
         self.model = model
         self.max_len = max_len            # longest prompt + new tokens served (None: no limit)
         self.parts = find_lm(model)
+        # each layer's feed-forward: the model's dense MLP, or a static-shape MoE
+        self.ffn = [StaticMoE(layer.mlp, moe_mode) if i in self.parts.moe_layers else layer.mlp
+                    for i, layer in enumerate(self.parts.layers)]
         p = next(model.parameters())
         self.device, self.dtype = p.device, p.dtype
         on_cuda = self.device.type == "cuda"
@@ -410,7 +423,7 @@ class StaticDecoder:
                 q.reshape(b, kvh, self.groups, hd), kc[:, :, :length], vc[:, :, :length],
                 attn_mask=key_mask, scale=pr.scaling)                     # [b, kvh, groups, hd]
             h = h + attn.o_proj(o.reshape(b, 1, nh * hd))
-            h = h + layer.mlp(layer.post_attention_layernorm(h))
+            h = h + self.ffn[i](layer.post_attention_layernorm(h))
         h = pr.norm(h)
         self.logits[:b].copy_(pr.lm_head(h[:, -1]).float())
         return self.logits[:b]
