@@ -753,5 +753,6 @@ class StaticDecoder:
         s = self.stats
         return {"decode_graphs": self.use_graphs, "decode_len_bucket": self.len_bucket if self.bucketed else None,
                 "decode_steps": s.steps, "decode_row_steps": s.row_steps, "decode_compactions": s.compactions,
-                "decode_graphs_captured": s.graphs_captured, "decode_prefill_s": round(s.prefill_s, 4),
+                "decode_graphs_captured": s.graphs_captured, "decode_recomputes": s.recomputes,
+                "decode_prefill_s": round(s.prefill_s, 4),
                 "decode_loop_s": round(s.decode_s, 4)}
