@@ -7,9 +7,10 @@ decode step can neither be captured as a CUDA graph nor avoid ~64 small kernel l
 
 - **routing** is the model's own router module, called as is (fp32 softmax, greedy or
   group-limited top-k, `norm_topk_prob`, `routed_scaling_factor`): same experts, same weights;
-- **gathered** (few rows, `rows * top_k <= experts`): each (row, k) pair's expert weights
-  are gathered and applied with one batched matmul per projection — reads only the experts
-  the rows chose;
+- **gathered** (very few rows, `3 * rows * top_k <= experts`): each (row, k) pair's expert
+  weights are gathered and applied with one batched matmul per projection. The gather copies
+  them (read, write, read again by the matmul), so it beats reading every expert once only
+  while the chosen copies are under a third of all experts (DeepSeek-OCR: 1-3 rows);
 - **dense** (more rows): every row goes through every expert, weighted by a `[rows, experts]`
   matrix that is zero outside the row's top-k. At decode batch sizes the step is bound by
   reading the weights, which this reads exactly once; the extra FLOPs are cheap;
@@ -113,7 +114,7 @@ class StaticMoE:
         flat = x.reshape(-1, self.hidden)
         idx, weights = self.route(flat)
         rows, top_k = idx.shape
-        gather = self.mode == "gather" or (self.mode == "auto" and rows * top_k <= self.num_experts)
+        gather = self.mode == "gather" or (self.mode == "auto" and 3 * rows * top_k <= self.num_experts)
         routed = self._gathered(flat, idx, weights) if gather else self._dense(flat, idx, weights)
         out = routed.to(x.dtype).reshape(x.shape)
         if self.shared is not None:
