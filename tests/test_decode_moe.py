@@ -103,7 +103,8 @@ def test_port_decoder_same_tokens_as_generate(v1, batch):
     inputs = _text_batch(batch, seed=batch, pad_id=2, lengths=(4, 20))
     ref = _generated(v1, None, inputs, 16, [1], 2)
     for dec in (decode.StaticDecoder(v1), decode.StaticDecoder(v1, bucketed=True, len_bucket=16),
-                decode.StaticDecoder(v1, graph_api=FakeGraphs(), len_bucket=16)):
+                decode.StaticDecoder(v1, graph_api=FakeGraphs(), len_bucket=16),
+                decode.StaticDecoder(v1, graph_api=FakeGraphs(), len_bucket=16, moe_mode="gather")):
         assert _generated(v1, dec, inputs, 16, [1], 2) == ref
     assert len({tuple(ids) for ids, _ in ref}) == batch           # rows really differ
 
@@ -111,7 +112,7 @@ def test_port_decoder_same_tokens_as_generate(v1, batch):
 def test_deepseek_ocr2_backend_uses_the_static_decoder(v2):
     """transformers' DeepSeek-OCR-2 (stacked experts) through the backend: generate's pages."""
     be = v2
-    for pages in (_pages()[:1], _pages()):                          # gathered (1 row) and dense (3 rows)
+    for pages in (_pages()[:1], _pages()):                          # one row (no padding) and three
         be.options.extra["decode"] = "hf"
         ref = be.generate_batch(pages, "text", GenerationParams(max_new_tokens=12))
         be.options.extra["decode"] = "auto"
