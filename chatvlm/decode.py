@@ -14,7 +14,8 @@ How (`StaticDecoder.generate`):
 2. The prompt KV is copied into a preallocated static cache
    `[layers, batch, kv_heads, max_len, head_dim]` (one pool, reused across batches).
 3. **Decode steps are ours**, built from the model's own modules (q/k/v/o projections,
-   q/k norms where present, RMSNorms, MLP, final norm, lm_head) and the model's own rotary
+   q/k norms where present, RMSNorms, MLP, final norm, lm_head; DeepSeek-MoE layers through
+   `decode_moe.StaticMoE`, static shapes, the model's own router) and the model's own rotary
    module (a cos/sin table computed once by calling it). Positions follow the models'
    rule for text after the prompt: next = (largest prompt position of the row) + 1, all
    three M-RoPE sections together (= text position + `rope_deltas`); plain RoPE models
@@ -51,7 +52,7 @@ split-and-retry with the memory already returned and other errors leave the batc
 Greedy only. Logits processors run eagerly between steps on the growing token buffer
 (processors that index rows must offer `select_rows(rows)` for compaction, else the
 batch is not compacted). `unsupported_reason(model, ...)` says why a model or a request
-must go through `generate` instead (sampling, beams, MoE or non-Llama layers, sliding
+must go through `generate` instead (sampling, beams, non-Llama layers, sliding
 window, dynamic RoPE, ...); the backend records the choice.
 """
 
@@ -70,9 +71,12 @@ STATIC = "chatvlm-static"
 HF = "hf-generate"
 
 ATTN_CHILDREN = {"q_proj", "k_proj", "v_proj", "o_proj", "q_norm", "k_norm"}
+FUSED_ATTN_CHILDREN = {"qkv_proj", "o_proj"}                     # Phi-3: one q|k|v projection
 LAYER_CHILDREN = {"self_attn", "mlp", "input_layernorm", "post_attention_layernorm"}
 MLP_CHILDREN = {"gate_proj", "up_proj", "down_proj", "act_fn"}
+FUSED_MLP_CHILDREN = {"gate_up_proj", "down_proj", "activation_fn"}   # Phi-3: one gate|up projection
 STATIC_ROPE = {None, "default", "linear", "llama3", "yarn"}      # inv_freq does not depend on length
+LONGROPE = "longrope"     # Phi-3 "su": short factors up to the original context, long ones beyond
 BATCH_BUCKETS = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
 
 
@@ -95,6 +99,10 @@ class LMParts:
     head_dim: int
     scaling: float
     qk_norm: bool
+    moe_layers: tuple[int, ...] = ()   # layers whose MLP is a router + experts block (decode_moe)
+    fused_qkv: bool = False            # attention has one qkv_proj (q | k | v) instead of three
+    longrope_original: Optional[int] = None   # LongRoPE: original_max_position_embeddings
+    window: Optional[int] = None       # sliding window wider than any sequence served (else Unsupported)
 
 
 def _children(module: nn.Module) -> set[str]:
@@ -103,9 +111,12 @@ def _children(module: nn.Module) -> set[str]:
 
 def find_lm(model: nn.Module) -> LMParts:
     """The decoder stack of `model`'s language model, or Unsupported(reason)."""
-    text_model = None
+    from .decode_moe import moe_unsupported
+
+    text_model = rotary = None
     for _, module in model.named_modules():
-        if all(hasattr(module, a) for a in ("layers", "norm", "embed_tokens", "rotary_emb")) \
+        rotary = getattr(module, "rotary_emb", None) or getattr(module, "rotary", None)
+        if all(hasattr(module, a) for a in ("layers", "norm", "embed_tokens")) and isinstance(rotary, nn.Module) \
                 and isinstance(getattr(module, "layers"), nn.ModuleList):
             layers = module.layers
             if len(layers) and hasattr(layers[0], "self_attn"):
@@ -119,41 +130,61 @@ def find_lm(model: nn.Module) -> LMParts:
     config = getattr(text_model, "config", None)
     if getattr(config, "final_logit_softcapping", None):
         raise Unsupported("final logit softcapping")
-    if getattr(config, "use_sliding_window", False) and getattr(config, "sliding_window", None):
-        raise Unsupported("sliding-window attention")
+    # Qwen2-style configs carry a window they do not use; where one applies (Phi-3: 262144),
+    # attention within it is plain causal: a request longer than the window is declined.
+    window = getattr(config, "sliding_window", None) if getattr(config, "use_sliding_window", True) else None
     layer_types = getattr(config, "layer_types", None) or []
     if any(t != "full_attention" for t in layer_types):
         raise Unsupported(f"layer types {sorted(set(layer_types))}")
-    rotary = text_model.rotary_emb
     rope_type = getattr(rotary, "rope_type", None)
-    if rope_type not in STATIC_ROPE:
+    longrope_original = None
+    if rope_type == LONGROPE:
+        params = getattr(config, "rope_parameters", None) or {}
+        longrope_original = params.get("original_max_position_embeddings") \
+            or getattr(config, "original_max_position_embeddings", None)
+        if not longrope_original or not hasattr(rotary, "attention_scaling"):
+            raise Unsupported("LongRoPE without original_max_position_embeddings")
+        longrope_original = int(longrope_original)
+    elif rope_type not in STATIC_ROPE:
         raise Unsupported(f"rope type {rope_type!r} (length-dependent)")
     dims = None
+    moe_layers = []
     for i, layer in enumerate(text_model.layers):
-        extra = _children(layer) - LAYER_CHILDREN
+        # dropouts (Phi-3's residual dropouts) are identities in eval mode
+        extra = {n for n in _children(layer) - LAYER_CHILDREN
+                 if not (isinstance(getattr(layer, n), nn.Dropout) and not layer.training)}
         if extra or not LAYER_CHILDREN <= _children(layer):
             raise Unsupported(f"layer {i} ({type(layer).__name__}) is not a plain pre-norm decoder layer")
         attn, mlp = layer.self_attn, layer.mlp
-        if not {"q_proj", "k_proj", "v_proj", "o_proj"} <= _children(attn) or _children(attn) - ATTN_CHILDREN:
+        fused = _children(attn) == FUSED_ATTN_CHILDREN
+        if not fused and (not {"q_proj", "k_proj", "v_proj", "o_proj"} <= _children(attn)
+                          or _children(attn) - ATTN_CHILDREN):
             raise Unsupported(f"layer {i} attention ({type(attn).__name__}) is not q/k/v/o projections")
-        if _children(mlp) - MLP_CHILDREN or not {"gate_proj", "up_proj", "down_proj"} <= _children(mlp):
-            raise Unsupported(f"layer {i} MLP ({type(mlp).__name__}) is not a dense gated MLP (MoE?)")
+        dense = (not _children(mlp) - MLP_CHILDREN and {"gate_proj", "up_proj", "down_proj"} <= _children(mlp)) \
+            or (not _children(mlp) - FUSED_MLP_CHILDREN and {"gate_up_proj", "down_proj"} <= _children(mlp))
+        if not dense:
+            reason = moe_unsupported(mlp)
+            if reason:
+                raise Unsupported(f"layer {i} MLP: {reason}")
+            moe_layers.append(i)
         if getattr(attn, "sliding_window", None):
             raise Unsupported(f"layer {i} uses a sliding window")
         head_dim = int(attn.head_dim)
-        num_heads = attn.q_proj.out_features // head_dim
-        num_kv = attn.k_proj.out_features // head_dim
+        num_heads = attn.o_proj.in_features // head_dim
+        num_kv = ((attn.qkv_proj.out_features - num_heads * head_dim) // (2 * head_dim) if fused
+                  else attn.k_proj.out_features // head_dim)
         scaling = float(getattr(attn, "scaling", head_dim ** -0.5))
         qk = hasattr(attn, "q_norm")
-        this = (num_heads, num_kv, head_dim, scaling, qk)
+        this = (num_heads, num_kv, head_dim, scaling, qk, fused)
         if dims is not None and this != dims:
             raise Unsupported("layers differ in attention shape")
         dims = this
-    num_heads, num_kv, head_dim, scaling, qk = dims
+    num_heads, num_kv, head_dim, scaling, qk, fused = dims
     if num_heads % num_kv:
         raise Unsupported("query heads not a multiple of KV heads")
     return LMParts(text_model, list(text_model.layers), text_model.embed_tokens, text_model.norm, lm_head,
-                   rotary, num_heads, num_kv, head_dim, scaling, qk)
+                   rotary, num_heads, num_kv, head_dim, scaling, qk, tuple(moe_layers), fused,
+                   longrope_original, int(window) if window else None)
 
 
 def _uses_mrope(parts: LMParts) -> bool:
@@ -291,6 +322,7 @@ class DecodeStats:
     compactions: int = 0
     graphs_captured: int = 0
     graph_replays: int = 0
+    recomputes: int = 0            # LongRoPE: whole-sequence recomputes at the original context
 
 
 class StaticDecoder:
@@ -298,10 +330,15 @@ class StaticDecoder:
 
     def __init__(self, model: nn.Module, *, use_graphs: Optional[bool] = None, len_bucket: int = 256,
                  sync_every: Optional[int] = None, compact: bool = True, bucketed: Optional[bool] = None,
-                 graph_api=None, max_len: Optional[int] = None):
+                 graph_api=None, max_len: Optional[int] = None, moe_mode: str = "auto"):
+        from .decode_moe import StaticMoE
+
         self.model = model
         self.max_len = max_len            # longest prompt + new tokens served (None: no limit)
         self.parts = find_lm(model)
+        # each layer's feed-forward: the model's dense MLP, or a static-shape MoE
+        self.ffn = [StaticMoE(layer.mlp, moe_mode) if i in self.parts.moe_layers else layer.mlp
+                    for i, layer in enumerate(self.parts.layers)]
         p = next(model.parameters())
         self.device, self.dtype = p.device, p.dtype
         on_cuda = self.device.type == "cuda"
@@ -320,6 +357,7 @@ class StaticDecoder:
         self.mask = None                  # [B, L] bool: key slot valid
         self.tok = self.pos = None        # [B] long
         self.cur = None                   # [1] long: cache slot written by the next step
+        self.top_pos = None               # [1] long: the batch's largest position this step (LongRoPE)
         self.logits = None                # [B, vocab] float32 (graph output)
         self.rope_cos = self.rope_sin = None   # [P, hd]
         self._rope_mrope = None
@@ -337,7 +375,7 @@ class StaticDecoder:
 
     def _buffers(self) -> tuple:
         return tuple(t.data_ptr() for t in (self.k, self.v, self.mask, self.tok, self.pos, self.cur,
-                                            self.logits, self.rope_cos, self.rope_sin))
+                                            self.top_pos, self.logits, self.rope_cos, self.rope_sin))
 
     def _ensure_pool(self, batch: int, length: int) -> None:
         """Cache and step buffers for `batch` rows of `length` slots. They only grow, by whole
@@ -350,7 +388,7 @@ class StaticDecoder:
         if self.k is not None:
             need_b, need_l = max(need_b, self.k.shape[1]), max(need_l, self.k.shape[3])
         self._drop_graphs()
-        self.k = self.v = self.mask = self.tok = self.pos = self.cur = self.logits = None
+        self.k = self.v = self.mask = self.tok = self.pos = self.cur = self.top_pos = self.logits = None
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
         shape = (len(pr.layers), need_b, pr.num_kv_heads, need_l, pr.head_dim)
@@ -360,44 +398,76 @@ class StaticDecoder:
         self.tok = torch.zeros(need_b, dtype=torch.long, device=self.device)
         self.pos = torch.zeros(need_b, dtype=torch.long, device=self.device)
         self.cur = torch.zeros(1, dtype=torch.long, device=self.device)
+        self.top_pos = torch.zeros(1, dtype=torch.long, device=self.device)
         self.logits = torch.zeros(need_b, pr.lm_head.out_features, dtype=torch.float32, device=self.device)
 
     def _ensure_rope(self, positions: int, mrope: bool) -> None:
         """cos/sin for positions [0, positions): built once large enough (at least the model's
         context up to 32k positions), so it is rarely rebuilt; rebuilding drops the graphs."""
-        if self.rope_cos is not None and self.rope_cos.shape[0] >= positions and self._rope_mrope == mrope:
+        if self.rope_cos is not None and self._rope_rows() >= positions and self._rope_mrope == mrope:
             return
         context = int(getattr(getattr(self.parts.text_model, "config", None), "max_position_embeddings", 0) or 0)
         size = _round_up(max(positions, min(context, 32768), 1), 4096)
         if self.rope_cos is not None and self._rope_mrope == mrope:
-            size = max(size, self.rope_cos.shape[0])
+            size = max(size, self._rope_rows())
         self._drop_graphs()
         self.rope_cos = self.rope_sin = None
+        dummy = torch.zeros(1, dtype=self.dtype, device=self.device)
+        original = self.parts.longrope_original
+        if original:
+            # LongRoPE: the rotary module picks its factor set from the largest position it is
+            # called with; rows [0, size) get the long set, rows [size, 2*size) the short one.
+            size = max(size, _round_up(original + 1, 4096))
+            ids = torch.arange(size, device=self.device)
+            with torch.no_grad():
+                long_cos, long_sin = self.parts.rotary(dummy, ids.view(1, -1))
+                short_cos, short_sin = self.parts.rotary(dummy, ids[:original].view(1, -1))
+            pad = (0, 0, 0, size - original)
+            self.rope_cos = torch.cat([long_cos.reshape(size, -1), F.pad(short_cos.reshape(original, -1), pad)])
+            self.rope_sin = torch.cat([long_sin.reshape(size, -1), F.pad(short_sin.reshape(original, -1), pad)])
+            self._rope_mrope = mrope
+            return
         ids = torch.arange(size, device=self.device)
         ids = ids.view(1, 1, -1).expand(3, 1, -1) if mrope else ids.view(1, -1)
-        dummy = torch.zeros(1, dtype=self.dtype, device=self.device)
         with torch.no_grad():
             cos, sin = self.parts.rotary(dummy, ids)
         self.rope_cos = cos.reshape(size, -1).contiguous()
         self.rope_sin = sin.reshape(size, -1).contiguous()
         self._rope_mrope = mrope
 
+    def _rope_rows(self) -> int:
+        """Positions the RoPE table covers (LongRoPE keeps two sets of that many rows)."""
+        rows = self.rope_cos.shape[0]
+        return rows // 2 if self.parts.longrope_original else rows
+
     # ------------------------------------------------------------------ one step
+    def _rope_index(self, b: int) -> torch.Tensor:
+        if not self.parts.longrope_original:
+            return self.pos[:b]
+        # As transformers' LongRoPE in a batch: the short set while the batch's largest
+        # position + 1 stays within the original context, the long set from then on (keys
+        # already cached keep their rotation). A tensor expression: graph-safe.
+        short = (self.top_pos < self.parts.longrope_original).long()     # top_pos + 1 <= original
+        return self.pos[:b] + short * self._rope_rows()
+
     def step(self, b: int, length: int) -> torch.Tensor:
         """One decode step for rows [:b], reading cache slots [:length]; fills self.logits[:b]."""
         pr = self.parts
         h = pr.embed(self.tok[:b].unsqueeze(1))                      # [b, 1, H]
-        cos = self.rope_cos[self.pos[:b]].unsqueeze(1).unsqueeze(1)   # [b, 1, 1, hd]
-        sin = self.rope_sin[self.pos[:b]].unsqueeze(1).unsqueeze(1)
+        rope_at = self._rope_index(b)
+        cos = self.rope_cos[rope_at].unsqueeze(1).unsqueeze(1)        # [b, 1, 1, hd]
+        sin = self.rope_sin[rope_at].unsqueeze(1).unsqueeze(1)
         self.mask[:b].index_fill_(1, self.cur, True)
         key_mask = self.mask[:b, :length].view(b, 1, 1, length)
         nh, kvh, hd = pr.num_heads, pr.num_kv_heads, pr.head_dim
         for i, layer in enumerate(pr.layers):
             attn = layer.self_attn
             x = layer.input_layernorm(h)
-            q = attn.q_proj(x).view(b, 1, nh, hd)
-            k = attn.k_proj(x).view(b, 1, kvh, hd)
-            v = attn.v_proj(x).view(b, 1, kvh, hd)
+            if pr.fused_qkv:
+                q, k, v = attn.qkv_proj(x).split([nh * hd, kvh * hd, kvh * hd], dim=-1)
+            else:
+                q, k, v = attn.q_proj(x), attn.k_proj(x), attn.v_proj(x)
+            q, k, v = q.view(b, 1, nh, hd), k.view(b, 1, kvh, hd), v.view(b, 1, kvh, hd)
             if pr.qk_norm:
                 q, k = attn.q_norm(q), attn.k_norm(k)
             q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)   # [b, heads, 1, hd]
@@ -410,7 +480,7 @@ class StaticDecoder:
                 q.reshape(b, kvh, self.groups, hd), kc[:, :, :length], vc[:, :, :length],
                 attn_mask=key_mask, scale=pr.scaling)                     # [b, kvh, groups, hd]
             h = h + attn.o_proj(o.reshape(b, 1, nh * hd))
-            h = h + layer.mlp(layer.post_attention_layernorm(h))
+            h = h + self.ffn[i](layer.post_attention_layernorm(h))
         h = pr.norm(h)
         self.logits[:b].copy_(pr.lm_head(h[:, -1]).float())
         return self.logits[:b]
@@ -497,6 +567,8 @@ class StaticDecoder:
         total = prompt_len + max_new_tokens
         if self.max_len is not None and total > self.max_len:
             raise Unsupported(f"prompt + new tokens ({total}) exceed the decoder's cache limit ({self.max_len})")
+        if self.parts.window and total > self.parts.window:
+            raise Unsupported(f"prompt + new tokens ({total}) exceed the sliding window ({self.parts.window})")
         self._ensure_pool(batch, total)
         # prompt positions never exceed the prompt's token index (M-RoPE compresses them)
         self._ensure_rope(total + 1, _uses_mrope(self.parts))
@@ -535,6 +607,7 @@ class StaticDecoder:
         self.mask[:batch, :prompt_len].copy_(attention.bool())
         self.tok[:batch].copy_(first[:, 0])
         self.pos[:batch].copy_(next_pos)
+        self.top_pos.copy_(next_pos.max().view(1))
         self.cur.fill_(prompt_len)
         seq = None
         if processors:
@@ -562,7 +635,30 @@ class StaticDecoder:
                 processors = select_processor_rows(base_processors, src)
         produced = 1                     # tokens in `out` per row so far
         pending: list[torch.Tensor] = []
+        recompute_at = self._longrope_recompute_slot(prompt_len)
+        restart = False
+
+        def flush() -> bool:
+            """Pending tokens into `out`, through the tracker; True when every row is done."""
+            nonlocal produced
+            chunk = torch.stack(pending, dim=1).cpu()   # [b, k]
+            start = produced - len(pending)
+            pending.clear()
+            for j in range(chunk.shape[1]):
+                col = prompt_len + start + j
+                for slot, row in enumerate(rows):
+                    if live[slot] and tracker.ends[row] is None:
+                        out[row, col] = chunk[slot, j]
+                done = tracker(out[:, :col + 1])
+                if bool(done.all()):
+                    produced = start + j + 1
+                    return True
+            return False
+
         while produced < max_new_tokens:
+            if recompute_at is not None and prompt_len + produced - 1 == recompute_at:
+                restart = not (pending and flush())
+                break
             filled = prompt_len + produced                 # slots valid after this step's write
             logits = self._run_step(b, filled)
             self.stats.steps += 1
@@ -576,25 +672,12 @@ class StaticDecoder:
             if seq is not None:
                 seq[:, prompt_len + produced].copy_(nxt)
             self.pos[:b] += 1
+            self.top_pos += 1
             self.cur += 1
             pending.append(nxt)
             produced += 1
             if len(pending) >= self.sync_every or produced >= max_new_tokens:
-                chunk = torch.stack(pending, dim=1).cpu()   # [b, k]
-                start = produced - len(pending)
-                pending = []
-                all_done = False
-                for j in range(chunk.shape[1]):
-                    col = prompt_len + start + j
-                    for slot, row in enumerate(rows):
-                        if live[slot] and tracker.ends[row] is None:
-                            out[row, col] = chunk[slot, j]
-                    done = tracker(out[:, :col + 1])
-                    if bool(done.all()):
-                        all_done = True
-                        produced = start + j + 1
-                        break
-                if all_done:
+                if flush():
                     break
                 if can_compact:
                     b, rows, live, seq, processors = self._maybe_compact(
@@ -602,7 +685,32 @@ class StaticDecoder:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         self.stats.decode_s += time.perf_counter() - t1
+        if restart:
+            return self._recompute_and_continue(inputs, gen_kwargs, out[:, :prompt_len + produced],
+                                                max_new_tokens - produced, tracker, base_processors, pad_token_id)
         return out[:, :prompt_len + produced]
+
+    def _longrope_recompute_slot(self, prompt_len: int) -> Optional[int]:
+        """The cache slot at which transformers' Phi-3 drops its KV cache and recomputes the whole
+        sequence (the sequence first outgrows the original context: from then on every key has
+        the long RoPE factors); None when that cannot happen in this decode."""
+        original = self.parts.longrope_original
+        if not original or prompt_len > original:
+            return None              # no LongRoPE, or the prefill already used the long factors
+        return original
+
+    def _recompute_and_continue(self, inputs, gen_kwargs, sequences, max_new_tokens, tracker, processors,
+                                pad_token_id):
+        """As transformers' Phi-3 at the crossing: the model's own prefill over the prompt and the
+        tokens so far (finished rows padded, as generate pads them), then our decode on."""
+        cont = dict(inputs)
+        added = sequences.shape[1] - inputs["input_ids"].shape[1]
+        cont["input_ids"] = sequences.to(inputs["input_ids"].device)
+        mask = inputs["attention_mask"]
+        cont["attention_mask"] = torch.cat([mask, mask.new_ones(mask.shape[0], added)], dim=1)
+        self.stats.recomputes += 1
+        return self._generate(cont, gen_kwargs, max_new_tokens=max_new_tokens, tracker=tracker,
+                              processors=processors, pad_token_id=pad_token_id)
 
     # ------------------------------------------------------------------ compaction
     def _move(self, src: list[int], b: int) -> None:
@@ -635,7 +743,7 @@ class StaticDecoder:
     def release(self) -> None:
         """Free the cache, the captured graphs and their pool (all come back on the next batch)."""
         self._drop_graphs()
-        self.k = self.v = self.mask = self.tok = self.pos = self.cur = self.logits = None
+        self.k = self.v = self.mask = self.tok = self.pos = self.cur = self.top_pos = self.logits = None
         self.rope_cos = self.rope_sin = None
         self._rope_mrope = None
         if self.device.type == "cuda":
@@ -645,5 +753,6 @@ class StaticDecoder:
         s = self.stats
         return {"decode_graphs": self.use_graphs, "decode_len_bucket": self.len_bucket if self.bucketed else None,
                 "decode_steps": s.steps, "decode_row_steps": s.row_steps, "decode_compactions": s.compactions,
-                "decode_graphs_captured": s.graphs_captured, "decode_prefill_s": round(s.prefill_s, 4),
+                "decode_graphs_captured": s.graphs_captured, "decode_recomputes": s.recomputes,
+                "decode_prefill_s": round(s.prefill_s, 4),
                 "decode_loop_s": round(s.decode_s, 4)}

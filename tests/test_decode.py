@@ -87,14 +87,6 @@ def test_rows_finishing_early_are_compacted(backends):
     assert facts["decode_row_steps"] < facts["decode_steps"] * len(pages)
 
 
-def test_fallback_recorded_for_moe_lm(backends):
-    be = backends("deepseek_ocr2")
-    got, facts = _run(be, _pages()[:2], "fast", max_new=4)
-    assert facts["decode"] == decode.HF
-    assert "MoE" in facts["decode_reason"]
-    assert len(got) == 2
-
-
 def test_fallback_recorded_for_sampling_and_request(backends):
     be = backends("qwen_vl_2b")
     _, facts = _run(be, _pages()[:1], "auto", max_new=4, do_sample=True)
