@@ -2,7 +2,7 @@
 
 Why: transformers' `generate` spends most of a decode step on per-step overhead (Python,
 kernel launches, mask building) and on memory traffic it creates (sdpa's `repeat_kv`
-expands the KV heads; a static cache is read whole every step). See issue 9.
+expands the KV heads; a static cache is read whole every step).
 
 How (`StaticDecoder.generate`):
 
