@@ -54,6 +54,7 @@ class RunConfig:
     prefetch: int = 4                        # pages rendered ahead of the recogniser
     workers: Optional[int] = None            # CPU engines: parallel workers (None = cores)
     command: str = "ocr"
+    model_options: tuple[str, ...] = ()      # keys the user gave with -O, checked against the chosen backend
 
     def options_key(self) -> dict:
         """The options that change a page's output; resume only trusts a page done with the same."""

@@ -38,3 +38,16 @@ class ModelUnavailableError(ChatVLMError):
 
 class InputError(ChatVLMError):
     """A file or page that cannot be read; becomes a failed page record, never a crash."""
+
+
+class OutputError(ChatVLMError):
+    """The output folder cannot be written (not a folder, read-only, full): the run stops.
+
+    exit_code is 3 when nothing could be written, 1 when pages written before are kept.
+    """
+
+    exit_code = EXIT_ABORTED
+
+
+class OutputBusyError(UsageError):
+    """Another run holds the output folder's lock."""
