@@ -1,7 +1,9 @@
 """Errors and exit codes.
 
 Exit codes: 0 every page ok, 1 some pages or files failed (the rest still ran),
-2 usage error, 3 nothing could run (model failed to load, no inputs, aborted).
+2 usage error (or the output folder is locked by another run), 3 nothing could run
+(model failed to load, no inputs, output not writable), 128 + signal number when stopped
+by a signal (130 Ctrl-C, 143 SIGTERM; see interrupt.py).
 """
 
 from __future__ import annotations
