@@ -21,11 +21,11 @@ from .errors import EXIT_ABORTED, EXIT_OK, EXIT_PAGES_FAILED, ChatVLMError, Outp
 from .i18n import _
 from .interrupt import Interrupted
 from .layout import blocks_to_markdown, draw_overlay, picture_crops
+from .out_lock import OutputLock
 from .records import Page, PageResult, RawOutput
 from .registry import ModelSpec, all_specs, get_spec
 from .scheduler import Job, bucketed_windows, failure_reason, generate_with_backoff, rendered_pages
 from .sources import plan_pages
-from .out_lock import OutputLock
 from .timing import RunStats, stopwatch
 from .writers import REPORT, Manifest, atomic_write_text, manifest_entry, options_hash, page_stem, write_page
 
@@ -85,7 +85,9 @@ def check_model_options(spec: ModelSpec, keys) -> None:
 # --------------------------------------------------------------------------- the run
 
 def run(config: RunConfig, reporter: Optional[Reporter] = None, backend=None) -> RunOutcome:
-    """Run `config` to the end. Raises ChatVLMError only when nothing could run."""
+    """Run `config` to the end. Raises ChatVLMError only when nothing could run, OutputError
+    when OUT stops taking files, and Interrupted (a KeyboardInterrupt whose `.outcome` holds
+    the report of the pages done) when stopped by Ctrl-C or SIGTERM."""
     reporter = reporter or Reporter()
     spec = backend.spec if backend is not None else resolve_model(
         config.model, reporter, config.backend.model_path, task="layout" if config.command == "layout" else None)

@@ -259,11 +259,10 @@ def _main_not_reimported():
 def _start_worker(tessdata: str, lang: str, has_osd: bool, single_thread: bool, parent: int, tie_to_thread: bool) -> None:
     """Runs once in each worker process: Tesseract handles for recognition and for OSD."""
     _die_with_parent(parent, tie_to_thread)
-    # Ctrl-C reaches the whole process group and systemd signals every process: the parent
-    # decides how to stop (it kills the workers), so a signal must not kill a worker mid-page
-    # and look like a Tesseract crash.
+    # Ctrl-C reaches the whole process group: the parent decides how to stop (it kills the
+    # workers), so Ctrl-C must not kill a worker mid-page and look like a Tesseract crash.
+    # SIGTERM stays deadly: ProcessPoolExecutor ends the workers of a broken pool with it.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     if single_thread:
         # Parallelism comes from the worker processes; Tesseract's own OpenMP threads on
         # top of them only oversubscribe the cores (OCRmyPDF does the same).
