@@ -77,6 +77,7 @@ class ChatSession:
     model_path: Optional[Path] = None
     device: Optional[str] = None
     dpi: int = 200
+    engine_options: dict = field(default_factory=dict)   # dtype, attn, max_new_tokens (load_model options)
     console: Console = field(default_factory=lambda: Console(highlight=False))
     errors: Console = field(default_factory=lambda: Console(stderr=True, highlight=False))
     history: list[tuple[str, str]] = field(default_factory=list)
@@ -91,7 +92,7 @@ class ChatSession:
 
         spec = choose_chat_model(name, model_path)
         with self.errors.status(_("loading model {name}…").format(name=spec.name)):
-            model = load_model(spec.name, model_path=model_path, device=self.device)
+            model = load_model(spec.name, model_path=model_path, device=self.device, **self.engine_options)
         if self.model is not None:
             self.model.close()
         self.model = model
@@ -186,10 +187,13 @@ class ChatSession:
 
 def run_ask(source: str, question: Optional[str] = None, model: Optional[str] = None, page: int = 1,
             model_path: Optional[Path] = None, device: Optional[str] = None, dpi: int = 200,
-            stream: Optional[TextIO] = None) -> int:
+            stream: Optional[TextIO] = None, dtype: Optional[str] = None, attn: Optional[str] = None,
+            max_new_tokens: Optional[int] = None) -> int:
     """The `ask` command. Raises ChatVLMError for problems before the chat starts."""
     spec = choose_chat_model(model, model_path)   # a model that cannot chat fails before any page is rendered
-    session = ChatSession(Path(source).expanduser(), page, spec.name, model_path, device, dpi)
+    engine_options = {key: value for key, value in (("dtype", dtype), ("attn", attn), ("max_new_tokens", max_new_tokens))
+                      if value is not None}
+    session = ChatSession(Path(source).expanduser(), page, spec.name, model_path, device, dpi, engine_options)
     session.load(spec.name, model_path)
     try:
         if question is not None and question.strip():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 from typing import Any, List, Optional
@@ -13,7 +14,7 @@ from typer.core import TyperGroup
 
 from . import __version__
 from .config import OUTPUT_FORMATS, BackendOptions, GenerationParams, RunConfig, task_for_formats
-from .errors import EXIT_ABORTED, EXIT_USAGE, ChatVLMError, UsageError
+from .errors import EXIT_USAGE, ChatVLMError, UsageError
 from .i18n import HELP_OPTION_TEXT, USAGE_PREFIX, _, language_from_argv, retranslate, set_language
 
 # Typer evaluates help texts when the commands below are defined, so the language is
@@ -134,18 +135,28 @@ def _parse_batch_size(value: Optional[str]) -> Optional[int]:
     return size
 
 
+def _say_stopping(signum: int) -> None:
+    from .ui import stderr
+    stderr.print(f"[bold yellow]{_('stopping…')}[/] " + _("(again to quit at once)"), highlight=False)
+
+
 def _run(config: RunConfig) -> None:
     from . import pipeline
+    from .interrupt import exit_code_for, stop_on_signals
     from .ui import RichReporter, print_report, stderr
 
     try:
-        outcome = pipeline.run(config, RichReporter())
+        with stop_on_signals(_say_stopping):
+            outcome = pipeline.run(config, RichReporter())
     except ChatVLMError as exc:
         stderr.print(f"[bold red]{_('error')}:[/] {escape(str(exc))}", highlight=False)
         raise typer.Exit(exc.exit_code)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:   # Ctrl-C or SIGTERM: exit 130 / 143, as shells expect
+        done = getattr(exc, "outcome", None)
+        if done is not None:
+            print_report(done.report)
         stderr.print(f"[bold red]{_('interrupted')}[/]: " + _("pages already written are kept; rerun the same command to resume"))
-        raise typer.Exit(EXIT_ABORTED)
+        raise typer.Exit(exit_code_for(exc))
     print_report(outcome.report)
     raise typer.Exit(outcome.exit_code)
 
@@ -168,12 +179,33 @@ def parse_model_options(items: Optional[List[str]]) -> dict:
     return options
 
 
+DTYPE_NAMES = ("bfloat16", "bf16", "float16", "fp16", "half", "float32", "fp32", "float")
+ATTENTION_KERNELS = ("flash_attention_2", "sdpa", "eager")
+# Below this, pages would be shrunk to thumbnails (and at 0 every file is refused).
+MIN_IMAGE_PIXELS = 1_000_000
+
+
+def check_engine_options(device: Optional[str], dtype: Optional[str], attn: Optional[str],
+                         max_new_tokens: Optional[int], workers: Optional[int] = None) -> None:
+    """Options every command that runs a model shares: nonsense is a usage error before anything loads."""
+    if device is not None and not re.fullmatch(r"cpu|cuda(:\d+)?", device):
+        raise UsageError(_("--device must be cpu, cuda or cuda:N, got '{value}'").format(value=device))
+    if dtype is not None and dtype.lower() not in DTYPE_NAMES:
+        raise UsageError(_("--dtype must be bfloat16, float16 or float32, got '{value}'").format(value=dtype))
+    if attn and attn not in ATTENTION_KERNELS:
+        raise UsageError(_("--attn must be flash_attention_2, sdpa or eager"))
+    if max_new_tokens is not None and max_new_tokens < 1:
+        raise UsageError(_("--max-new-tokens must be at least 1"))
+    if workers is not None and workers < 1:
+        raise UsageError(_("--workers must be at least 1"))
+
+
 def _build_config(command: str, inputs: List[str], out: Path, model: str, formats: str, pages: Optional[str], dpi: int,
                   force: bool, lang: Optional[str], model_path: Optional[Path], device: Optional[str],
                   dtype: Optional[str], attn: Optional[str], batch_size: Optional[str], max_new_tokens: Optional[int],
                   max_pixels: Optional[int], overlay: bool, skip_headers: bool, max_image_pixels: int,
-                  workers: Optional[int], extra: Optional[dict] = None, ray: Optional[str] = None,
-                  gpus_per_worker: float = 1.0) -> RunConfig:
+                  workers: Optional[int], extra: Optional[dict] = None, model_options: tuple[str, ...] = (),
+                  ray: Optional[str] = None, gpus_per_worker: float = 1.0) -> RunConfig:
     if dpi < 30 or dpi > 1200:
         raise UsageError(_("--dpi must be between 30 and 1200"))
     if ray is not None:
@@ -182,17 +214,19 @@ def _build_config(command: str, inputs: List[str], out: Path, model: str, format
     if not gpus_per_worker > 0:
         raise UsageError(_("--gpus-per-worker must be above 0 (e.g. 0.5 for two workers per GPU)"))
     fmt = _parse_formats(formats)
+    check_engine_options(device, dtype, attn, max_new_tokens, workers)
+    if max_image_pixels < MIN_IMAGE_PIXELS:
+        raise UsageError(_("--max-image-pixels must be at least {n}").format(n=MIN_IMAGE_PIXELS))
     backend_extra = dict(extra or {})
     if workers:
         backend_extra["workers"] = workers
-    if attn and attn not in ("flash_attention_2", "sdpa", "eager"):
-        raise UsageError(_("--attn must be flash_attention_2, sdpa or eager"))
     config = RunConfig(
         inputs=list(inputs), out=out, model=model, formats=fmt, pages=pages, dpi=dpi, force=force,
         overlay=overlay, skip_headers=skip_headers, max_image_pixels=max_image_pixels, command=command,
         task=task_for_formats(fmt, command),
         backend=BackendOptions(model_path=model_path, device=device, dtype=dtype, attn=attn, lang=lang, extra=backend_extra),
         generation=GenerationParams(max_new_tokens=max_new_tokens, batch_size=_parse_batch_size(batch_size), max_pixels=max_pixels),
+        model_options=tuple(model_options),
         ray=ray, gpus_per_worker=gpus_per_worker,
     )
     from .sources import parse_page_ranges
@@ -263,9 +297,10 @@ def ocr(
     gpus_per_worker: float = _gpus_per_worker_option(),
 ) -> None:
     try:
+        options = parse_model_options(model_option)
         config = _build_config("ocr", inputs, out, model, formats, pages, dpi, force, lang, model_path, device, dtype,
                                attn, batch_size, max_new_tokens, max_pixels, overlay, skip_headers, max_image_pixels, workers,
-                               extra=parse_model_options(model_option), ray=ray, gpus_per_worker=gpus_per_worker)
+                               extra=options, model_options=tuple(options), ray=ray, gpus_per_worker=gpus_per_worker)
     except ChatVLMError as exc:
         _fail(exc)
     _run(config)
@@ -275,7 +310,7 @@ def ocr(
 def layout(
     inputs: List[str] = typer.Argument(..., help=_("Files, folders, globs (** allowed) or @list.txt files.")),
     out: Path = typer.Option(Path("out"), "--out", "-o", help=_("Output folder.")),
-    model: str = typer.Option("dots_ocr", "--model", "-m", help=_("Layout model: dots_ocr, deepseek_ocr, deepseek_ocr2 or tesseract.")),
+    model: str = typer.Option("auto", "--model", "-m", help=_("Layout model: dots_ocr, deepseek_ocr, deepseek_ocr2 or tesseract; auto = best available.")),
     mode: str = typer.Option("all", "--mode", help=_("all = boxes and text; layout-only = boxes and categories.")),
     pages: Optional[str] = typer.Option(None, "--pages", help=_("Pages of every document, e.g. 1-3,7.")),
     dpi: int = typer.Option(200, "--dpi", help=_("Resolution for rendering PDF pages.")),
@@ -291,6 +326,7 @@ def layout(
     max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", help=_("Generation limit per page.")),
     max_pixels: Optional[int] = typer.Option(None, "--max-pixels", help=_("Model pixel budget per page (overrides the model's).")),
     max_image_pixels: int = typer.Option(50_000_000, "--max-image-pixels", help=_("Pages above this are downscaled; far above it, refused.")),
+    workers: Optional[int] = typer.Option(None, "--workers", help=_("CPU engine worker processes (default: one per core); with --ray, model workers (default: one per GPU, or per CPU).")),
     model_option: Optional[List[str]] = typer.Option(None, "--model-option", "-O", help=_("Model-specific setting KEY=VALUE, repeatable (e.g. mode=gundam for deepseek_ocr, num_crops=4 for phi3_vision).")),
     ray: Optional[str] = _ray_option(),
     gpus_per_worker: float = _gpus_per_worker_option(),
@@ -298,9 +334,10 @@ def layout(
     if mode not in ("all", "layout-only"):
         _fail(UsageError(_("--mode must be all or layout-only")))
     try:
+        options = parse_model_options(model_option)
         config = _build_config("layout", inputs, out, model, "json,markdown", pages, dpi, force, lang, model_path, device,
                                dtype, attn, batch_size, max_new_tokens, max_pixels, overlay, skip_headers,
-                               max_image_pixels, None, extra={**parse_model_options(model_option), "layout_mode": mode},
+                               max_image_pixels, workers, extra={**options, "layout_mode": mode}, model_options=tuple(options),
                                ray=ray, gpus_per_worker=gpus_per_worker)
         from .registry import get_spec
         if "layout" not in get_spec(config.model if model != "auto" else "tesseract").tasks:
@@ -355,12 +392,15 @@ def bench(
             layout=layout, synthetic=synthetic, tokens=tokens, ignore_case=ignore_case, command_line=list(sys.argv),
             synthetic_configs=bench_mod.parse_assignments(synthetic_config, "--synthetic-config"))
         names = bench_mod.select_models(models, config)
-        outcome = bench_mod.run_bench(config, names, RichReporter())
+        from .interrupt import stop_on_signals
+        with stop_on_signals(_say_stopping):
+            outcome = bench_mod.run_bench(config, names, RichReporter())
     except ChatVLMError as exc:
         _fail(exc)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
+        from .interrupt import exit_code_for
         stderr.print(f"[bold red]{_('interrupted')}[/]: " + _("models finished so far are in bench.json"))
-        raise typer.Exit(EXIT_ABORTED)
+        raise typer.Exit(exit_code_for(exc))
     stdout.print(bench_mod.render_table(outcome.report, width=stdout.width))
     stdout.print(_("Written: {json}, {md}").format(json=out / bench_mod.BENCH_JSON, md=out / bench_mod.BENCH_MD), highlight=False)
     raise typer.Exit(outcome.exit_code)
@@ -380,12 +420,17 @@ def ask(
     page: int = typer.Option(1, "--page", "-p", help=_("Page of a PDF or multi-page TIFF, from 1.")),
     model_path: Optional[Path] = typer.Option(None, "--model-path", help=_("Local checkpoint folder for --model.")),
     device: Optional[str] = typer.Option(None, "--device", help=_("cuda, cuda:N or cpu (default: best available).")),
+    dtype: Optional[str] = typer.Option(None, "--dtype", help=_("bfloat16, float16 or float32.")),
+    attn: Optional[str] = typer.Option(None, "--attn", help=_("Attention kernel: flash_attention_2, sdpa or eager.")),
+    max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", help=_("Generation limit per page.")),
     dpi: int = typer.Option(200, "--dpi", help=_("Resolution for rendering PDF pages.")),
 ) -> None:
     from .chat import run_ask
 
     try:
-        code = run_ask(source, question, model=model, page=page, model_path=model_path, device=device, dpi=dpi)
+        check_engine_options(device, dtype, attn, max_new_tokens)
+        code = run_ask(source, question, model=model, page=page, model_path=model_path, device=device, dpi=dpi,
+                       dtype=dtype, attn=attn, max_new_tokens=max_new_tokens)
     except ChatVLMError as exc:
         _fail(exc)
     raise typer.Exit(code)

@@ -56,6 +56,7 @@ class RunConfig:
     command: str = "ocr"
     ray: Optional[str] = None                # None: this machine; "local", "auto", "ray://host:10001", "host:port"
     gpus_per_worker: float = 1.0             # with ray: GPU share of one model worker (0.5 = two per GPU)
+    model_options: tuple[str, ...] = ()      # keys the user gave with -O, checked against the chosen backend
 
     def options_key(self) -> dict:
         """The options that change a page's output; resume only trusts a page done with the same."""

@@ -1,7 +1,9 @@
 """Errors and exit codes.
 
 Exit codes: 0 every page ok, 1 some pages or files failed (the rest still ran),
-2 usage error, 3 nothing could run (model failed to load, no inputs, aborted).
+2 usage error (or the output folder is locked by another run), 3 nothing could run
+(model failed to load, no inputs, output not writable), 128 + signal number when stopped
+by a signal (130 Ctrl-C, 143 SIGTERM; see interrupt.py).
 """
 
 from __future__ import annotations
@@ -38,3 +40,16 @@ class ModelUnavailableError(ChatVLMError):
 
 class InputError(ChatVLMError):
     """A file or page that cannot be read; becomes a failed page record, never a crash."""
+
+
+class OutputError(ChatVLMError):
+    """The output folder cannot be written (not a folder, read-only, full): the run stops.
+
+    exit_code is 3 when nothing could be written, 1 when pages written before are kept.
+    """
+
+    exit_code = EXIT_ABORTED
+
+
+class OutputBusyError(UsageError):
+    """Another run holds the output folder's lock."""

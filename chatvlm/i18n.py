@@ -129,6 +129,9 @@ USAGE_PREFIX = N_("Usage:")
 def _localize_typer() -> None:
     import sys
 
+    from .click_i18n import install
+
+    install(_)   # Click's own usage errors ("Missing argument ...") through our catalogue
     rich_utils = sys.modules.get("typer.rich_utils")
     if rich_utils is None:
         return

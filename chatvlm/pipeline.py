@@ -8,6 +8,7 @@ can watch the events.
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -16,9 +17,11 @@ from pathlib import Path
 from typing import Any, Optional
 
 from .config import RunConfig
-from .errors import EXIT_OK, EXIT_PAGES_FAILED, ChatVLMError, UsageError
+from .errors import EXIT_ABORTED, EXIT_OK, EXIT_PAGES_FAILED, ChatVLMError, OutputError, UsageError
 from .i18n import _
+from .interrupt import Interrupted
 from .layout import blocks_to_markdown, draw_overlay, markdown_to_text, picture_crops
+from .out_lock import OutputLock
 from .paths import path_text
 from .records import Page, PageResult, RawOutput
 from .registry import ModelSpec, all_specs, get_spec
@@ -50,13 +53,17 @@ class RunOutcome:
 
 # --------------------------------------------------------------------------- model choice
 
-def resolve_model(name: str, reporter: Reporter, model_path: Optional[Path] = None) -> ModelSpec:
-    """`auto` = the best VLM whose weights are already here, else tesseract (with a hint)."""
+def resolve_model(name: str, reporter: Reporter, model_path: Optional[Path] = None, task: Optional[str] = None) -> ModelSpec:
+    """`auto` = the best VLM whose weights are already here, else tesseract (with a hint).
+
+    With `task` (e.g. "layout"), only models that can do that task are candidates.
+    """
     if name != "auto":
         return get_spec(name)
     from .backends.hf import weights_available
 
-    ranked = sorted((s for s in all_specs() if s.auto_rank is not None), key=lambda s: s.auto_rank)
+    ranked = sorted((s for s in all_specs() if s.auto_rank is not None and (task is None or task in s.tasks)),
+                    key=lambda s: s.auto_rank)
     if model_path is not None:
         raise ChatVLMError(_("--model-path needs --model NAME (which model is in that folder?)"))
     for spec in ranked:
@@ -69,14 +76,48 @@ def resolve_model(name: str, reporter: Reporter, model_path: Optional[Path] = No
     return get_spec("tesseract")
 
 
+def check_model_options(spec: ModelSpec, keys) -> None:
+    """-O KEY=VALUE keys must be ones the chosen model's backend declares (a typo is a usage error)."""
+    if not keys:
+        return
+    known = spec.backend_class().option_keys
+    unknown = [key for key in keys if key not in known]
+    if unknown:
+        raise UsageError(_("unknown model option {keys} for {model}; it takes: {known}").format(
+            keys=", ".join(f"'{k}'" for k in unknown), model=spec.name, known=", ".join(sorted(known)) or _("none")))
+
+
 # --------------------------------------------------------------------------- the run
 
 def run(config: RunConfig, reporter: Optional[Reporter] = None, backend=None) -> RunOutcome:
-    """Run `config` to the end. Raises ChatVLMError only when nothing could run."""
+    """Run `config` to the end. Raises ChatVLMError only when nothing could run, OutputError
+    when OUT stops taking files, and Interrupted (a KeyboardInterrupt whose `.outcome` holds
+    the report of the pages done) when stopped by Ctrl-C or SIGTERM."""
     reporter = reporter or Reporter()
-    spec = backend.spec if backend is not None else resolve_model(config.model, reporter, config.backend.model_path)
+    spec = backend.spec if backend is not None else resolve_model(
+        config.model, reporter, config.backend.model_path, task="layout" if config.command == "layout" else None)
+    check_model_options(spec, config.model_options)
     out = config.out
-    out.mkdir(parents=True, exist_ok=True)
+    lock = _open_output(out)
+    try:
+        return _run_locked(config, reporter, backend, spec)
+    finally:
+        lock.release()
+
+
+def _open_output(out: Path) -> OutputLock:
+    """Create OUT and take its lock: the first write, so an unwritable OUT fails here, before any work."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        return OutputLock(out).acquire()
+    except (FileExistsError, NotADirectoryError):
+        raise OutputError(_("cannot write to {path}: it is a file, not a folder").format(path=out)) from None
+    except OSError as exc:
+        raise OutputError(_("cannot write to {path}: {reason}").format(path=out, reason=exc.strerror or exc)) from None
+
+
+def _run_locked(config: RunConfig, reporter: Reporter, backend, spec: ModelSpec) -> RunOutcome:
+    out = config.out
     manifest = Manifest(out)
     opts = options_hash(config.options_key())
     stats = RunStats(model=spec.name)
@@ -122,6 +163,8 @@ def run(config: RunConfig, reporter: Optional[Reporter] = None, backend=None) ->
 
     reporter.start(len(jobs) + len(failed_files) + len(skipped), spec.name)
     completed = False
+    stopped: Optional[BaseException] = None
+    engine: dict[str, Any] = {}
     try:
         for page in failed_files:
             reporter.message(_("{path}: {reason}").format(path=path_text(page.source), reason=page.error), "error")
@@ -133,7 +176,6 @@ def run(config: RunConfig, reporter: Optional[Reporter] = None, backend=None) ->
                                 output_tokens=previous.get("output_tokens"), empty=bool(previous.get("empty")))
             finish_page(result)
 
-        engine: dict[str, Any] = {}
         if jobs and config.ray is not None and backend is None:
             # Pages go to model workers on a Ray cluster; results come back here and are
             # written by finish_page exactly as below, in input order.
@@ -151,10 +193,14 @@ def run(config: RunConfig, reporter: Optional[Reporter] = None, backend=None) ->
             _recognise_all(config, spec, backend, jobs, stats, finish_page, reporter)
             engine = backend.describe()
         completed = True
+    except (KeyboardInterrupt, OutputError) as exc:
+        # Ctrl-C, SIGTERM or an output folder that stopped taking files: what is written
+        # stays (its manifest lines are on disk), the rest is redone by the next run.
+        stopped = exc
     finally:
         manifest.close()
-        if not completed:
-            reporter.finish()
+        if not (completed or stopped):
+            reporter.finish()   # the run broke off: the error propagates from here
         if owned is not None:
             owned.close()
 
@@ -167,12 +213,31 @@ def run(config: RunConfig, reporter: Optional[Reporter] = None, backend=None) ->
         "out": path_text(out),
         **({"cluster": cluster} if cluster else {}),
     })
-    atomic_write_text(out / REPORT, json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+    if stopped is not None:
+        report["stopped"] = str(stopped) if isinstance(stopped, OutputError) else "interrupted"
+    try:
+        atomic_write_text(out / REPORT, json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+    except OutputError:
+        if stopped is None:
+            reporter.finish()
+            raise
     # The progress bar ends on the report's own numbers (pages/s, skipped pages).
     reporter.summary(report)
     reporter.finish()
     code = EXIT_PAGES_FAILED if stats.failed else EXIT_OK
-    return RunOutcome(exit_code=code, report=report, results=results)
+    outcome = RunOutcome(exit_code=code, report=report, results=results)
+    if isinstance(stopped, OutputError):
+        written = sum(1 for entry in results if entry["status"] == "ok")
+        error = OutputError(_("{reason}; {n} page(s) written before are kept: make room (or fix the folder) and rerun the same command to resume").format(
+            reason=stopped, n=written) if written else str(stopped))
+        error.exit_code = EXIT_PAGES_FAILED if written else EXIT_ABORTED
+        raise error
+    if stopped is not None:
+        if not isinstance(stopped, Interrupted):
+            stopped = Interrupted()
+        stopped.outcome = outcome
+        raise stopped
+    return outcome
 
 
 def _renderer(doc, number: int, config: RunConfig):
@@ -212,19 +277,33 @@ def _recognise_all(config: RunConfig, spec: ModelSpec, backend, jobs: list[Job],
     # batches are recognised; at most two windows wait for it, so memory stays bounded.
     # A CPU engine's batch ends with its slowest page while the other workers idle, so two
     # batches run at once there (the engine's own worker pool is shared); a GPU runs one.
+    stop = threading.Event()
+    windows = bucketed_windows(pages, lambda: state["batch_size"], backend.page_cost, window_batches)
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="writer") as writer, \
             ThreadPoolExecutor(max_workers=1 if backend.uses_gpu else 2, thread_name_prefix="batch") as runner:
         pending: deque[Future] = deque()
-        for window, groups in bucketed_windows(pages, lambda: state["batch_size"], backend.page_cost, window_batches):
-            if backend.uses_gpu:
-                outputs: Any = recognise_groups(groups)
-            else:
-                outputs = runner.submit(recognise_groups, groups)
-            pending.append(writer.submit(_write_window, config, spec, backend, window, outputs, finish_page, reporter))
-            while len(pending) > 2:
+        try:
+            for window, groups in windows:
+                if backend.uses_gpu:
+                    outputs: Any = recognise_groups(groups)
+                else:
+                    outputs = runner.submit(recognise_groups, groups)
+                pending.append(writer.submit(_write_window, config, spec, backend, window, outputs, finish_page, reporter, stop))
+                while len(pending) > 2:
+                    pending.popleft().result()
+            while pending:
                 pending.popleft().result()
-        while pending:
-            pending.popleft().result()
+        except BaseException as exc:
+            # Stop now: the writer finishes the page it is on and takes no more; queued work
+            # is dropped; on an interrupt the engine's work in flight is abandoned.
+            stop.set()
+            writer.shutdown(wait=False, cancel_futures=True)
+            runner.shutdown(wait=False, cancel_futures=True)
+            if isinstance(exc, KeyboardInterrupt):
+                backend.abort()
+            windows.close()
+            pages.close()
+            raise
 
 
 def recognise_batch(config: RunConfig, backend, batch: list[Page], shrink) -> tuple[list, float]:
@@ -243,11 +322,13 @@ def recognise_batch(config: RunConfig, backend, batch: list[Page], shrink) -> tu
 
 
 def _write_window(config: RunConfig, spec: ModelSpec, backend, window: list[Page], outputs,
-                  finish_page, reporter: Reporter) -> None:
+                  finish_page, reporter: Reporter, stop: threading.Event) -> None:
     """Results go to the writers in input order, whatever order the buckets ran in."""
     if isinstance(outputs, Future):
         outputs = outputs.result()
     for page in window:
+        if stop.is_set():
+            return
         if not page.ok:
             reporter.message(_("{path} page {page}: {reason}").format(path=path_text(page.source), page=page.page, reason=page.error), "error")
             finish_page(PageResult.failed(page, spec.name, page.error or "unreadable"))
@@ -302,6 +383,8 @@ def write_result(config: RunConfig, spec: ModelSpec, result: PageResult, reporte
     try:
         with stopwatch(result.timings, "write"):
             result.outputs = write_page(config.out, result, config.formats)
+    except OutputError:
+        raise   # the output folder itself failed: the run stops (run() says so once)
     except Exception as exc:
         reporter.message(_("{path} page {page}: cannot write output: {reason}").format(path=path_text(page.source), page=page.page, reason=exc), "error")
         return PageResult.failed(page, spec.name, f"postprocess/write failed: {exc.__class__.__name__}: {exc}")

@@ -130,15 +130,15 @@ def print_report(report: dict[str, Any], console: Console = stdout) -> None:
         (_("engine"), engine_desc or "–"),
         (_("pages ok / failed / skipped"), f"{pages['ok']} / {pages['failed']} / {pages['skipped']}"),
         (_("looped / truncated / repaired"), f"{pages['looped']} / {pages['truncated']} / {pages['repaired']}"),
-        (_("wall time"), _fmt(report["wall_s"], " s")),
-        (_("model load"), _fmt(report["model_load_s"], " s")),
-        (_("time to first page"), _fmt(report["time_to_first_page_s"], " s")),
+        (_("wall time"), _fmt(report["wall_s"], " " + _("s"))),
+        (_("model load"), _fmt(report["model_load_s"], " " + _("s"))),
+        (_("time to first page"), _fmt(report["time_to_first_page_s"], " " + _("s"))),
         (_("pages/s"), _fmt(report["pages_per_s"])),
     ]
     if report.get("output_tokens"):
         rows.append((_("output tokens/s"), _fmt(report.get("output_tokens_per_s"))))
     if engine.get("peak_gpu_memory_gb") is not None:
-        rows.append((_("peak GPU memory"), _fmt(engine.get("peak_gpu_memory_gb"), " GB")))
+        rows.append((_("peak GPU memory"), _fmt(engine.get("peak_gpu_memory_gb"), " " + _("GB"))))
     for key, value in rows:
         summary.add_row(key, str(value))
     console.print(summary)

@@ -8,6 +8,7 @@ a line saying `ok` can be trusted; resume trusts the manifest, not file existenc
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -16,6 +17,8 @@ import threading
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
+from .errors import OutputError
+from .i18n import _
 from .paths import path_text, source_id
 from .records import PageResult
 
@@ -24,10 +27,58 @@ REPORT = "report.json"
 DONE_STATUSES = ("ok", "skipped")
 
 
+# Errors that say the output folder as a whole cannot take files (not one page's problem):
+# the run stops with one clear message instead of failing every later page the same way.
+OUTPUT_WIDE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO}
+
+
+def _umask_at_import() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_UMASK_AT_IMPORT = _umask_at_import()
+
+
+def file_mode() -> int:
+    """Permissions a new file gets from the umask (0644 under the usual 022), like every other tool.
+
+    mkstemp creates files 0600. os.umask() can only be read by setting it, which races with
+    other threads, so Linux's /proc/self/status is read instead; elsewhere the umask seen
+    at import (before any thread of ours existed).
+    """
+    try:
+        with open("/proc/self/status", "rb") as fh:
+            for line in fh:
+                if line.startswith(b"Umask:"):
+                    return 0o666 & ~int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0o666 & ~_UMASK_AT_IMPORT
+
+
+def output_error(path: Path, exc: OSError) -> OutputError:
+    reason = exc.strerror or str(exc)
+    if isinstance(exc, (FileExistsError, NotADirectoryError)):
+        reason = _("a file is in the way where a folder is needed")
+    return OutputError(_("cannot write {path}: {reason}").format(path=path, reason=reason))
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
+    try:
+        _atomic_write_bytes(path, data)
+    except OSError as exc:
+        if exc.errno in OUTPUT_WIDE_ERRNOS:
+            raise output_error(path, exc) from None
+        raise
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, file_mode())
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
@@ -103,6 +154,13 @@ class Manifest:
         return None
 
     def append(self, entry: dict[str, Any]) -> None:
+        try:
+            self._append(entry)
+        except OSError as exc:
+            # The page's files may be in place, but without its line it is redone on the next run.
+            raise output_error(self.path, exc) from None
+
+    def _append(self, entry: dict[str, Any]) -> None:
         line = json.dumps(entry, ensure_ascii=False, separators=(",", ":")) + "\n"
         with self._lock:
             if self._fh is None:
@@ -164,7 +222,11 @@ class Manifest:
             atomic_write_text(self.path, text)
 
     def close(self) -> None:
-        self.compact()
+        try:
+            self.compact()
+        except (OSError, OutputError):
+            # Compaction only tidies; the appended lines (each fsynced) are already the truth.
+            pass
 
 
 def write_page(out: Path, result: PageResult, formats: Iterable[str]) -> list[str]:

@@ -97,6 +97,22 @@ def test_one_shot_answer(runner, page_png, tiny, small_pixels):
     assert result.stdout.strip()                      # the answer, rendered as markdown
 
 
+def test_ask_takes_the_generation_options_ocr_has(runner, page_png, tiny, small_pixels, monkeypatch):
+    import torch
+    import chatvlm.api as api
+
+    loaded = []
+    sized = api.load_model
+    monkeypatch.setattr(api, "load_model", lambda *a, **k: loaded.append(sized(*a, **k)) or loaded[-1])
+    result = runner.invoke(app, ["ask", str(page_png), "What is the invoice number?", "--model", "qwen_vl_2b",
+                                 "--model-path", str(tiny), "--device", "cpu", "--max-new-tokens", "3",
+                                 "--dtype", "float32", "--attn", "eager"])
+    assert result.exit_code == 0, result.output
+    model = loaded[0]
+    assert model.params.max_new_tokens == 3
+    assert model.backend.attn == "eager" and model.backend.dtype == torch.float32
+
+
 def test_page_out_of_range(runner, two_page_pdf, tiny, small_pixels):
     result = runner.invoke(app, ["ask", str(two_page_pdf), "Hi?", "--page", "3",
                                  "--model", "qwen_vl_2b", "--model-path", str(tiny)])

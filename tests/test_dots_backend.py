@@ -108,7 +108,7 @@ def test_layout_command_end_to_end(checkpoint, pages, processor, tmp_path):
 
 def test_layout_only_mode_uses_its_prompt(checkpoint, pages, processor, tmp_path):
     out = tmp_path / "out"
-    res = cli("layout", str(pages[1]), "-o", str(out), "--mode", "layout-only", "--model-path", str(checkpoint),
+    res = cli("layout", str(pages[1]), "-o", str(out), "--mode", "layout-only", "--model", "dots_ocr", "--model-path", str(checkpoint),
               "--max-new-tokens", "2")
     assert res.exit_code == 0, res.output
     (entry,) = manifest(out)
@@ -164,7 +164,7 @@ def test_missing_tokenizer_is_a_clear_error(tmp_path, pages):
     folder.mkdir()
     for name in ("config.json", "model.safetensors", "preprocessor_config.json"):
         shutil.copy(FIXTURE / name, folder / name)
-    res = cli("layout", str(pages[0]), "-o", str(tmp_path / "out"), "--model-path", str(folder))
+    res = cli("layout", str(pages[0]), "-o", str(tmp_path / "out"), "--model", "dots_ocr", "--model-path", str(folder))
     assert res.exit_code != 0
     assert "has no tokenizer files" in " ".join(res.output.split())
 

@@ -19,6 +19,8 @@ from ..registry import ModelSpec
 class Backend(ABC):
     #: False for engines that run on the CPU in parallel worker processes (tesseract)
     uses_gpu: bool = True
+    #: the model-specific settings (-O KEY=VALUE, BackendOptions.extra) this backend reads
+    option_keys: frozenset[str] = frozenset()
 
     def __init__(self, spec: ModelSpec, options: Optional[BackendOptions] = None):
         self.spec = spec
@@ -43,6 +45,13 @@ class Backend(ABC):
     def release_memory(self) -> None:
         """Free caches the backend keeps between batches (e.g. a decoder's KV pool), after an
         out-of-memory error; the model stays loaded. Backends holding such caches override this."""
+
+    def abort(self) -> None:
+        """The run was interrupted: abandon work in flight at once (close() still follows).
+
+        Work in the calling thread is interrupted by the signal itself; engines that run
+        pages elsewhere (worker processes) stop them here.
+        """
 
     def describe(self) -> dict[str, Any]:
         """Engine facts for the report: device, dtype, attention kernel, versions."""

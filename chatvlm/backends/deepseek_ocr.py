@@ -45,6 +45,7 @@ TYPICAL_PAGE = (1654, 2339)
 class DeepseekOcrBackend(DeepseekGroundingMixin, HFBackend):
     attn_support = ("sdpa", "eager")        # the port's kernels (no flash-attn: SAM relative positions)
     default_gpu_batch = 8
+    option_keys = HFBackend.option_keys | {"mode", "max_crops", "ngram_size", "ngram_window"}
 
     def __init__(self, spec: ModelSpec, options: Optional[BackendOptions] = None):
         super().__init__(spec, options)

@@ -22,6 +22,7 @@ from .hf import HFBackend
 class DeepseekOcr2Backend(DeepseekGroundingMixin, HFBackend):
     auto_class = "DeepseekOcr2ForConditionalGeneration"
     attn_support = ("sdpa", "eager")          # no flash-attn (SAM relative-position bias)
+    option_keys = HFBackend.option_keys | {"max_patches", "ngram_size", "ngram_window", "ngram_whitelist"}
 
     def prompt_for(self, task: str) -> str:
         try:

@@ -42,6 +42,7 @@ class DotsOcrBackend(HFBackend):
     # attention (flash-attn varlen when importable on CUDA, else SDPA per image).
     attn_support = ("flash_attention_2", "sdpa", "eager")
     default_gpu_batch = 8
+    option_keys = HFBackend.option_keys | {"framing"}
 
     def __init__(self, spec: ModelSpec, options: Optional[BackendOptions] = None):
         super().__init__(spec, options)

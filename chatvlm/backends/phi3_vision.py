@@ -55,6 +55,7 @@ class Phi3VisionBackend(HFBackend):
     attn_support = ("sdpa", "eager")
     default_gpu_batch = 8
     can_chat = True
+    option_keys = HFBackend.option_keys | {"num_crops"}
 
     def __init__(self, spec: ModelSpec, options: Optional[BackendOptions] = None):
         super().__init__(spec, options)

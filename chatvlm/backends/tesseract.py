@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import signal
 import sys
+import threading
 import time
 from contextlib import contextmanager
 from concurrent.futures import ProcessPoolExecutor
@@ -23,6 +25,7 @@ from typing import Any, Optional
 from ..config import BackendOptions, GenerationParams
 from ..errors import ModelUnavailableError
 from ..i18n import _, default_ocr_languages
+from ..interrupt import Interrupted
 from ..layout import blocks_to_markdown
 from ..records import LayoutBlock, Page, PageResult, RawOutput
 from ..registry import ModelSpec
@@ -63,6 +66,7 @@ class TesseractBackend(Backend):
         self.tessdata: Optional[str] = None
         self.workers = int(self.options.extra.get("workers") or os.cpu_count() or 1)
         self._pool: Optional[ProcessPoolExecutor] = None
+        self._aborted_pool: Optional[ProcessPoolExecutor] = None
         self._has_osd = False
         self._version = ""
 
@@ -89,9 +93,13 @@ class TesseractBackend(Backend):
     def _start_pool(self) -> None:
         # "spawn": a fresh interpreter per worker, never a fork of a process that already
         # runs render and writer threads.
+        # Workers spawned by the main thread may tie their life to it with PR_SET_PDEATHSIG
+        # (which fires when the spawning *thread* ends); the parent watch covers the rest.
+        tie_to_thread = threading.current_thread() is threading.main_thread()
         self._pool = ProcessPoolExecutor(
             max_workers=self.workers, mp_context=multiprocessing.get_context("spawn"),
-            initializer=_start_worker, initargs=(self.tessdata, self.lang, self._has_osd, self.workers > 1))
+            initializer=_start_worker,
+            initargs=(self.tessdata, self.lang, self._has_osd, self.workers > 1, os.getpid(), tie_to_thread))
         try:
             # Start every worker now, so a Tesseract that cannot start fails here, not on page one.
             with _main_not_reimported():
@@ -105,6 +113,20 @@ class TesseractBackend(Backend):
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
 
+    def abort(self) -> None:
+        """Kill the workers now (pages in flight are abandoned); a later batch starts new ones."""
+        pool, self._pool = self._pool, None
+        if pool is None:
+            return
+        self._aborted_pool = pool
+        # ProcessPoolExecutor has no public way to stop workers mid-page before Python 3.14.
+        for process in list((getattr(pool, "_processes", None) or {}).values()):
+            try:
+                process.kill()
+            except (OSError, AttributeError):
+                pass
+        pool.shutdown(wait=False, cancel_futures=True)
+
     def describe(self) -> dict[str, Any]:
         return {"engine": self._version or "tesseract", "lang": self.lang, "device": "cpu",
                 "workers": self.workers, "dtype": None, "attention": None}
@@ -117,11 +139,16 @@ class TesseractBackend(Backend):
     # ------------------------------------------------------------------ recognise
     def generate_batch(self, pages: list[Page], task: str, params: GenerationParams) -> list[RawOutput]:
         if self._pool is None:
-            raise RuntimeError("load() first")
+            if self.tessdata is None:
+                raise RuntimeError("load() first")
+            self._start_pool()   # after abort(): fresh workers for the next run
+        pool = self._pool
         try:
             with _main_not_reimported():
-                found = list(self._pool.map(recognise_image, [page.image for page in pages]))
+                found = list(pool.map(recognise_image, [page.image for page in pages]))
         except BrokenProcessPool:
+            if pool is self._aborted_pool:
+                raise Interrupted() from None   # abort() killed them: not a page's fault, no retry
             # A worker died (Tesseract crashed on some page): start fresh ones and let the
             # scheduler split the batch, so only the page that kills Tesseract fails.
             self.close()
@@ -229,8 +256,13 @@ def _main_not_reimported():
             setattr(main, key, value)
 
 
-def _start_worker(tessdata: str, lang: str, has_osd: bool, single_thread: bool) -> None:
+def _start_worker(tessdata: str, lang: str, has_osd: bool, single_thread: bool, parent: int, tie_to_thread: bool) -> None:
     """Runs once in each worker process: Tesseract handles for recognition and for OSD."""
+    _die_with_parent(parent, tie_to_thread)
+    # Ctrl-C reaches the whole process group: the parent decides how to stop (it kills the
+    # workers), so Ctrl-C must not kill a worker mid-page and look like a Tesseract crash.
+    # SIGTERM stays deadly: ProcessPoolExecutor ends the workers of a broken pool with it.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     if single_thread:
         # Parallelism comes from the worker processes; Tesseract's own OpenMP threads on
         # top of them only oversubscribe the cores (OCRmyPDF does the same).
@@ -239,6 +271,40 @@ def _start_worker(tessdata: str, lang: str, has_osd: bool, single_thread: bool) 
 
     _ENGINE["api"] = tesserocr.PyTessBaseAPI(path=tessdata, lang=lang, psm=tesserocr.PSM.AUTO)
     _ENGINE["osd"] = tesserocr.PyTessBaseAPI(path=tessdata, lang="osd", psm=tesserocr.PSM.OSD_ONLY) if has_osd else None
+
+
+# How often a worker checks that its parent is alive (when PR_SET_PDEATHSIG is not used).
+PARENT_WATCH_INTERVAL_S = 0.5
+
+
+def _die_with_parent(parent: int, tie_to_thread: bool) -> None:
+    """End this worker when the chatvlm process dies, however it dies (kill -9 included).
+
+    Without this, a killed parent leaves its workers (and multiprocessing's resource tracker,
+    which lives while they hold its pipe) running forever: they wait on a queue whose other
+    end they hold themselves. On Linux the kernel sends SIGKILL at the parent's death
+    (PR_SET_PDEATHSIG); everywhere a thread checks that the parent is still ours.
+    """
+    if tie_to_thread and sys.platform.startswith("linux"):
+        try:
+            import ctypes
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        except (OSError, AttributeError):
+            pass
+    if os.getppid() != parent:   # the parent died before the line above took effect
+        os._exit(1)
+
+    def watch() -> None:
+        while True:
+            time.sleep(PARENT_WATCH_INTERVAL_S)
+            if os.getppid() != parent:
+                os._exit(1)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
+PR_SET_PDEATHSIG = 1   # linux/prctl.h
 
 
 def _worker_ready(_index: int) -> bool:
