@@ -38,7 +38,7 @@ class GotOcrBackend(HFBackend):
     # The top-level model declares no SDPA support (SAM relative-position attention); its
     # Qwen2 language model does: "sdpa" here means sdpa for the LM, eager for the vision tower.
     attn_support = ("sdpa", "eager")
-    option_keys = HFBackend.option_keys | {"crop", "max_patches"}
+    option_keys = HFBackend.option_keys | {"crop", "max_patches", "no_repeat_ngram_size"}
 
     def attn_argument(self, kind: str):
         if kind == "sdpa":

@@ -396,7 +396,8 @@ class HFBackend(Backend):
     default_gpu_batch: int = 8
     skip_special_tokens: bool = True
     # decode = auto | fast | hf; the rest tune our static decode loop (see static_decoder)
-    option_keys = frozenset({"decode", "decode_graphs", "decode_len_bucket", "decode_sync_every"})
+    option_keys = frozenset({"decode", "decode_graphs", "decode_len_bucket", "decode_sync_every", "decode_max_len",
+                             "probe_pages", "probe_tokens", "probe_margin"})
 
     def __init__(self, spec: ModelSpec, options: Optional[BackendOptions] = None):
         super().__init__(spec, options)
