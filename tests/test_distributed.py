@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from chatvlm.config import BackendOptions, GenerationParams, RunConfig
+from chatvlm.out_lock import LOCK_NAME
 from chatvlm.pipeline import Reporter, run
 from tests.conftest import ROOT, text_page, write_noise_pages
 from tests.fake_backend import NAME as FAKE, ensure_registered
@@ -42,9 +43,10 @@ def cluster():
 # --------------------------------------------------------------------------- helpers
 
 def output_files(out: Path) -> dict[str, bytes]:
-    """Every page file the run wrote (not the manifest or report, which carry timings)."""
+    """Every page file the run wrote (not the manifest or report, which carry timings, nor the
+    output lock, which names the process that held it)."""
     return {p.relative_to(out).as_posix(): p.read_bytes() for p in sorted(out.rglob("*"))
-            if p.is_file() and p.name not in ("manifest.jsonl", "report.json")}
+            if p.is_file() and p.name not in ("manifest.jsonl", "report.json", LOCK_NAME)}
 
 
 def manifest_lines(out: Path) -> list[dict]:
