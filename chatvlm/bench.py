@@ -18,8 +18,11 @@ Accuracy, where ground truth sits next to an input (same stem):
     `first_n` / `last_n`; other types (math, table, ...) are listed as not scored.
 
 `--synthetic`: every VLM is built at full size from its full config with random
-weights, and generates exactly `--tokens` tokens per page (no EOS, no loop guard).
-Only the speed figures mean anything then; accuracy is not computed.
+weights, and generates exactly `--tokens` tokens per page (no EOS, no loop guard);
+`--tokens A-B` gives each page its own count, drawn uniformly in A..B from `--seed` and
+the page's identity (the same page gets the same count in every model and repeat), so
+batches hold uneven pages as real documents do. Only the speed figures mean anything
+then; accuracy is not computed.
 
 All of it lands in OUT/bench.json (plus hardware, versions and command line) and
 OUT/bench.md (the table as markdown).
@@ -67,7 +70,9 @@ class BenchConfig:
     repeats: int = 1
     layout: Optional[str] = None                # "olmocr-bench": also <name>_pg<N>_repeat<K>.md
     synthetic: bool = False
-    tokens: int = 512
+    tokens: int = 512                           # --synthetic: tokens per page (the low end of a range)
+    tokens_max: Optional[int] = None            # --tokens A-B: each page draws its count in tokens..tokens_max
+    seed: int = 0                               # the draw's seed (recorded in bench.json)
     synthetic_configs: dict[str, Path] = field(default_factory=dict)
     ignore_case: str = "auto"                   # "auto" | "yes" | "no"
     warmup: bool = True
@@ -76,6 +81,18 @@ class BenchConfig:
     @property
     def out(self) -> Path:
         return self.base.out
+
+    @property
+    def token_range(self) -> Optional[tuple[int, int]]:
+        """(A, B) when pages draw their own token count, else None (every page `tokens`)."""
+        if self.tokens_max is None or self.tokens_max == self.tokens:
+            return None
+        return self.tokens, self.tokens_max
+
+    @property
+    def tokens_label(self) -> str:
+        rng = self.token_range
+        return f"{rng[0]}-{rng[1]}" if rng else str(self.tokens)
 
 
 @dataclass
@@ -453,21 +470,23 @@ def run_bench(config: BenchConfig, models: list[str], reporter: Optional[Reporte
         raise UsageError(_("--repeats must be at least 1"))
     if config.layout is not None and config.layout not in LAYOUTS:
         raise UsageError(_("--layout must be one of: {known}").format(known=", ".join(LAYOUTS)))
-    if config.synthetic and config.tokens < 1:
-        raise UsageError(_("--tokens must be at least 1"))
+    if config.synthetic and (config.tokens < 1 or (config.tokens_max is not None and config.tokens_max < config.tokens)):
+        raise UsageError(_("--tokens must be at least 1 (a range A-B needs A <= B)"))
     out = config.out
     out.mkdir(parents=True, exist_ok=True)
     warmup_page = _first_page(config.base) if config.warmup and config.base.ray is None else None
     report: dict[str, Any] = {
-        "title": bench_title(config.synthetic, config.tokens),
+        "title": bench_title(config.synthetic, config.tokens_label),
         "synthetic": config.synthetic,
-        "tokens_per_page": config.tokens if config.synthetic else None,
+        "tokens_per_page": (config.tokens if config.token_range is None else config.tokens_label) if config.synthetic else None,
+        "tokens_range": list(config.token_range) if config.synthetic and config.token_range else None,
+        "seed": config.seed if config.synthetic and config.token_range else None,
         "command_line": config.command_line if config.command_line is not None else sys.argv,
         "inputs": list(config.base.inputs),
         "options": {"pages": config.base.pages, "max_pages": config.base.max_pages, "dpi": config.base.dpi,
                     "repeats": config.repeats, "layout": config.layout, "ignore_case": config.ignore_case,
                     "batch_size": config.base.generation.batch_size,
-                    "max_new_tokens": config.tokens if config.synthetic else config.base.generation.max_new_tokens,
+                    "max_new_tokens": (config.tokens_max or config.tokens) if config.synthetic else config.base.generation.max_new_tokens,
                     "max_pixels": config.base.generation.max_pixels, "device": config.base.backend.device,
                     "dtype": config.base.backend.dtype, "attn": config.base.backend.attn,
                     "lang": config.base.backend.lang, "model_options": dict(config.base.backend.extra)},
@@ -506,7 +525,7 @@ def _cluster(address: Optional[str]):
     return ray_session(address)
 
 
-def bench_title(synthetic: bool, tokens: int) -> str:
+def bench_title(synthetic: bool, tokens) -> str:
     if synthetic:
         return _("chatvlm bench (synthetic: RANDOM weights, {n} tokens per page; only the speed figures are meaningful)").format(n=tokens)
     return _("chatvlm bench")
@@ -531,8 +550,10 @@ def _model_config(config: BenchConfig, spec: ModelSpec, repeat: int) -> RunConfi
                                   synthetic=config.synthetic, extra=dict(base.backend.extra))
     generation = dataclasses.replace(base.generation)
     if config.synthetic:
-        generation.max_new_tokens = config.tokens
+        generation.max_new_tokens = config.tokens_max or config.tokens
         generation.loop_guard = False
+        if config.token_range:
+            backend.extra["synthetic_tokens"] = [*config.token_range, config.seed]
     task = base.task if base.task in spec.tasks else ("markdown" if "markdown" in spec.tasks else spec.tasks[0])
     return dataclasses.replace(base, out=model_out, model=spec.name, task=task, force=True, command="bench",
                                backend=backend, generation=generation)
