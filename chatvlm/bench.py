@@ -24,6 +24,12 @@ the page's identity (the same page gets the same count in every model and repeat
 batches hold uneven pages as real documents do. Only the speed figures mean anything
 then; accuracy is not computed.
 
+Roofline (chatvlm.roofline): on the warm-up page each model's prefill and decode-step
+FLOPs are counted (FlopCounterMode) and the bytes a decode step reads are summed; the
+card's matmul rate and memory bandwidth are measured once per run. Each row then says
+how long a page would take at those limits (`limit s/page`, for the batch size and tokens
+per page of the run) and `% of limit` = that limit / the measured seconds per page.
+
 All of it lands in OUT/bench.json (plus hardware, versions and command line) and
 OUT/bench.md (the table as markdown).
 """
@@ -76,6 +82,7 @@ class BenchConfig:
     synthetic_configs: dict[str, Path] = field(default_factory=dict)
     ignore_case: str = "auto"                   # "auto" | "yes" | "no"
     warmup: bool = True
+    roofline: bool = True                       # count FLOPs/bytes on the warm-up page, measure the card
     command_line: Optional[list[str]] = None
 
     @property
@@ -492,6 +499,7 @@ def run_bench(config: BenchConfig, models: list[str], reporter: Optional[Reporte
                     "lang": config.base.backend.lang, "model_options": dict(config.base.backend.extra)},
         "warmup_page": ({"source": str(warmup_page.source), "page": warmup_page.page} if warmup_page else None),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "peaks": [],
         "models": [],
     }
     if any(get_spec(name).repo_id for name in models):
@@ -499,7 +507,7 @@ def run_bench(config: BenchConfig, models: list[str], reporter: Optional[Reporte
     with _cluster(config.base.ray):   # one cluster connection for every model
         for name in models:
             reporter.message(_("benchmarking {name}").format(name=name), "info")
-            row = bench_model(config, name, warmup_page, reporter)
+            row = bench_model(config, name, warmup_page, reporter, report["peaks"])
             report["models"].append(row)
             if row["status"] != "ok":
                 reporter.message(_("{name}: {reason}").format(name=name, reason=row["error"]), "error")
@@ -566,13 +574,18 @@ def _empty_row(name: str) -> dict[str, Any]:
         "pages": {"total": 0, "ok": 0, "failed": 0, "looped": 0, "truncated": 0, "unreadable_inputs": 0},
         "pages_per_s": None, "input_tokens": 0, "output_tokens": 0, "output_tokens_per_s": None,
         "output_tokens_per_page": None, "page_latency_p50_s": None, "page_latency_p90_s": None,
-        "peak_gpu_memory_gb": None, "accuracy": None, "runs": [], "outputs": None,
+        "peak_gpu_memory_gb": None, "accuracy": None, "roofline": None, "runs": [], "outputs": None,
     }
 
 
-def bench_model(config: BenchConfig, name: str, warmup_page, reporter: Reporter) -> dict[str, Any]:
-    """One model: load, warm up, run the pages, score; every failure becomes the row's reason."""
+def bench_model(config: BenchConfig, name: str, warmup_page, reporter: Reporter,
+                peaks: Optional[list[dict[str, Any]]] = None) -> dict[str, Any]:
+    """One model: load, warm up, run the pages, score; every failure becomes the row's reason.
+
+    `peaks`: the card's limits measured so far in this run (one entry per device and dtype;
+    a model on a new one measures and appends)."""
     row = _empty_row(name)
+    counts = card = None
     spec = get_spec(name)
     reason = _unavailable_reason(config, spec)
     if reason is not None:
@@ -609,6 +622,9 @@ def bench_model(config: BenchConfig, name: str, warmup_page, reporter: Reporter)
                 row["time_to_first_page_s"] = round(row["load_s"] + row["warmup_s"], 4)
                 if raw and getattr(raw[0], "error", None):
                     reporter.message(_("{name}: warm-up page failed: {reason}").format(name=name, reason=raw[0].error), "warning")
+                elif config.roofline:
+                    counts, card = _roofline_counts(backend, page, task, params, peaks if peaks is not None else [],
+                                                    row, reporter)
         records_by_repeat: list[list[PageRecord]] = []
         from . import pipeline
         for repeat in range(1, config.repeats + 1):
@@ -628,6 +644,11 @@ def bench_model(config: BenchConfig, name: str, warmup_page, reporter: Reporter)
         row["engine"] = engine
         row["outputs"] = str(config.out / spec.name)
         _fill_speed(row, records_by_repeat, engine)
+        if counts is not None and card is not None:
+            from .roofline import roofline_row
+            per_run = max(1, row["pages"]["total"] // config.repeats)
+            batch = min(per_run, engine.get("auto_batch_size") or config.base.generation.batch_size or 1)
+            row["roofline"] = roofline_row(counts, card, batch, row["output_tokens_per_page"], row["pages_per_s"])
         if not config.synthetic:
             row["accuracy"] = _accuracy(records_by_repeat, config.ignore_case)
     except Exception as exc:   # a model's failure is its row, never the end of the bench
@@ -645,6 +666,31 @@ def bench_model(config: BenchConfig, name: str, warmup_page, reporter: Reporter)
         backend = None
         _free_memory()
     return row
+
+
+def _roofline_counts(backend, page, task: str, params, peaks: list[dict[str, Any]], row: dict[str, Any],
+                     reporter: Reporter):
+    """The warm-up page's FLOP and byte counts, and the card's limits for this model's device
+    and dtype (measured on first need). A failure here is a note in the row, never the row's end."""
+    from . import roofline
+
+    try:
+        counts = roofline.count_page(backend, page, task, params)
+        if counts is None:
+            return None, None
+        device = str(getattr(backend, "device", "cpu"))
+        dtype = getattr(backend, "dtype", None)
+        dtype_name = str(dtype).replace("torch.", "") if device.startswith("cuda") and dtype is not None else "float32"
+        card = next((p for p in peaks if p["device"] == device and p["dtype"] == dtype_name), None)
+        if card is None:
+            card = roofline.measure_peaks(device, dtype)
+            card["device"] = device
+            peaks.append(card)
+        return counts, card
+    except Exception as exc:
+        row["roofline"] = {"error": f"{exc.__class__.__name__}: {exc}"[:300]}
+        reporter.message(_("{name}: roofline not measured: {reason}").format(name=row["model"], reason=exc), "warning")
+        return None, None
 
 
 def _unavailable_reason(config: BenchConfig, spec: ModelSpec) -> Optional[str]:
@@ -836,6 +882,7 @@ def table_columns(synthetic: bool) -> list[tuple[str, str]]:
         ("page_latency_p90_s", _("p90 s")), ("peak_gpu_memory_gb", _("GPU GB")),
         ("attention", _("attn")), ("dtype", _("dtype")),
         ("failed_looped_truncated", _("fail/loop/trunc")),
+        ("roofline_limit_s", _("limit s/page")), ("roofline_percent", _("% of limit")),
     ]
     if synthetic:
         cols.insert(6, ("output_tokens_per_page", _("tokens/page")))
@@ -864,6 +911,12 @@ def _cell(row: dict[str, Any], key: str) -> str:
             return "–"
         p = row["pages"]
         return f"{p['failed']}/{p['looped']}/{p['truncated']} " + _("of {n}").format(n=p["total"])
+    if key in ("roofline_limit_s", "roofline_percent"):
+        roof = row.get("roofline") or {}
+        value = roof.get("limit_s" if key == "roofline_limit_s" else "percent_of_limit")
+        if value is None:
+            return "–"
+        return f"{value:.3g}" if key == "roofline_limit_s" else f"{value:.1f}%"
     acc = row.get("accuracy") or {}
     if key in ("cer", "wer"):
         value = acc.get(key)
@@ -912,7 +965,10 @@ def render_table(report: dict[str, Any], width: int = 200):
         for i, (_key, header) in enumerate(columns[1:], start=1):
             table.add_row(header, *(cells[i] for cells in rows))
     hw = report.get("hardware") or {}
-    table.caption = "\n".join([_hardware_line(hw)] + table_notes(report))
+    peaks = [_("roofline {device} {dtype}: matmul {tflops} TFLOP/s, memory {gb_s} GB/s").format(
+        device=c.get("device_name") or c.get("device"), dtype=c.get("dtype"), tflops=f"{c['matmul_tflops']:.3g}",
+        gb_s=f"{c['bandwidth_gb_s']:.4g}") for c in report.get("peaks") or []]
+    table.caption = "\n".join([_hardware_line(hw)] + peaks + table_notes(report))
     table.caption_justify = "left"
     return table
 
@@ -936,8 +992,17 @@ def render_markdown(report: dict[str, Any]) -> str:
         lines += [""] + [f"- {n}" for n in notes]
     lines += ["", _hardware_line(report.get("hardware") or {}) + ".",
               _("Pages: {n} per model and repeat; warm-up page excluded from pages/s and latency; "
-                "1st page s = load + one cold page; pages/s counts pages recognised without error.").format(n=_pages_per_run(report)), ""]
-    return "\n".join(lines)
+                "1st page s = load + one cold page; pages/s counts pages recognised without error.").format(n=_pages_per_run(report))]
+    lines += [_peaks_line(card) for card in report.get("peaks") or []]
+    return "\n".join(lines + [""])
+
+
+def _peaks_line(card: dict[str, Any]) -> str:
+    return _("Roofline on {device} ({dtype}): matmul {tflops} TFLOP/s, memory {gb_s} GB/s, measured in this run; "
+             "limit s/page = prefill at the FLOP limit + decode steps at the slower of the FLOP and bandwidth "
+             "limits for the run's batch; % of limit = limit / measured seconds per page.").format(
+        device=card.get("device_name") or card.get("device"), dtype=card.get("dtype"),
+        tflops=f"{card['matmul_tflops']:.3g}", gb_s=f"{card['bandwidth_gb_s']:.4g}")
 
 
 def _pages_per_run(report: dict[str, Any]) -> str:
