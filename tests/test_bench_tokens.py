@@ -84,3 +84,23 @@ def test_synthetic_token_range_each_page_its_own_count(tmp_path, decode):
     assert got == {source: (n, "length") for source, n in expected.items()}
     assert report["tokens_range"] == [2, 9] and report["seed"] == 3 and report["tokens_per_page"] == "2-9"
     assert "2-9 tokens per page" in report["title"]
+
+
+def test_cli_takes_a_token_range_and_refuses_a_bad_one(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from chatvlm.cli import app
+
+    seen = {}
+
+    def fake_run_bench(config, names, reporter=None):   # the parsing is under test, not a model run
+        seen.update(tokens=config.tokens, tokens_max=config.tokens_max, seed=config.seed)
+        return bench.BenchOutcome(exit_code=0, report={"title": "t", "models": [], "synthetic": True})
+
+    monkeypatch.setattr(bench, "run_bench", fake_run_bench)
+    runner = CliRunner()
+    result = runner.invoke(app, ["bench", str(tmp_path), "--synthetic", "--models", "qwen_vl_2b",
+                                 "--tokens", "256-1024", "--seed", "5", "-o", str(tmp_path / "o")])
+    assert seen == {"tokens": 256, "tokens_max": 1024, "seed": 5}, result.output
+    result = runner.invoke(app, ["bench", str(tmp_path), "--synthetic", "--tokens", "900-100", "-o", str(tmp_path / "o")])
+    assert result.exit_code == 2 and "--tokens" in result.output
