@@ -82,6 +82,12 @@ def test_synthetic_token_range_each_page_its_own_count(tmp_path, decode):
     assert len(set(expected.values())) > 1            # the seed gives uneven pages: a real test of per-row stops
     got = {d["source"]: (d["output_tokens"], d["finish_reason"]) for d in row["pages_detail"]}
     assert got == {source: (n, "length") for source, n in expected.items()}
+    if decode == "auto":
+        # the warm-up page (the first input), then one batch of the four decoded until its
+        # longest row only, the rows that ended first compacted away
+        first = expected[inputs[0]]
+        assert row["engine"]["decode_steps"] == (first - 1) + (max(expected.values()) - 1)
+        assert row["engine"]["decode_compactions"] >= 1
     assert report["tokens_range"] == [2, 9] and report["seed"] == 3 and report["tokens_per_page"] == "2-9"
     assert "2-9 tokens per page" in report["title"]
 
