@@ -18,8 +18,9 @@ cache at the mean context length), shared by the B pages. The bench reports that
 `% of limit` = limit / measured seconds per page (100 % would be the card's limit).
 
 What is left out, so the limit is a lower bound: element-wise work, attention kernels with
-no FLOP formula (flash-attn's own), the prefill's memory traffic, and for MoE models the
-experts the other rows of a batch choose (one token reads only its own experts).
+no FLOP formula (a flash-attn too old to register torch ops), the prefill's memory traffic,
+and for MoE models the experts the other rows of a batch choose (one token reads only its
+own experts).
 """
 
 from __future__ import annotations
@@ -93,8 +94,32 @@ def measure_peaks(device: str = "cpu", dtype=None, matmul_n: Optional[int] = Non
 
 # --------------------------------------------------------------------------- one page's work
 
+def flash_attn_flops(q, k, *args, **kwargs) -> int:
+    """flash-attn's forward, q/k [batch, length, heads, head_dim]: q.k and p.v, 2 FLOPs a
+    multiply-add each (causal masking not subtracted, as for PyTorch's attention)."""
+    batch, q_len, heads, dim = q.shape
+    return 4 * batch * heads * q_len * int(k.shape[1]) * dim
+
+
+def flash_attn_varlen_flops(q, k, v, cu_seqlens_q, cu_seqlens_k, *args, **kwargs) -> int:
+    """flash-attn's packed forward, q [tokens, heads, head_dim]: per sequence as above."""
+    heads, dim = int(q.shape[1]), int(q.shape[2])
+    lq = (cu_seqlens_q[1:] - cu_seqlens_q[:-1]).tolist()
+    lk = (cu_seqlens_k[1:] - cu_seqlens_k[:-1]).tolist()
+    return sum(4 * heads * dim * a * b for a, b in zip(lq, lk))
+
+
+def _raw(formula):
+    """A formula that gets the op's tensors (it reads sequence lengths), not only their shapes."""
+    def counted(*args, out_val=None, **kwargs):
+        return formula(*args, **kwargs)
+    counted._get_raw = True
+    return counted
+
+
 def _counter():
-    """FlopCounterMode, also counting the CPU's fused attention kernel (no formula upstream)."""
+    """FlopCounterMode, also counting attention kernels with no formula upstream: the CPU's fused
+    attention and, where installed, flash-attn's forwards (those registered as torch ops)."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
@@ -102,6 +127,12 @@ def _counter():
     cpu_sdpa = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
     if cpu_sdpa is not None:
         extra[cpu_sdpa] = lambda q, k, v, *args, out_shape=None, **kwargs: sdpa_flop_count(q, k, v)
+    for name, formula in (("_flash_attn_forward", flash_attn_flops),
+                          ("_flash_attn_varlen_forward", flash_attn_varlen_flops)):
+        try:
+            extra[getattr(torch.ops.flash_attn, name)] = _raw(formula)
+        except (AttributeError, RuntimeError):
+            pass                 # flash-attn not installed, or an older one without torch ops
     return FlopCounterMode(display=False, custom_mapping=extra)
 
 

@@ -80,3 +80,16 @@ def test_count_page_on_a_tiny_qwen2_vl_matches_the_hand_count():
         assert "decode" not in backend.options.extra and "decode" not in backend.describe()
     finally:
         backend.close()
+
+
+def test_flash_attn_formulas_agree_with_pytorch_attention():
+    import torch
+    from torch.utils.flop_counter import sdpa_flop_count
+
+    q, k = torch.empty(2, 7, 4, 8), torch.empty(2, 11, 4, 8)          # flash-attn: [batch, length, heads, dim]
+    assert roofline.flash_attn_flops(q, k, k) == sdpa_flop_count((2, 4, 7, 8), (2, 4, 11, 8), (2, 4, 11, 8))
+    # packed: two sequences of 3 and 5 tokens (queries and keys alike) = the two counted alone
+    packed = torch.empty(8, 4, 8)
+    cu = torch.tensor([0, 3, 8], dtype=torch.int32)
+    alone = sum(roofline.flash_attn_flops(torch.empty(1, n, 4, 8), torch.empty(1, n, 4, 8)) for n in (3, 5))
+    assert roofline.flash_attn_varlen_flops(packed, packed, packed, cu, cu) == alone
