@@ -502,8 +502,12 @@ def run_bench(config: BenchConfig, models: list[str], reporter: Optional[Reporte
         "peaks": [],
         "models": [],
     }
-    if any(get_spec(name).repo_id for name in models):
+    neural = [name for name in models if get_spec(name).repo_id]
+    if neural:
         _preimport()   # library import time is not model load time
+    if config.roofline and warmup_page is not None and neural and _cuda_in_use(config):
+        # The card's limits before any model: its buffers then never count in a model's peak memory.
+        _measure_card(config, get_spec(neural[0]), report["peaks"], reporter)
     with _cluster(config.base.ray):   # one cluster connection for every model
         for name in models:
             reporter.message(_("benchmarking {name}").format(name=name), "info")
@@ -666,6 +670,21 @@ def bench_model(config: BenchConfig, name: str, warmup_page, reporter: Reporter,
         backend = None
         _free_memory()
     return row
+
+
+def _measure_card(config: BenchConfig, spec: ModelSpec, peaks: list[dict[str, Any]], reporter: Reporter) -> None:
+    from . import roofline
+    from .backends.hf import choose_dtype
+
+    try:
+        device = config.base.backend.device or "cuda"
+        card = roofline.measure_peaks(device, choose_dtype(spec, config.base.backend, device))
+        card["device"] = device
+        peaks.append(card)
+    except Exception as exc:
+        reporter.message(_("roofline: the card's limits could not be measured: {reason}").format(reason=exc), "warning")
+    finally:
+        _free_memory()
 
 
 def _roofline_counts(backend, page, task: str, params, peaks: list[dict[str, Any]], row: dict[str, Any],

@@ -93,3 +93,17 @@ def test_flash_attn_formulas_agree_with_pytorch_attention():
     cu = torch.tensor([0, 3, 8], dtype=torch.int32)
     alone = sum(roofline.flash_attn_flops(torch.empty(1, n, 4, 8), torch.empty(1, n, 4, 8)) for n in (3, 5))
     assert roofline.flash_attn_varlen_flops(packed, packed, packed, cu, cu) == alone
+
+
+def test_bench_measures_the_card_once_for_the_run(tmp_path, monkeypatch):
+    from chatvlm import bench
+    from chatvlm.config import RunConfig
+    from chatvlm.pipeline import Reporter
+    from chatvlm.registry import get_spec
+
+    monkeypatch.setattr(roofline, "CPU_MATMUL_N", 128)
+    monkeypatch.setattr(roofline, "CPU_COPY_BYTES", 1 << 20)
+    config = bench.BenchConfig(base=RunConfig(inputs=[], out=tmp_path, backend=BackendOptions(device="cpu")))
+    peaks: list = []
+    bench._measure_card(config, get_spec("qwen_vl_2b"), peaks, Reporter())
+    assert [(p["device"], p["dtype"], p["matmul_n"]) for p in peaks] == [("cpu", "float32", 128)]
