@@ -388,6 +388,7 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "pages_failed": sum(r.get("pages_failed") or 0 for r in rows),
         "static_decoder_runs": [r["run"] for r in rows if r.get("decode_path") == "chatvlm-static"],
         "qwen_vl_2b_speedup_over_generate": speedup,
+        "qwen_vl_2b_percent_of_limit": fast.get("percent_of_limit") if fast else None,
     }
 
 

@@ -189,4 +189,5 @@ def test_smoke_run_of_the_script_on_cpu(tmp_path):
     assert report["summary"]["qwen_vl_2b_speedup_over_generate"] is not None
     # the roofline of each run: bench's limit over the measured seconds per page
     assert all(r["percent_of_limit"] > 0 and r["roofline_limit_s"] > 0 for r in rows.values())
+    assert report["summary"]["qwen_vl_2b_percent_of_limit"] == rows["qwen_vl_2b"]["percent_of_limit"]
     assert "% of limit" in table and "float32 matmul" in table
