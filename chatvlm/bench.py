@@ -18,8 +18,17 @@ Accuracy, where ground truth sits next to an input (same stem):
     `first_n` / `last_n`; other types (math, table, ...) are listed as not scored.
 
 `--synthetic`: every VLM is built at full size from its full config with random
-weights, and generates exactly `--tokens` tokens per page (no EOS, no loop guard).
-Only the speed figures mean anything then; accuracy is not computed.
+weights, and generates exactly `--tokens` tokens per page (no EOS, no loop guard);
+`--tokens A-B` gives each page its own count, drawn uniformly in A..B from `--seed` and
+the page's identity (the same page gets the same count in every model and repeat), so
+batches hold uneven pages as real documents do. Only the speed figures mean anything
+then; accuracy is not computed.
+
+Roofline (chatvlm.roofline): on the warm-up page each model's prefill and decode-step
+FLOPs are counted (FlopCounterMode) and the bytes a decode step reads are summed; the
+card's matmul rate and memory bandwidth are measured once per run. Each row then says
+how long a page would take at those limits (`limit s/page`, for the batch size and tokens
+per page of the run) and `% of limit` = that limit / the measured seconds per page.
 
 All of it lands in OUT/bench.json (plus hardware, versions and command line) and
 OUT/bench.md (the table as markdown).
@@ -67,15 +76,30 @@ class BenchConfig:
     repeats: int = 1
     layout: Optional[str] = None                # "olmocr-bench": also <name>_pg<N>_repeat<K>.md
     synthetic: bool = False
-    tokens: int = 512
+    tokens: int = 512                           # --synthetic: tokens per page (the low end of a range)
+    tokens_max: Optional[int] = None            # --tokens A-B: each page draws its count in tokens..tokens_max
+    seed: int = 0                               # the draw's seed (recorded in bench.json)
     synthetic_configs: dict[str, Path] = field(default_factory=dict)
     ignore_case: str = "auto"                   # "auto" | "yes" | "no"
     warmup: bool = True
+    roofline: bool = True                       # count FLOPs/bytes on the warm-up page, measure the card
     command_line: Optional[list[str]] = None
 
     @property
     def out(self) -> Path:
         return self.base.out
+
+    @property
+    def token_range(self) -> Optional[tuple[int, int]]:
+        """(A, B) when pages draw their own token count, else None (every page `tokens`)."""
+        if self.tokens_max is None or self.tokens_max == self.tokens:
+            return None
+        return self.tokens, self.tokens_max
+
+    @property
+    def tokens_label(self) -> str:
+        rng = self.token_range
+        return f"{rng[0]}-{rng[1]}" if rng else str(self.tokens)
 
 
 @dataclass
@@ -453,34 +477,41 @@ def run_bench(config: BenchConfig, models: list[str], reporter: Optional[Reporte
         raise UsageError(_("--repeats must be at least 1"))
     if config.layout is not None and config.layout not in LAYOUTS:
         raise UsageError(_("--layout must be one of: {known}").format(known=", ".join(LAYOUTS)))
-    if config.synthetic and config.tokens < 1:
-        raise UsageError(_("--tokens must be at least 1"))
+    if config.synthetic and (config.tokens < 1 or (config.tokens_max is not None and config.tokens_max < config.tokens)):
+        raise UsageError(_("--tokens must be at least 1 (a range A-B needs A <= B)"))
     out = config.out
     out.mkdir(parents=True, exist_ok=True)
     warmup_page = _first_page(config.base) if config.warmup and config.base.ray is None else None
     report: dict[str, Any] = {
-        "title": bench_title(config.synthetic, config.tokens),
+        "title": bench_title(config.synthetic, config.tokens_label),
         "synthetic": config.synthetic,
-        "tokens_per_page": config.tokens if config.synthetic else None,
+        "tokens_per_page": (config.tokens if config.token_range is None else config.tokens_label) if config.synthetic else None,
+        "tokens_range": list(config.token_range) if config.synthetic and config.token_range else None,
+        "seed": config.seed if config.synthetic and config.token_range else None,
         "command_line": config.command_line if config.command_line is not None else sys.argv,
         "inputs": list(config.base.inputs),
         "options": {"pages": config.base.pages, "max_pages": config.base.max_pages, "dpi": config.base.dpi,
                     "repeats": config.repeats, "layout": config.layout, "ignore_case": config.ignore_case,
                     "batch_size": config.base.generation.batch_size,
-                    "max_new_tokens": config.tokens if config.synthetic else config.base.generation.max_new_tokens,
+                    "max_new_tokens": (config.tokens_max or config.tokens) if config.synthetic else config.base.generation.max_new_tokens,
                     "max_pixels": config.base.generation.max_pixels, "device": config.base.backend.device,
                     "dtype": config.base.backend.dtype, "attn": config.base.backend.attn,
                     "lang": config.base.backend.lang, "model_options": dict(config.base.backend.extra)},
         "warmup_page": ({"source": str(warmup_page.source), "page": warmup_page.page} if warmup_page else None),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "peaks": [],
         "models": [],
     }
-    if any(get_spec(name).repo_id for name in models):
+    neural = [name for name in models if get_spec(name).repo_id]
+    if neural:
         _preimport()   # library import time is not model load time
+    if config.roofline and warmup_page is not None and neural and _cuda_in_use(config):
+        # The card's limits before any model: its buffers then never count in a model's peak memory.
+        _measure_card(config, get_spec(neural[0]), report["peaks"], reporter)
     with _cluster(config.base.ray):   # one cluster connection for every model
         for name in models:
             reporter.message(_("benchmarking {name}").format(name=name), "info")
-            row = bench_model(config, name, warmup_page, reporter)
+            row = bench_model(config, name, warmup_page, reporter, report["peaks"])
             report["models"].append(row)
             if row["status"] != "ok":
                 reporter.message(_("{name}: {reason}").format(name=name, reason=row["error"]), "error")
@@ -506,7 +537,7 @@ def _cluster(address: Optional[str]):
     return ray_session(address)
 
 
-def bench_title(synthetic: bool, tokens: int) -> str:
+def bench_title(synthetic: bool, tokens) -> str:
     if synthetic:
         return _("chatvlm bench (synthetic: RANDOM weights, {n} tokens per page; only the speed figures are meaningful)").format(n=tokens)
     return _("chatvlm bench")
@@ -531,8 +562,10 @@ def _model_config(config: BenchConfig, spec: ModelSpec, repeat: int) -> RunConfi
                                   synthetic=config.synthetic, extra=dict(base.backend.extra))
     generation = dataclasses.replace(base.generation)
     if config.synthetic:
-        generation.max_new_tokens = config.tokens
+        generation.max_new_tokens = config.tokens_max or config.tokens
         generation.loop_guard = False
+        if config.token_range:
+            backend.extra["synthetic_tokens"] = [*config.token_range, config.seed]
     task = base.task if base.task in spec.tasks else ("markdown" if "markdown" in spec.tasks else spec.tasks[0])
     return dataclasses.replace(base, out=model_out, model=spec.name, task=task, force=True, command="bench",
                                backend=backend, generation=generation)
@@ -545,13 +578,18 @@ def _empty_row(name: str) -> dict[str, Any]:
         "pages": {"total": 0, "ok": 0, "failed": 0, "looped": 0, "truncated": 0, "unreadable_inputs": 0},
         "pages_per_s": None, "input_tokens": 0, "output_tokens": 0, "output_tokens_per_s": None,
         "output_tokens_per_page": None, "page_latency_p50_s": None, "page_latency_p90_s": None,
-        "peak_gpu_memory_gb": None, "accuracy": None, "runs": [], "outputs": None,
+        "peak_gpu_memory_gb": None, "accuracy": None, "roofline": None, "runs": [], "outputs": None,
     }
 
 
-def bench_model(config: BenchConfig, name: str, warmup_page, reporter: Reporter) -> dict[str, Any]:
-    """One model: load, warm up, run the pages, score; every failure becomes the row's reason."""
+def bench_model(config: BenchConfig, name: str, warmup_page, reporter: Reporter,
+                peaks: Optional[list[dict[str, Any]]] = None) -> dict[str, Any]:
+    """One model: load, warm up, run the pages, score; every failure becomes the row's reason.
+
+    `peaks`: the card's limits measured so far in this run (one entry per device and dtype;
+    a model on a new one measures and appends)."""
     row = _empty_row(name)
+    counts = card = None
     spec = get_spec(name)
     reason = _unavailable_reason(config, spec)
     if reason is not None:
@@ -588,6 +626,9 @@ def bench_model(config: BenchConfig, name: str, warmup_page, reporter: Reporter)
                 row["time_to_first_page_s"] = round(row["load_s"] + row["warmup_s"], 4)
                 if raw and getattr(raw[0], "error", None):
                     reporter.message(_("{name}: warm-up page failed: {reason}").format(name=name, reason=raw[0].error), "warning")
+                elif config.roofline:
+                    counts, card = _roofline_counts(backend, page, task, params, peaks if peaks is not None else [],
+                                                    row, reporter)
         records_by_repeat: list[list[PageRecord]] = []
         from . import pipeline
         for repeat in range(1, config.repeats + 1):
@@ -607,6 +648,11 @@ def bench_model(config: BenchConfig, name: str, warmup_page, reporter: Reporter)
         row["engine"] = engine
         row["outputs"] = str(config.out / spec.name)
         _fill_speed(row, records_by_repeat, engine)
+        if counts is not None and card is not None:
+            from .roofline import roofline_row
+            per_run = max(1, row["pages"]["total"] // config.repeats)
+            batch = min(per_run, engine.get("auto_batch_size") or config.base.generation.batch_size or 1)
+            row["roofline"] = roofline_row(counts, card, batch, row["output_tokens_per_page"], row["pages_per_s"])
         if not config.synthetic:
             row["accuracy"] = _accuracy(records_by_repeat, config.ignore_case)
     except Exception as exc:   # a model's failure is its row, never the end of the bench
@@ -624,6 +670,46 @@ def bench_model(config: BenchConfig, name: str, warmup_page, reporter: Reporter)
         backend = None
         _free_memory()
     return row
+
+
+def _measure_card(config: BenchConfig, spec: ModelSpec, peaks: list[dict[str, Any]], reporter: Reporter) -> None:
+    from . import roofline
+    from .backends.hf import choose_dtype
+
+    try:
+        device = config.base.backend.device or "cuda"
+        card = roofline.measure_peaks(device, choose_dtype(spec, config.base.backend, device))
+        card["device"] = device
+        peaks.append(card)
+    except Exception as exc:
+        reporter.message(_("roofline: the card's limits could not be measured: {reason}").format(reason=exc), "warning")
+    finally:
+        _free_memory()
+
+
+def _roofline_counts(backend, page, task: str, params, peaks: list[dict[str, Any]], row: dict[str, Any],
+                     reporter: Reporter):
+    """The warm-up page's FLOP and byte counts, and the card's limits for this model's device
+    and dtype (measured on first need). A failure here is a note in the row, never the row's end."""
+    from . import roofline
+
+    try:
+        counts = roofline.count_page(backend, page, task, params)
+        if counts is None:
+            return None, None
+        device = str(getattr(backend, "device", "cpu"))
+        dtype = getattr(backend, "dtype", None)
+        dtype_name = str(dtype).replace("torch.", "") if device.startswith("cuda") and dtype is not None else "float32"
+        card = next((p for p in peaks if p["device"] == device and p["dtype"] == dtype_name), None)
+        if card is None:
+            card = roofline.measure_peaks(device, dtype)
+            card["device"] = device
+            peaks.append(card)
+        return counts, card
+    except Exception as exc:
+        row["roofline"] = {"error": f"{exc.__class__.__name__}: {exc}"[:300]}
+        reporter.message(_("{name}: roofline not measured: {reason}").format(name=row["model"], reason=exc), "warning")
+        return None, None
 
 
 def _unavailable_reason(config: BenchConfig, spec: ModelSpec) -> Optional[str]:
@@ -815,6 +901,7 @@ def table_columns(synthetic: bool) -> list[tuple[str, str]]:
         ("page_latency_p90_s", _("p90 s")), ("peak_gpu_memory_gb", _("GPU GB")),
         ("attention", _("attn")), ("dtype", _("dtype")),
         ("failed_looped_truncated", _("fail/loop/trunc")),
+        ("roofline_limit_s", _("limit s/page")), ("roofline_percent", _("% of limit")),
     ]
     if synthetic:
         cols.insert(6, ("output_tokens_per_page", _("tokens/page")))
@@ -843,6 +930,12 @@ def _cell(row: dict[str, Any], key: str) -> str:
             return "–"
         p = row["pages"]
         return f"{p['failed']}/{p['looped']}/{p['truncated']} " + _("of {n}").format(n=p["total"])
+    if key in ("roofline_limit_s", "roofline_percent"):
+        roof = row.get("roofline") or {}
+        value = roof.get("limit_s" if key == "roofline_limit_s" else "percent_of_limit")
+        if value is None:
+            return "–"
+        return f"{value:.3g}" if key == "roofline_limit_s" else f"{value:.1f}%"
     acc = row.get("accuracy") or {}
     if key in ("cer", "wer"):
         value = acc.get(key)
@@ -891,7 +984,10 @@ def render_table(report: dict[str, Any], width: int = 200):
         for i, (_key, header) in enumerate(columns[1:], start=1):
             table.add_row(header, *(cells[i] for cells in rows))
     hw = report.get("hardware") or {}
-    table.caption = "\n".join([_hardware_line(hw)] + table_notes(report))
+    peaks = [_("roofline {device} {dtype}: matmul {tflops} TFLOP/s, memory {gb_s} GB/s").format(
+        device=c.get("device_name") or c.get("device"), dtype=c.get("dtype"), tflops=f"{c['matmul_tflops']:.3g}",
+        gb_s=f"{c['bandwidth_gb_s']:.4g}") for c in report.get("peaks") or []]
+    table.caption = "\n".join([_hardware_line(hw)] + peaks + table_notes(report))
     table.caption_justify = "left"
     return table
 
@@ -915,8 +1011,17 @@ def render_markdown(report: dict[str, Any]) -> str:
         lines += [""] + [f"- {n}" for n in notes]
     lines += ["", _hardware_line(report.get("hardware") or {}) + ".",
               _("Pages: {n} per model and repeat; warm-up page excluded from pages/s and latency; "
-                "1st page s = load + one cold page; pages/s counts pages recognised without error.").format(n=_pages_per_run(report)), ""]
-    return "\n".join(lines)
+                "1st page s = load + one cold page; pages/s counts pages recognised without error.").format(n=_pages_per_run(report))]
+    lines += [_peaks_line(card) for card in report.get("peaks") or []]
+    return "\n".join(lines + [""])
+
+
+def _peaks_line(card: dict[str, Any]) -> str:
+    return _("Roofline on {device} ({dtype}): matmul {tflops} TFLOP/s, memory {gb_s} GB/s, measured in this run; "
+             "limit s/page = prefill at the FLOP limit + decode steps at the slower of the FLOP and bandwidth "
+             "limits for the run's batch; % of limit = limit / measured seconds per page.").format(
+        device=card.get("device_name") or card.get("device"), dtype=card.get("dtype"),
+        tflops=f"{card['matmul_tflops']:.3g}", gb_s=f"{card['bandwidth_gb_s']:.4g}")
 
 
 def _pages_per_run(report: dict[str, Any]) -> str:

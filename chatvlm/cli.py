@@ -358,7 +358,8 @@ def bench(
     layout: Optional[str] = typer.Option(None, "--layout", help=_("Also write outputs for a scorer: olmocr-bench (<name>_pg<N>_repeat<K>.md).")),
     ignore_case: str = typer.Option("auto", "--ignore-case", help=_("Compare with ground truth ignoring case: auto (when it is all capitals), yes or no.")),
     synthetic: bool = typer.Option(False, "--synthetic", help=_("Random weights at full size from each model's full config: measures speed only.")),
-    tokens: int = typer.Option(512, "--tokens", help=_("With --synthetic: tokens generated per page.")),
+    tokens: str = typer.Option("512", "--tokens", help=_("With --synthetic: tokens generated per page, N, or A-B for a count per page drawn uniformly in A..B.")),
+    seed: int = typer.Option(0, "--seed", help=_("With --synthetic --tokens A-B: seed of the per-page token counts.")),
     synthetic_config: Optional[List[str]] = typer.Option(None, "--synthetic-config", help=_("NAME=config.json: full config to build a model from (repeatable).")),
     pages: Optional[str] = typer.Option(None, "--pages", help=_("Pages of every document, e.g. 1-3,7.")),
     dpi: int = typer.Option(200, "--dpi", help=_("Resolution for rendering PDF pages.")),
@@ -387,9 +388,15 @@ def bench(
                              attn, batch_size, max_new_tokens, max_pixels, False, False, max_image_pixels, workers,
                              extra=parse_model_options(model_option), ray=ray, gpus_per_worker=gpus_per_worker)
         base.max_pages = max_pages
+        from .synthetic import parse_token_range
+        try:
+            tokens_low, tokens_high = parse_token_range(tokens)
+        except ValueError:
+            raise UsageError(_("--tokens takes N or A-B with 1 <= A <= B, got '{value}'").format(value=tokens)) from None
         config = bench_mod.BenchConfig(
             base=base, model_paths=bench_mod.parse_assignments(model_path, "--model-path"), repeats=repeats,
-            layout=layout, synthetic=synthetic, tokens=tokens, ignore_case=ignore_case, command_line=list(sys.argv),
+            layout=layout, synthetic=synthetic, tokens=tokens_low,
+            tokens_max=tokens_high, seed=seed, ignore_case=ignore_case, command_line=list(sys.argv),
             synthetic_configs=bench_mod.parse_assignments(synthetic_config, "--synthetic-config"))
         names = bench_mod.select_models(models, config)
         from .interrupt import stop_on_signals

@@ -59,7 +59,7 @@ class Settings:
     pages: int = 64
     generate_pages: int = 32                  # for GENERATE_ONLY models
     batch1_pages: int = 4
-    tokens: int = 512
+    tokens: Any = 512                         # N, or "A-B": each page its own count (bench --tokens)
     device: Optional[str] = None
     models: Sequence[str] = VLMS
     baselines: bool = True
@@ -205,7 +205,8 @@ def row_for(run: Run, settings: Settings, out: Path, result: ProcessResult, cap_
         "pages_total": None, "pages_ok": None, "pages_failed": None, "pages_per_s": None,
         "output_tokens_per_s": None, "time_to_first_page_s": None, "peak_gpu_memory_gb": None,
         "decode_path": None, "decode_reason": None, "batch_size": None, "attention": None, "dtype": None,
-        "load_s": None, "bench_json": None, "log": str(log),
+        "load_s": None, "roofline_limit_s": None, "percent_of_limit": None, "decode_bound": None,
+        "bench_json": None, "log": str(log),
     }
     report = _read_json(out / "bench.json")
     bench_row = (report or {}).get("models", [None])[0] if report else None
@@ -231,6 +232,11 @@ def row_for(run: Run, settings: Settings, out: Path, result: ProcessResult, cap_
             decode_path=engine.get("decode"), decode_reason=engine.get("decode_reason"),
             batch_size=_batch_used(run, engine), attention=bench_row.get("attention"),
             dtype=bench_row.get("dtype"), bench_json=str(out / "bench.json"))
+        roof = bench_row.get("roofline") or {}
+        row.update(roofline_limit_s=roof.get("limit_s"), percent_of_limit=roof.get("percent_of_limit"),
+                   decode_bound=roof.get("decode_bound"))
+        if roof.get("peaks"):
+            row["peaks"] = roof["peaks"]
         row["engine"] = {k: v for k, v in engine.items() if k.startswith(("decode", "auto_batch", "estimated"))}
         row["hardware"] = report.get("hardware")
     return row
@@ -382,6 +388,7 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "pages_failed": sum(r.get("pages_failed") or 0 for r in rows),
         "static_decoder_runs": [r["run"] for r in rows if r.get("decode_path") == "chatvlm-static"],
         "qwen_vl_2b_speedup_over_generate": speedup,
+        "qwen_vl_2b_percent_of_limit": fast.get("percent_of_limit") if fast else None,
     }
 
 
@@ -391,7 +398,7 @@ COLUMNS = (
     ("run", N_("run")), ("status", N_("status")), ("pages", N_("pages ok/total")), ("batch_size", N_("batch")),
     ("pages_per_s", N_("pages/s")), ("output_tokens_per_s", N_("tokens/s")),
     ("time_to_first_page_s", N_("first page s")), ("peak_gpu_memory_gb", N_("peak GPU GB")),
-    ("decode_path", N_("decode path")), ("wall_s", N_("wall s")),
+    ("decode_path", N_("decode path")), ("percent_of_limit", N_("% of limit")), ("wall_s", N_("wall s")),
 )
 
 
@@ -434,6 +441,12 @@ def render_markdown(report: dict[str, Any]) -> str:
         lines.append(_("qwen_vl_2b: {x}x the pages/s of transformers generate in the same run.").format(
             x=summary["qwen_vl_2b_speedup_over_generate"]))
     lines.append(_("Failed pages: {n}.").format(n=summary.get("pages_failed", 0)))
+    peaks = next((row["peaks"] for row in report["runs"] if row.get("peaks")), None)
+    if peaks:
+        lines.append(_("% of limit: the roofline limit of a page (prefill at the matmul rate, decode steps at the "
+                       "slower of the matmul rate and the memory bandwidth for the run's batch) over the measured "
+                       "seconds per page; the card measured {tflops} TFLOP/s ({dtype} matmul) and {gb_s} GB/s.").format(
+            tflops=_num(peaks.get("matmul_tflops")), dtype=peaks.get("dtype"), gb_s=_num(peaks.get("bandwidth_gb_s"))))
     for row in report["runs"]:
         if row.get("decode_reason") and row["status"] == "ok":
             lines.append(f"- {row['run']}: decode {row['decode_path']}: {row['decode_reason']}")
@@ -470,7 +483,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> Settings:
                         help=_("pages per run of the models that decode with transformers generate "
                                "(phi3_vision, deepseek_ocr, deepseek_ocr2)"))
     parser.add_argument("--batch1-pages", type=int, default=4, help=_("pages of the batch-1 baseline"))
-    parser.add_argument("--tokens", type=int, default=512, help=_("tokens generated per page"))
+    parser.add_argument("--tokens", default="512",
+                        help=_("tokens generated per page: N, or A-B for a count per page drawn in A..B"))
     parser.add_argument("--device", default=None, help=_("cuda, cuda:N or cpu (default: the best available)"))
     parser.add_argument("--models", default=",".join(VLMS), help=_("comma-separated models (default: every VLM)"))
     parser.add_argument("--no-baselines", action="store_true", help=_("leave out the two qwen_vl_2b baselines"))
@@ -497,10 +511,16 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> Settings:
         if not sep:
             parser.error(_("--synthetic-config takes NAME=PATH, got '{item}'").format(item=item))
         configs[name.strip()] = str(Path(path.strip()).resolve())
-    if min(args.pages, args.generate_pages, args.batch1_pages, args.tokens) < 1:
+    from .synthetic import parse_token_range
+    try:
+        low, high = parse_token_range(args.tokens)
+    except ValueError:
+        low = high = 0
+    if min(args.pages, args.generate_pages, args.batch1_pages, low) < 1:
         parser.error(_("--pages, --generate-pages, --batch1-pages and --tokens must be at least 1"))
+    tokens = low if low == high else f"{low}-{high}"
     return Settings(out=args.out, pages=args.pages, generate_pages=args.generate_pages,
-                    batch1_pages=args.batch1_pages, tokens=args.tokens,
+                    batch1_pages=args.batch1_pages, tokens=tokens,
                     device=args.device, models=models, baselines=not args.no_baselines, budget_s=args.budget_s,
                     max_run_s=args.max_run_s, min_run_s=args.min_run_s, page_size=(width, height),
                     max_pixels=args.max_pixels, synthetic_configs=configs)

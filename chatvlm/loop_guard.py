@@ -227,6 +227,8 @@ class GenerationTracker:
     reason it ended: "stop" (a stop token, or a stop string in the decoded tail),
     "loop" (the loop guard fired; the row is stopped early), else "length" at the end.
     Rows are left-padded, so every row's generated tokens start at `prompt_len`.
+    `row_limits` (optional, one per row) ends a row at its own token count ("length"), so
+    rows of one batch can stop at different lengths (bench --synthetic --tokens A-B).
     With `decode`, a repeat made only of markup (empty table rows, separators) is judged
     by the longer markup thresholds (find_token_loop), so real forms and tables go on.
     """
@@ -234,8 +236,12 @@ class GenerationTracker:
     def __init__(self, prompt_len: int, batch_size: int, stop_ids: Iterable[int] = (),
                  stop_strings: Iterable[str] = (), decode=None, loop_guard: bool = True,
                  min_repeats: int = MIN_REPEATS, min_span: int = MIN_SPAN, max_period: int = MAX_PERIOD,
-                 check_every: int = CHECK_EVERY, max_distinct: int = MAX_DISTINCT):
+                 check_every: int = CHECK_EVERY, max_distinct: int = MAX_DISTINCT,
+                 row_limits: Optional[Sequence[int]] = None):
         self.prompt_len = prompt_len
+        if row_limits is not None and len(row_limits) != batch_size:
+            raise ValueError(f"row_limits has {len(row_limits)} entries for a batch of {batch_size}")
+        self.row_limits = [int(n) for n in row_limits] if row_limits is not None else None
         self.stop_ids = set(int(i) for i in stop_ids)
         self.stop_strings = [s for s in stop_strings if s]
         self.decode = decode
@@ -284,6 +290,8 @@ class GenerationTracker:
                 if loop is not None:
                     self.ends[row], self.reasons[row] = steps, "loop"
                     self.loops[row] = loop
+            if self.ends[row] is None and self.row_limits is not None and steps >= self.row_limits[row]:
+                self.ends[row], self.reasons[row] = self.row_limits[row], "length"
             if self.ends[row] is not None:
                 done[row] = True
         return done

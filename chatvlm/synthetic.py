@@ -176,3 +176,29 @@ def prepare_checkpoint(name: str, config: dict[str, Any], folder: Path) -> Path:
     (folder / "SYNTHETIC_RANDOM_WEIGHTS.txt").write_text(
         "Synthetic checkpoint built by chatvlm bench --synthetic: config and processor only; weights are random.\n")
     return folder
+
+
+# --------------------------------------------------------------------------- tokens per page
+
+def parse_token_range(value: str) -> tuple[int, int]:
+    """`--tokens`: "N" (every page N tokens) or "A-B" (each page its own count in A..B)."""
+    text = str(value).strip()
+    low, sep, high = text.partition("-")
+    try:
+        lo = int(low)
+        hi = int(high) if sep else lo
+    except ValueError:
+        raise ValueError(f"--tokens takes N or A-B (whole numbers), got {value!r}") from None
+    if lo < 1 or hi < lo:
+        raise ValueError(f"--tokens needs 1 <= A <= B, got {value!r}")
+    return lo, hi
+
+
+def page_token_target(doc_key: str, page: Any, low: int, high: int, seed: int) -> int:
+    """The token count a synthetic page generates: uniform in low..high, drawn from the seed and
+    the page's identity, so a page gets the same count in every model, repeat and batch order."""
+    import random
+
+    if low >= high:
+        return int(low)
+    return random.Random(f"{seed}:{doc_key}:{page}").randint(int(low), int(high))

@@ -363,11 +363,18 @@ def test_synthetic_tiny_config_generates_exactly_n_tokens(tmp_path):
     assert qwen["output_tokens_per_s"] > 0 and qwen["pages"]["looped"] == 0
     assert qwen["engine"]["synthetic"] is True and qwen["engine"]["model_class"] == "Qwen2VLForConditionalGeneration"
     assert qwen["accuracy"] is None                                  # random weights: no accuracy
+    roof = qwen["roofline"]                                          # counted on the warm-up page
+    assert roof["prefill_flops"] > 0 and roof["decode_step_flops"] > 0 and roof["decode_bound"] in ("memory", "compute")
+    assert roof["tokens_per_page"] == 6 and roof["limit_s"] > 0
+    assert roof["percent_of_limit"] == pytest.approx(100 * roof["limit_s"] * qwen["pages_per_s"], rel=1e-2)
+    assert [(p["device"], p["dtype"]) for p in report["peaks"]] == [("cpu", "float32")]
+    assert qwen["engine"]["decode"] == "chatvlm-static"              # the counting pass did not change it
     assert tess["status"] == "unavailable" and "synthetic" in tess["error"]
     assert report["synthetic"] is True and report["tokens_per_page"] == 6
     assert "RANDOM weights" in report["title"]
     table = (tmp_path / "out" / "bench.md").read_text()
     assert "RANDOM weights" in table and "CER" not in table and "tokens/page" in table
+    assert "% of limit" in table and "Roofline on cpu (float32)" in table
     assert outcome.exit_code == 1   # tesseract did not run
 
 

@@ -76,6 +76,16 @@ def test_out_folder_defaults_to_OUT(monkeypatch):
         gpucheck.parse_args(["--models", "nope"])
 
 
+def test_token_range_goes_to_every_bench_run(tmp_path):
+    settings = gpucheck.parse_args(["--out", str(tmp_path), "--tokens", "256-1024"])
+    assert settings.tokens == "256-1024"
+    run = gpucheck.plan_runs(settings)[0]
+    assert _arg(gpucheck.bench_command(settings, run, tmp_path / "pages", tmp_path / "o"), "--tokens") == "256-1024"
+    for bad in ("0", "9-3", "x"):
+        with pytest.raises(SystemExit):
+            gpucheck.parse_args(["--tokens", bad])
+
+
 # A bench that hangs (with a child of its own), one that crashes, one that finishes.
 HANG = """
 import subprocess, sys, time
@@ -177,3 +187,7 @@ def test_smoke_run_of_the_script_on_cpu(tmp_path):
     assert "| qwen_vl_2b-generate | ok | 2/2 |" in table and "Failed pages: 0." in table
     assert "[3/3] qwen_vl_2b-batch1: ok" in res.stderr          # progress on stderr as it runs
     assert report["summary"]["qwen_vl_2b_speedup_over_generate"] is not None
+    # the roofline of each run: bench's limit over the measured seconds per page
+    assert all(r["percent_of_limit"] > 0 and r["roofline_limit_s"] > 0 for r in rows.values())
+    assert report["summary"]["qwen_vl_2b_percent_of_limit"] == rows["qwen_vl_2b"]["percent_of_limit"]
+    assert "% of limit" in table and "float32 matmul" in table

@@ -101,7 +101,7 @@ def test_recipe_builds_and_bench_generates_exactly_n_tokens(name, tmp_path, one_
     base = RunConfig(inputs=[str(p) for p in pages], out=tmp_path / "out", model="auto",
                      backend=BackendOptions(device="cpu", extra=extra),
                      generation=GenerationParams(max_pixels=40_000))
-    config = bench.BenchConfig(base=base, synthetic=True, tokens=TOKENS, warmup=False,
+    config = bench.BenchConfig(base=base, synthetic=True, tokens=TOKENS,
                                synthetic_configs={name: config_path}, command_line=["test"])
     outcome = bench.run_bench(config, [name])
     (row,) = outcome.report["models"]
@@ -109,6 +109,10 @@ def test_recipe_builds_and_bench_generates_exactly_n_tokens(name, tmp_path, one_
     assert [(d["output_tokens"], d["finish_reason"], d["status"]) for d in row["pages_detail"]] == \
         [(TOKENS, "length", "ok")] * 2
     assert row["engine"]["synthetic"] is True and row["accuracy"] is None
+    # the roofline counts every model on the warm-up page: both phases seen, a limit per page
+    roof = row["roofline"]
+    assert roof["prefill_flops"] > roof["decode_step_flops"] > 0 and roof["decode_weight_bytes"] > 0, roof
+    assert roof["limit_s"] > 0 and roof["percent_of_limit"] > 0
     assert outcome.report["options"]["model_options"] == extra
     if name == "deepseek_ocr":
         assert row["engine"]["mode"] == "small"

@@ -717,11 +717,27 @@ class HFBackend(Backend):
         t0 = time.perf_counter()
         inputs = self.build_inputs(pages, task, params)
         preprocess_s = time.perf_counter() - t0
-        return self.generate_inputs(inputs, task, params, preprocess_s=preprocess_s)
+        return self.generate_inputs(inputs, task, params, preprocess_s=preprocess_s,
+                                    row_targets=self.synthetic_targets(pages, params))
+
+    def synthetic_targets(self, pages: list[Page], params: GenerationParams) -> Optional[list[int]]:
+        """bench --synthetic --tokens A-B: each page's own token count (options.extra
+        "synthetic_tokens" = [A, B, seed]), at most max_new_tokens; None otherwise."""
+        spec = self.options.extra.get("synthetic_tokens") if self.options.synthetic else None
+        if not spec:
+            return None
+        from ..synthetic import page_token_target
+
+        low, high, seed = (int(v) for v in spec)
+        cap = self.max_new_tokens(params)
+        return [min(cap, page_token_target(p.doc_key, p.page, low, high, seed)) for p in pages]
 
     def generate_inputs(self, inputs: dict, task: str, params: GenerationParams,
-                        preprocess_s: float = 0.0) -> list[RawOutput]:
-        """Greedy (by default) left-padded generation for one batch of processor outputs."""
+                        preprocess_s: float = 0.0, row_targets: Optional[list[int]] = None) -> list[RawOutput]:
+        """Greedy (by default) left-padded generation for one batch of processor outputs.
+
+        `row_targets` (bench --synthetic with a token range): each row generates exactly its
+        own count, the batch as long as its longest row."""
         import torch
         from transformers import LogitsProcessorList, StoppingCriteriaList
 
@@ -739,6 +755,8 @@ class HFBackend(Backend):
         input_counts = attention.sum(dim=1).tolist()
         pad_lengths = [prompt_len - int(n) for n in input_counts]
         max_new = self.max_new_tokens(params)
+        if row_targets is not None:
+            max_new = max(row_targets)
         limit = self.max_positions()
         if limit:
             max_new = max(1, min(max_new, limit - prompt_len))
@@ -753,7 +771,9 @@ class HFBackend(Backend):
             a retry gets new ones."""
             tracker = make_tracker(prompt_len, batch, stop_ids=stop_ids, stop_strings=stop_strings,
                                    decode=self._decode_raw,   # stop strings; markup-only repeats
-                                   loop_guard=params.loop_guard and not synthetic, **self.loop_settings)
+                                   loop_guard=params.loop_guard and not synthetic,
+                                   row_limits=[min(n, max_new) for n in row_targets] if row_targets else None,
+                                   **self.loop_settings)
             processors = [as_logits_processor(p) for p in self.logits_processors(task, params, inputs)]
             penalty = self.repetition_penalty(params)
             if penalty != 1.0:
