@@ -1,0 +1,149 @@
+"""chatvlm.engine: continuous batching gives every page the tokens it gets alone.
+
+Tiny random-weight checkpoints (real config/model/processor classes), fp32 on CPU,
+greedy. A batch of pages of different sizes (different prompt lengths) and different
+stop points runs through the engine with fewer slots than pages, so finished rows are
+refilled mid-decode; each page must come out token for token as when it runs alone
+through transformers' `generate`. No mocks: both paths run the real model.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from chatvlm import decode
+from chatvlm.config import BackendOptions, GenerationParams
+from chatvlm.records import Page
+from chatvlm.registry import get_spec
+from chatvlm.testing import build_tiny_checkpoint
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+SIZES = [(120, 90), (64, 200), (300, 160), (90, 90), (200, 64), (150, 150), (70, 110)]
+
+
+def _pages(sizes=SIZES, seed=3):
+    rng = np.random.default_rng(seed)
+    return [Page(source=Path(f"p{i}.png"), doc_key="d", page=1, index=i,
+                 image=Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)))
+            for i, (w, h) in enumerate(sizes)]
+
+
+@pytest.fixture(scope="module")
+def backends(tmp_path_factory):
+    cache = {}
+
+    def get(name):
+        if name not in cache:
+            # a slight push towards EOS: pages stop at different points within the budget
+            folder = build_tiny_checkpoint(name, tmp_path_factory.mktemp(name), eos_boost=EOS_BOOST[name])
+            spec = get_spec(name)
+            be = spec.backend_class()(spec, BackendOptions(model_path=folder, device="cpu", extra={}))
+            be.load()
+            cache[name] = be
+        return cache[name]
+
+    return get
+
+
+EOS_BOOST = {"qwen_vl_2b": 1.5, "got_ocr_hf": 1.5, "qwen3_vl_2b": 1.5}
+MAX_NEW = 32
+
+
+def _run(be, pages, *, slots=0, mode="fast", max_new=MAX_NEW):
+    be.options.extra["decode"] = mode
+    be.options.extra["decode_slots"] = slots
+    out = be.generate_batch(pages, "text", GenerationParams(max_new_tokens=max_new))
+    return [(r.text, r.output_tokens, r.finish_reason) for r in out], dict(be.describe())
+
+
+def _alone(be, pages, max_new=MAX_NEW):
+    """Each page on its own through transformers' generate."""
+    return [_run(be, [p], mode="hf", max_new=max_new)[0][0] for p in pages]
+
+
+@pytest.mark.parametrize("name", ["qwen_vl_2b", "got_ocr_hf"])
+def test_continuous_batch_equals_each_page_alone(backends, name):
+    be = backends(name)
+    pages = _pages()
+    reference = _alone(be, pages)
+    got, facts = _run(be, pages, slots=3)
+    assert facts["decode"] == decode.STATIC and facts.get("decode_continuous"), facts.get("decode_continuous_reason")
+    assert got == reference
+    lengths = [n for _, n, _ in reference]
+    assert len(set(lengths)) > 2, lengths                         # really different stop points
+    assert any(reason == "stop" for _, _, reason in reference)
+    assert facts["continuous_prefills"] > 1                       # slots were refilled mid-run
+    # a row decodes exactly until its page ends: one step per token after the prefill's first
+    assert facts["continuous_busy_row_steps"] == sum(max(0, n - 1) for n in lengths)
+
+
+def test_one_slot_and_more_slots_than_needed(backends):
+    be = backends("qwen_vl_2b")
+    pages = _pages()[:4]
+    reference = _alone(be, pages)
+    got, facts = _run(be, pages, slots=1)
+    assert got == reference and facts["continuous_prefills"] >= 4
+    # slots >= pages: the batch runs as one (the compacting decoder), same pages
+    got, facts = _run(be, pages, slots=8)
+    assert got == reference
+
+
+def test_continuous_takes_fewer_steps_than_batch_by_batch(backends):
+    """Three slots, seven pages: batch by batch (the compacting decoder) waits for each
+    batch's longest page; refilled slots do not."""
+    be = backends("qwen_vl_2b")
+    pages = _pages()
+    be._static_decoder = None
+    whole = []
+    for part in (pages[:3], pages[3:6], pages[6:]):
+        whole += _run(be, part, slots=0)[0]
+    steps_batched = be._static_decoder.stats.steps
+    be._static_decoder = None
+    got, facts = _run(be, pages, slots=3)
+    assert got == whole
+    assert facts["continuous_steps"] < steps_batched
+    be._static_decoder = None
+
+
+def test_out_of_memory_in_the_engine_propagates_after_freeing(backends):
+    be = backends("qwen_vl_2b")
+    pages = _pages()[:4]
+    be._static_decoder = None
+    be.options.extra["decode"] = "fast"
+    dec = be.static_decoder(GenerationParams())
+    real_step, calls = dec.step, {"n": 0}
+
+    def step(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real_step(*args, **kwargs)
+
+    dec.step = step
+    be.options.extra["decode_slots"] = 2
+    with pytest.raises(torch.OutOfMemoryError):
+        be.generate_batch(pages, "text", GenerationParams(max_new_tokens=MAX_NEW))
+    assert dec.k is None and dec.graph_set is None                # freed before propagating
+    del dec.step
+    assert _run(be, pages, slots=2)[0] == _alone(be, pages)       # the next run is served
+    be._static_decoder = None
+
+
+def test_a_batch_the_engine_declines_runs_as_one(backends):
+    be = backends("qwen_vl_2b")
+    pages = _pages()[:4]
+    be._static_decoder = None
+    be.options.extra["decode_max_len"] = 8            # shorter than any prompt: declined
+    try:
+        got, facts = _run(be, pages, slots=2)
+    finally:
+        be.options.extra.pop("decode_max_len")
+        be._static_decoder = None
+    assert not facts["decode_continuous"] and "cache limit" in facts["decode_continuous_reason"]
+    assert got == _alone(be, pages)
