@@ -51,7 +51,7 @@ def backends(tmp_path_factory):
     return get
 
 
-EOS_BOOST = {"qwen_vl_2b": 1.5, "got_ocr_hf": 1.5, "qwen3_vl_2b": 1.5}
+EOS_BOOST = {"qwen_vl_2b": 1.5, "got_ocr_hf": 1.5, "qwen3_vl_2b": 5.0}
 MAX_NEW = 32
 
 
@@ -67,7 +67,7 @@ def _alone(be, pages, max_new=MAX_NEW):
     return [_run(be, [p], mode="hf", max_new=max_new)[0][0] for p in pages]
 
 
-@pytest.mark.parametrize("name", ["qwen_vl_2b", "got_ocr_hf"])
+@pytest.mark.parametrize("name", ["qwen_vl_2b", "qwen3_vl_2b", "got_ocr_hf"])
 def test_continuous_batch_equals_each_page_alone(backends, name):
     be = backends(name)
     pages = _pages()
@@ -147,3 +147,28 @@ def test_a_batch_the_engine_declines_runs_as_one(backends):
         be._static_decoder = None
     assert not facts["decode_continuous"] and "cache limit" in facts["decode_continuous_reason"]
     assert got == _alone(be, pages)
+
+
+def test_continuous_under_graphs_keeps_the_pool_lifecycle(backends):
+    """Through the fake CUDA-graph API (the allocator's pool rules): batch-size and length
+    buckets, the cache growing mid-run for a longer prompt (the graph set dropped whole,
+    a fresh pool for the next captures), same tokens as each page alone."""
+    from tests.test_decode_graphs import FakeGraphs
+
+    be = backends("qwen_vl_2b")
+    pages = _pages()
+    reference = _alone(be, pages)
+    fake = FakeGraphs()
+    be._static_decoder = decode.StaticDecoder(be.model, graph_api=fake, len_bucket=16, sync_every=4)
+    try:
+        # short prompts first, the longest last: the cache must grow while rows are decoding
+        order = sorted(range(len(pages)), key=lambda i: pages[i].image.size[0] * pages[i].image.size[1])
+        got, facts = _run(be, [pages[i] for i in order], slots=3)
+        dec = be._static_decoder
+    finally:
+        be._static_decoder = None
+    assert facts.get("decode_continuous"), facts.get("decode_continuous_reason")
+    assert got == [reference[i] for i in order]
+    assert dec.stats.graphs_captured > 0 and dec.stats.graph_replays > 0
+    assert len(fake.handles) >= 2                   # grown mid-run: a new set, a new pool
+    assert fake.live_graphs() == len(dec.graph_set.graphs)
