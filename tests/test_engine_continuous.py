@@ -81,6 +81,9 @@ def test_continuous_batch_equals_each_page_alone(backends, name):
     assert facts["continuous_prefills"] > 1                       # slots were refilled mid-run
     # a row decodes exactly until its page ends: one step per token after the prefill's first
     assert facts["continuous_busy_row_steps"] == sum(max(0, n - 1) for n in lengths)
+    # no hole is ever computed on CPU: refills fill them, and once the pages run out the
+    # busy rows move down
+    assert facts["continuous_row_steps"] == facts["continuous_busy_row_steps"]
 
 
 def test_one_slot_and_more_slots_than_needed(backends):
@@ -108,6 +111,7 @@ def test_continuous_takes_fewer_steps_than_batch_by_batch(backends):
     got, facts = _run(be, pages, slots=3)
     assert got == whole
     assert facts["continuous_steps"] < steps_batched
+    assert facts["continuous_compactions"] >= 1      # a late page outlived earlier ones: rows moved down
     be._static_decoder = None
 
 

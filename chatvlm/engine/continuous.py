@@ -20,6 +20,8 @@ step. The engine runs that step and keeps the slots busy:
    new tokens go to the host and through each row's own stop tracker (EOS, stop strings,
    loop guard; `new_tracker()` makes one per request). A finished row is yielded at once
    and its slot is free for the next admission.
+4. **Draining.** Once no request is left, busy rows above a free slot move down into it
+   when that narrows the step (`_compact`).
 
 Greedy only, no LongRoPE (Phi-3 switches factor sets by the batch's largest position:
 `continuous_unsupported`). On any error the decoder's cache, graphs and pool are freed
@@ -77,6 +79,7 @@ class EngineStats:
     steps: int = 0
     row_steps: int = 0               # sum over steps of rows computed
     busy_row_steps: int = 0          # ... of which rows that were decoding a request
+    compactions: int = 0             # rows moved down once no request was left to refill with
     prefill_s: float = 0.0
     decode_s: float = 0.0
 
@@ -145,9 +148,10 @@ class ContinuousEngine:
                 if exhausted:
                     return
                 continue
+            if exhausted and not pending:
+                self._compact()
             t0 = time.perf_counter()
-            high = max(self._rows) + 1
-            b = min(batch_bucket(high) if dec.use_graphs else high, dec.k.shape[1])
+            b = self._width(max(self._rows) + 1)
             filled = max(self._wpos[s] for s in self._rows) + 1
             logits = dec._run_step(b, filled)
             dec.stats.steps += 1
@@ -180,6 +184,39 @@ class ContinuousEngine:
                 chunk = torch.stack(pending, dim=1).cpu()     # [b, k]: the one host sync
                 pending.clear()
                 yield from self._finish_rows(chunk)
+
+    def _width(self, rows: int) -> int:
+        """Rows a step computes to cover slots [:rows] (on CUDA a captured batch size)."""
+        dec = self.decoder
+        return min(batch_bucket(rows) if dec.use_graphs else rows, dec.k.shape[1])
+
+    def _compact(self) -> None:
+        """No request left to refill with: busy rows above a free slot move down into it when
+        that narrows the step (their KV, mask, token, position and write slot move along)."""
+        dec = self.decoder
+        busy = sorted(self._rows)
+        n = len(busy)
+        if self._width(busy[-1] + 1) <= self._width(n):
+            return
+        sources = [s for s in busy if s >= n]
+        targets = sorted(s for s in self._free if s < n)
+        assert len(sources) == len(targets), "every hole below the busy count has a row above it"
+        src = torch.tensor(sources, dtype=torch.long, device=dec.device)
+        dst = torch.tensor(targets, dtype=torch.long, device=dec.device)
+        for buf in (dec.mask, dec.tok, dec.pos, dec.wpos):
+            buf[dst] = buf[src]
+        dec.k[:, dst] = dec.k[:, src]
+        dec.v[:, dst] = dec.v[:, src]
+        self._live[dst], self._live[src] = 1, 0
+        for s, d in zip(sources, targets):
+            self._rows[d] = self._rows.pop(s)
+            self._wpos[d] = self._wpos[s]
+            self._gen[d] = self._gen[s]
+            if self._gen_dev is not None:
+                self._gen_dev[d] = self._gen_dev[s]
+        self._free = sorted(set(self._free) - set(targets) | set(sources))
+        heapq.heapify(self._free)
+        self.stats.compactions += 1
 
     def _finish_rows(self, chunk: torch.Tensor) -> Iterator[Finished]:
         """The last `k` tokens of every row through its tracker; finished rows leave."""
@@ -281,5 +318,5 @@ class ContinuousEngine:
         """This engine's counts (the decoder's own facts keep the run's totals)."""
         return {"decode_continuous": True, "decode_slots": self.slots, "continuous_prefills": s.prefills,
                 "continuous_steps": s.steps, "continuous_row_steps": s.row_steps,
-                "continuous_busy_row_steps": s.busy_row_steps,
+                "continuous_busy_row_steps": s.busy_row_steps, "continuous_compactions": s.compactions,
                 "continuous_prefill_s": round(s.prefill_s, 4), "continuous_decode_s": round(s.decode_s, 4)}
