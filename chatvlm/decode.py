@@ -37,7 +37,11 @@ How (`StaticDecoder.generate`):
    allocator asserts `use_count > 0`). Buffers only grow, by whole buckets, so rebuilds
    are rare. Capture goes through a small `graph_api` seam (`CudaGraphs` on CUDA) so
    the lifecycle is testable on CPU with a fake. On CPU the step runs eagerly.
-6. **Finished rows stop paying**: when rows finish (stop token, stop string, loop guard),
+6. **Every row has its own write slot** (`wpos`), position and key mask, so rows at
+   different lengths share a step: `chatvlm.engine` refills a finished row with a new
+   prompt (`load_rows`) while the others decode (continuous batching), growing the
+   cache without losing what it holds (`grow_pool`).
+7. **Finished rows stop paying**: when rows finish (stop token, stop string, loop guard),
    the batch is compacted: active rows move to the front of the pool and the step runs on
    fewer rows (exact count on CPU; the next batch-size bucket on CUDA, padded with
    finished rows). Finish bookkeeping is the backend's own `GenerationTracker`, replayed

@@ -176,3 +176,16 @@ def test_continuous_under_graphs_keeps_the_pool_lifecycle(backends):
     assert dec.stats.graphs_captured > 0 and dec.stats.graph_replays > 0
     assert len(fake.handles) >= 2                   # grown mid-run: a new set, a new pool
     assert fake.live_graphs() == len(dec.graph_set.graphs)
+
+
+def test_longrope_models_are_declined_before_any_work():
+    """Phi-3's LongRoPE switches factor sets by the batch's largest position, so a row's
+    tokens would depend on its neighbours: the engine declines (the batch path serves it)."""
+    from chatvlm.engine import ContinuousEngine
+    from tests.test_decode_phi3 import _phi3
+
+    dec = decode.StaticDecoder(_phi3(64))
+    calls = []
+    with pytest.raises(decode.Unsupported, match="LongRoPE"):
+        ContinuousEngine(dec, slots=2, prepare=calls.append, new_tracker=lambda: None, max_new_tokens=8)
+    assert not calls and dec.k is None

@@ -722,7 +722,8 @@ class HFBackend(Backend):
     def decode_slots(self) -> int:
         """Rows the continuous engine keeps decoding (`BackendOptions.extra["decode_slots"]`;
         0: off). A batch of more pages than slots decodes continuously: a finished page's
-        slot is refilled with the next page."""
+        slot is refilled with the next page (at most `decode_refill_chunk` pages per
+        prefill, default: as many as rows are free)."""
         return int(self.options.extra.get("decode_slots") or 0)
 
     def _generate_continuous(self, pages: list[Page], task: str, params: GenerationParams):
@@ -758,7 +759,8 @@ class HFBackend(Backend):
 
         engine = ContinuousEngine(decoder, slots=slots, prepare=prepare,
                                   new_tracker=lambda: self._new_tracker(params, 0, 1),
-                                  max_new_tokens=self.max_new_tokens(params), max_positions=self.max_positions())
+                                  max_new_tokens=self.max_new_tokens(params), max_positions=self.max_positions(),
+                                  refill_chunk=int(self.options.extra.get("decode_refill_chunk") or 0) or None)
         on_cuda = self.device.startswith("cuda") and torch.cuda.is_available()
         t1 = time.perf_counter()
         finished = [None] * len(pages)
