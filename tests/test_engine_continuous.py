@@ -189,3 +189,34 @@ def test_longrope_models_are_declined_before_any_work():
     with pytest.raises(decode.Unsupported, match="LongRoPE"):
         ContinuousEngine(dec, slots=2, prepare=calls.append, new_tracker=lambda: None, max_new_tokens=8)
     assert not calls and dec.k is None
+
+
+def test_a_page_whose_inputs_fail_is_isolated_and_the_engine_stays_on(backends):
+    """A page the processor cannot take fails alone (the scheduler splits the batch); the
+    other pages come out as alone, and the engine serves the next batch."""
+    from chatvlm.scheduler import generate_with_backoff
+
+    be = backends("qwen_vl_2b")
+    pages = _pages()[:5]
+    reference = _alone(be, pages)
+    bad = pages[2]
+    build = be.build_inputs
+
+    def build_inputs(group, task, params):
+        if any(p is bad for p in group):
+            raise ValueError(f"{bad.source}: cannot read the image")
+        return build(group, task, params)
+
+    be.build_inputs = build_inputs
+    be.options.extra.update(decode="fast", decode_slots=2)
+    try:
+        outs = generate_with_backoff(
+            lambda b: be.generate_batch(b, "text", GenerationParams(max_new_tokens=MAX_NEW)), pages)
+    finally:
+        del be.build_inputs
+    assert isinstance(outs[2], ValueError) and "p2.png" in str(outs[2])
+    got = [(r.text, r.output_tokens, r.finish_reason) for i, r in enumerate(outs) if i != 2]
+    assert got == [ref for i, ref in enumerate(reference) if i != 2]
+    assert not getattr(be, "_continuous_disabled", None)
+    got, facts = _run(be, pages[:3], slots=2)
+    assert facts["decode_continuous"] and got == reference[:3]

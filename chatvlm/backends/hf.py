@@ -745,10 +745,15 @@ class HFBackend(Backend):
             self._facts["decode_continuous"], self._facts["decode_continuous_reason"] = False, reason
             return None
         preprocess = [0.0]
+        input_errors: list[BaseException] = []
 
         def prepare(group: list[Page]) -> Prepared:
             t0 = time.perf_counter()
-            inputs = self._to_device(self.build_inputs(group, task, params))
+            try:
+                inputs = self._to_device(self.build_inputs(group, task, params))
+            except Exception as exc:
+                input_errors.append(exc)    # a bad page, not the engine's failure
+                raise
             if inputs.get("attention_mask") is None:
                 inputs["attention_mask"] = torch.ones_like(inputs["input_ids"])
             preprocess[0] += time.perf_counter() - t0
@@ -771,8 +776,8 @@ class HFBackend(Backend):
             from ..decode import Unsupported
             from ..scheduler import is_out_of_memory
             # The engine has freed the decoder's cache, graphs and pool before raising.
-            if is_out_of_memory(exc):
-                raise   # the scheduler splits the batch
+            if is_out_of_memory(exc) or any(exc is e for e in input_errors):
+                raise   # the scheduler splits the batch (and so finds a bad page)
             if isinstance(exc, Unsupported):
                 self._facts["decode_continuous_reason"] = f"continuous engine declined this batch: {exc}"[:300]
             else:
