@@ -1,6 +1,7 @@
 """chatvlm.engine: continuous batching gives every page the tokens it gets alone.
 
-Tiny random-weight checkpoints (real config/model/processor classes), fp32 on CPU,
+Tiny random-weight checkpoints (Qwen2-VL, Qwen3-VL, GOT-OCR2, DeepSeek-OCR2 with its MoE
+language model; real config/model/processor classes), fp32 on CPU,
 greedy. A batch of pages of different sizes (different prompt lengths) and different
 stop points runs through the engine with fewer slots than pages, so finished rows are
 refilled mid-decode; each page must come out token for token as when it runs alone
@@ -51,7 +52,7 @@ def backends(tmp_path_factory):
     return get
 
 
-EOS_BOOST = {"qwen_vl_2b": 1.5, "got_ocr_hf": 1.5, "qwen3_vl_2b": 5.0}
+EOS_BOOST = {"qwen_vl_2b": 1.5, "got_ocr_hf": 1.5, "qwen3_vl_2b": 5.0, "deepseek_ocr2": 4.0}
 MAX_NEW = 32
 
 
@@ -67,7 +68,7 @@ def _alone(be, pages, max_new=MAX_NEW):
     return [_run(be, [p], mode="hf", max_new=max_new)[0][0] for p in pages]
 
 
-@pytest.mark.parametrize("name", ["qwen_vl_2b", "qwen3_vl_2b", "got_ocr_hf"])
+@pytest.mark.parametrize("name", ["qwen_vl_2b", "qwen3_vl_2b", "got_ocr_hf", "deepseek_ocr2"])
 def test_continuous_batch_equals_each_page_alone(backends, name):
     be = backends(name)
     pages = _pages()
