@@ -135,9 +135,13 @@ def test_out_of_memory_in_the_engine_propagates_after_freeing(backends):
     with pytest.raises(torch.OutOfMemoryError):
         be.generate_batch(pages, "text", GenerationParams(max_new_tokens=MAX_NEW))
     assert dec.k is None and dec.graph_set is None                # freed before propagating
+    assert be.decode_slots() == 1                                  # fewer rows from now on
     del dec.step
-    assert _run(be, pages, slots=2)[0] == _alone(be, pages)       # the next run is served
-    be._static_decoder = None
+    try:
+        got, facts = _run(be, pages, slots=2)
+        assert got == _alone(be, pages) and facts["decode_slots"] == 1   # the next run is served
+    finally:
+        be._static_decoder = be._slots_cap = None
 
 
 def test_a_batch_the_engine_declines_runs_as_one(backends):
@@ -221,3 +225,33 @@ def test_a_page_whose_inputs_fail_is_isolated_and_the_engine_stays_on(backends):
     assert not getattr(be, "_continuous_disabled", None)
     got, facts = _run(be, pages[:3], slots=2)
     assert facts["decode_continuous"] and got == reference[:3]
+
+
+def test_pipeline_hands_a_whole_window_to_the_continuous_decoder(tmp_path):
+    """`chatvlm ocr -O decode_slots=2`: the run's five pages go to the engine as one window
+    with two rows; every page's text and token count are those of the page alone."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from chatvlm.cli import app
+
+    examples = Path(__file__).resolve().parent.parent / "examples"
+    folder = build_tiny_checkpoint("qwen_vl_2b", tmp_path / "ckpt", eos_boost=1.5)
+
+    def run(out, *options):
+        result = CliRunner().invoke(app, ["ocr", str(examples), "-o", str(out), "--model", "qwen_vl_2b",
+                                          "--model-path", str(folder), "--max-new-tokens", "24",
+                                          "--max-pixels", "60000", *options])
+        assert result.exit_code == 0, result.output
+        entries = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+        pages = {(e["source"], e["page"]): e for e in entries}
+        texts = {key: ((out / next(f for f in e["outputs"] if f.endswith(".txt"))).read_text(),
+                       e["output_tokens"], e["finish_reason"]) for key, e in pages.items()}
+        return texts, json.loads((out / "report.json").read_text())
+
+    alone, _ = run(tmp_path / "alone", "--batch-size", "1", "-O", "decode=hf")
+    got, report = run(tmp_path / "continuous", "--batch-size", "2", "-O", "decode_slots=2")
+    assert len(got) == 5 and got == alone
+    engine = report["engine"]
+    assert engine["decode_continuous"] and engine["continuous_prefills"] > 1

@@ -714,6 +714,15 @@ class HFBackend(Backend):
         results = self._generate_continuous(pages, task, params)
         if results is not None:
             return results
+        slots = self.decode_slots()
+        if slots and len(pages) > slots:
+            # The engine does not serve this batch: `slots` pages decode at a time, as many
+            # as the memory was sized for.
+            return [raw for i in range(0, len(pages), slots)
+                    for raw in self._generate_pages(pages[i:i + slots], task, params)]
+        return self._generate_pages(pages, task, params)
+
+    def _generate_pages(self, pages: list[Page], task: str, params: GenerationParams) -> list[RawOutput]:
         t0 = time.perf_counter()
         inputs = self.build_inputs(pages, task, params)
         preprocess_s = time.perf_counter() - t0
@@ -724,7 +733,9 @@ class HFBackend(Backend):
         0: off). A batch of more pages than slots decodes continuously: a finished page's
         slot is refilled with the next page (at most `decode_refill_chunk` pages per
         prefill, default: as many as rows are free)."""
-        return int(self.options.extra.get("decode_slots") or 0)
+        slots = int(self.options.extra.get("decode_slots") or 0)
+        cap = getattr(self, "_slots_cap", None)
+        return min(slots, cap) if slots and cap else slots
 
     def _generate_continuous(self, pages: list[Page], task: str, params: GenerationParams):
         """The batch through the continuous engine (chatvlm.engine), or None where it does
@@ -776,8 +787,13 @@ class HFBackend(Backend):
             from ..decode import Unsupported
             from ..scheduler import is_out_of_memory
             # The engine has freed the decoder's cache, graphs and pool before raising.
-            if is_out_of_memory(exc) or any(exc is e for e in input_errors):
-                raise   # the scheduler splits the batch (and so finds a bad page)
+            if is_out_of_memory(exc):
+                # Fewer rows from now on (as the scheduler lowers its batch size); it splits the batch.
+                self._slots_cap = max(1, slots // 2)
+                self._facts["decode_slots_lowered_to"] = self._slots_cap
+                raise
+            if any(exc is e for e in input_errors):
+                raise   # a bad page: the scheduler splits the batch and so finds it
             if isinstance(exc, Unsupported):
                 self._facts["decode_continuous_reason"] = f"continuous engine declined this batch: {exc}"[:300]
             else:
