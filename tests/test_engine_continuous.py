@@ -255,3 +255,29 @@ def test_pipeline_hands_a_whole_window_to_the_continuous_decoder(tmp_path):
     assert len(got) == 5 and got == alone
     engine = report["engine"]
     assert engine["decode_continuous"] and engine["continuous_prefills"] > 1
+
+
+def test_a_broken_engine_is_reported_and_the_pages_decode_batch_by_batch(backends):
+    be = backends("qwen_vl_2b")
+    pages = _pages()[:4]
+    reference = _alone(be, pages)
+    be._static_decoder = None
+    be.options.extra.update(decode="fast", decode_slots=2)
+    dec = be.static_decoder(GenerationParams())
+    real_step, calls = dec._run_step, {"n": 0}
+
+    def run_step(b, filled):
+        calls["n"] += 1
+        if calls["n"] == 3 and b > 1:
+            raise RuntimeError("illegal memory access in a continuous step")
+        return real_step(b, filled)
+
+    dec._run_step = run_step
+    try:
+        got, facts = _run(be, pages, slots=2)
+        assert calls["n"] > 3                                 # failed mid-run, then the batch path ran
+        assert got == reference
+        assert not facts["decode_continuous"] and "illegal memory access" in facts["decode_continuous_reason"]
+        assert facts["decode"] == decode.STATIC               # the static decoder still serves the pages
+    finally:
+        be._static_decoder = be._continuous_disabled = None

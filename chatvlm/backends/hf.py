@@ -740,7 +740,8 @@ class HFBackend(Backend):
     def _generate_continuous(self, pages: list[Page], task: str, params: GenerationParams):
         """The batch through the continuous engine (chatvlm.engine), or None where it does
         not apply (few pages, a model or request the static decoder or the engine does not
-        serve): the caller then runs the batch as one."""
+        serve, an engine that failed once in this run): the caller then decodes the pages
+        batch by batch."""
         import torch
 
         from ..engine import ContinuousEngine, Prepared, continuous_unsupported
