@@ -37,7 +37,11 @@ How (`StaticDecoder.generate`):
    allocator asserts `use_count > 0`). Buffers only grow, by whole buckets, so rebuilds
    are rare. Capture goes through a small `graph_api` seam (`CudaGraphs` on CUDA) so
    the lifecycle is testable on CPU with a fake. On CPU the step runs eagerly.
-6. **Finished rows stop paying**: when rows finish (stop token, stop string, loop guard),
+6. **Every row has its own write slot** (`wpos`), position and key mask, so rows at
+   different lengths share a step: `chatvlm.engine` refills a finished row with a new
+   prompt (`load_rows`) while the others decode (continuous batching), growing the
+   cache without losing what it holds (`grow_pool`).
+7. **Finished rows stop paying**: when rows finish (stop token, stop string, loop guard),
    the batch is compacted: active rows move to the front of the pool and the step runs on
    fewer rows (exact count on CPU; the next batch-size bucket on CUDA, padded with
    finished rows). Finish bookkeeping is the backend's own `GenerationTracker`, replayed
@@ -259,6 +263,17 @@ def select_processor_rows(processors: list, rows: list[int]) -> Optional[list]:
     return out
 
 
+def next_positions(pos_ids: torch.Tensor, attention: torch.Tensor) -> torch.Tensor:
+    """Each row's position for its first generated token: its largest real prompt position
+    + 1 (all M-RoPE sections together); `pos_ids` as the rotary module received them."""
+    batch = attention.shape[0]
+    mrope = pos_ids.dim() == 3
+    valid = attention.bool().to(pos_ids.device)
+    p = pos_ids if mrope else pos_ids.expand(batch, -1).unsqueeze(0)
+    p = p.masked_fill(~valid.unsqueeze(0), -1)
+    return p.amax(dim=(0, 2)) + 1
+
+
 # ----------------------------------------------------------------------------- CUDA graphs
 
 class CudaGraphs:
@@ -356,7 +371,7 @@ class StaticDecoder:
         self.k = self.v = None            # [layers, B, kvh, L, hd]
         self.mask = None                  # [B, L] bool: key slot valid
         self.tok = self.pos = None        # [B] long
-        self.cur = None                   # [1] long: cache slot written by the next step
+        self.wpos = None                  # [B] long: each row's cache slot written by the next step
         self.top_pos = None               # [1] long: the batch's largest position this step (LongRoPE)
         self.logits = None                # [B, vocab] float32 (graph output)
         self.rope_cos = self.rope_sin = None   # [P, hd]
@@ -374,7 +389,7 @@ class StaticDecoder:
         self.graph_api.empty_cache()
 
     def _buffers(self) -> tuple:
-        return tuple(t.data_ptr() for t in (self.k, self.v, self.mask, self.tok, self.pos, self.cur,
+        return tuple(t.data_ptr() for t in (self.k, self.v, self.mask, self.tok, self.pos, self.wpos,
                                             self.top_pos, self.logits, self.rope_cos, self.rope_sin))
 
     def _ensure_pool(self, batch: int, length: int) -> None:
@@ -388,7 +403,7 @@ class StaticDecoder:
         if self.k is not None:
             need_b, need_l = max(need_b, self.k.shape[1]), max(need_l, self.k.shape[3])
         self._drop_graphs()
-        self.k = self.v = self.mask = self.tok = self.pos = self.cur = self.top_pos = self.logits = None
+        self.k = self.v = self.mask = self.tok = self.pos = self.wpos = self.top_pos = self.logits = None
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
         shape = (len(pr.layers), need_b, pr.num_kv_heads, need_l, pr.head_dim)
@@ -397,7 +412,7 @@ class StaticDecoder:
         self.mask = torch.zeros(need_b, need_l, dtype=torch.bool, device=self.device)
         self.tok = torch.zeros(need_b, dtype=torch.long, device=self.device)
         self.pos = torch.zeros(need_b, dtype=torch.long, device=self.device)
-        self.cur = torch.zeros(1, dtype=torch.long, device=self.device)
+        self.wpos = torch.zeros(need_b, dtype=torch.long, device=self.device)
         self.top_pos = torch.zeros(1, dtype=torch.long, device=self.device)
         self.logits = torch.zeros(need_b, pr.lm_head.out_features, dtype=torch.float32, device=self.device)
 
@@ -440,6 +455,53 @@ class StaticDecoder:
         rows = self.rope_cos.shape[0]
         return rows // 2 if self.parts.longrope_original else rows
 
+    def grow_pool(self, batch: int, length: int) -> None:
+        """As `_ensure_pool`, keeping what the rows hold (a continuous batch grows its cache
+        while rows are mid-decode). Growing drops the graphs, as any reallocation does."""
+        old = (self.k, self.v, self.mask, self.tok, self.pos, self.wpos)
+        if old[0] is None:
+            self._ensure_pool(batch, length)
+            return
+        self._ensure_pool(batch, length)
+        k, v, mask, tok, pos, wpos = old
+        if k is self.k:
+            return
+        b, l = k.shape[1], k.shape[3]
+        self.k[:, :b, :, :l].copy_(k)
+        self.v[:, :b, :, :l].copy_(v)
+        self.mask[:b, :l].copy_(mask)
+        self.tok[:b].copy_(tok)
+        self.pos[:b].copy_(pos)
+        self.wpos[:b].copy_(wpos)
+
+    def load_rows(self, slots: list[int], cache, attention: torch.Tensor, first: torch.Tensor,
+                  next_pos: torch.Tensor, rows: Optional[list[int]] = None) -> None:
+        """Rows `rows` (default: all) of a prefilled batch into cache rows `slots`: the prompt
+        KV in slots [0, prompt_len) (left padding masked), the rest zeroed; the first
+        generated token, the next position and the next write slot (prompt_len) set."""
+        prompt_len = attention.shape[1]
+        rows = list(range(attention.shape[0])) if rows is None else list(rows)
+        n = len(rows)
+        if slots == list(range(slots[0], slots[0] + n)) and rows == list(range(rows[0], rows[0] + n)):
+            pairs = [(slice(slots[0], slots[0] + n), slice(rows[0], rows[0] + n))]
+        else:
+            pairs = list(zip(slots, rows))
+        for i in range(len(self.parts.layers)):
+            keys, values = _cache_kv(cache, i)
+            for dst, src in pairs:
+                self.k[i, dst, :, :prompt_len].copy_(keys[src, :, -prompt_len:])
+                self.v[i, dst, :, :prompt_len].copy_(values[src, :, -prompt_len:])
+        idx = torch.tensor(slots, dtype=torch.long, device=self.device)
+        src = torch.tensor(rows, dtype=torch.long, device=self.device)
+        self.k[:, idx, :, prompt_len:] = 0
+        self.v[:, idx, :, prompt_len:] = 0
+        mask = torch.zeros(n, self.mask.shape[1], dtype=torch.bool, device=self.device)
+        mask[:, :prompt_len] = attention.to(self.device).bool()[src]
+        self.mask[idx] = mask
+        self.tok[idx] = first.to(self.device, torch.long)[src]
+        self.pos[idx] = next_pos.to(self.device, torch.long)[src]
+        self.wpos[idx] = prompt_len
+
     # ------------------------------------------------------------------ one step
     def _rope_index(self, b: int) -> torch.Tensor:
         if not self.parts.longrope_original:
@@ -457,7 +519,10 @@ class StaticDecoder:
         rope_at = self._rope_index(b)
         cos = self.rope_cos[rope_at].unsqueeze(1).unsqueeze(1)        # [b, 1, 1, hd]
         sin = self.rope_sin[rope_at].unsqueeze(1).unsqueeze(1)
-        self.mask[:b].index_fill_(1, self.cur, True)
+        # each row writes its own slot (rows of a continuous batch are at different lengths)
+        at = self.wpos[:b]
+        self.mask[:b].scatter_(1, at.view(b, 1), True)
+        kv_at = at.view(b, 1, 1, 1).expand(b, pr.num_kv_heads, 1, pr.head_dim)
         key_mask = self.mask[:b, :length].view(b, 1, 1, length)
         nh, kvh, hd = pr.num_heads, pr.num_kv_heads, pr.head_dim
         for i, layer in enumerate(pr.layers):
@@ -474,8 +539,8 @@ class StaticDecoder:
             q = q * cos + _rotate_half(q) * sin
             k = k * cos + _rotate_half(k) * sin
             kc, vc = self.k[i, :b], self.v[i, :b]
-            kc.index_copy_(2, self.cur, k)
-            vc.index_copy_(2, self.cur, v)
+            kc.scatter_(2, kv_at, k)
+            vc.scatter_(2, kv_at, v)
             o = F.scaled_dot_product_attention(
                 q.reshape(b, kvh, self.groups, hd), kc[:, :, :length], vc[:, :, :length],
                 attn_mask=key_mask, scale=pr.scaling)                     # [b, kvh, groups, hd]
@@ -588,27 +653,13 @@ class StaticDecoder:
             self.stats.prefill_s += time.perf_counter() - t0
             return out[:, :sequences.shape[1]]
 
-        # next position per row: largest real prompt position + 1 (all M-RoPE sections together)
+        next_pos = next_positions(pos_ids, attention).to(self.device)       # [batch]
         mrope = pos_ids.dim() == 3
-        valid = attention.bool().to(pos_ids.device)
-        p = pos_ids if mrope else pos_ids.expand(batch, -1).unsqueeze(0)
-        p = p.masked_fill(~valid.unsqueeze(0), -1)
-        next_pos = (p.amax(dim=(0, 2)) + 1).to(self.device)           # [batch]
         self._ensure_pool(batch, prompt_len + max_new_tokens)
         self._ensure_rope(int(next_pos.max()) + max_new_tokens + 1, mrope)
-        for i in range(len(self.parts.layers)):
-            keys, values = _cache_kv(cache, i)
-            self.k[i, :batch, :, :prompt_len].copy_(keys[:, :, -prompt_len:])
-            self.v[i, :batch, :, :prompt_len].copy_(values[:, :, -prompt_len:])
+        self.load_rows(list(range(batch)), cache, attention, first[:, 0], next_pos)
         del cache
-        self.k[:, :batch, :, prompt_len:].zero_()
-        self.v[:, :batch, :, prompt_len:].zero_()
-        self.mask[:batch].zero_()
-        self.mask[:batch, :prompt_len].copy_(attention.bool())
-        self.tok[:batch].copy_(first[:, 0])
-        self.pos[:batch].copy_(next_pos)
         self.top_pos.copy_(next_pos.max().view(1))
-        self.cur.fill_(prompt_len)
         seq = None
         if processors:
             seq = torch.full((batch, prompt_len + max_new_tokens), int(pad_token_id), dtype=torch.long,
@@ -673,7 +724,7 @@ class StaticDecoder:
                 seq[:, prompt_len + produced].copy_(nxt)
             self.pos[:b] += 1
             self.top_pos += 1
-            self.cur += 1
+            self.wpos[:b] += 1
             pending.append(nxt)
             produced += 1
             if len(pending) >= self.sync_every or produced >= max_new_tokens:
@@ -721,6 +772,7 @@ class StaticDecoder:
         self.mask[:b] = self.mask[idx]
         self.tok[:b] = self.tok[idx]
         self.pos[:b] = self.pos[idx]
+        self.wpos[:b] = self.wpos[idx]
 
     def _maybe_compact(self, b, rows, live, seq, processors, base_processors, tracker):
         active = [s for s in range(b) if live[s] and tracker.ends[rows[s]] is None]
@@ -743,7 +795,7 @@ class StaticDecoder:
     def release(self) -> None:
         """Free the cache, the captured graphs and their pool (all come back on the next batch)."""
         self._drop_graphs()
-        self.k = self.v = self.mask = self.tok = self.pos = self.cur = self.top_pos = self.logits = None
+        self.k = self.v = self.mask = self.tok = self.pos = self.wpos = self.top_pos = self.logits = None
         self.rope_cos = self.rope_sin = None
         self._rope_mrope = None
         if self.device.type == "cuda":

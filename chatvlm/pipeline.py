@@ -259,18 +259,23 @@ def _recognise_all(config: RunConfig, spec: ModelSpec, backend, jobs: list[Job],
     window_batches = 4 if backend.uses_gpu else 1
     pages = rendered_pages(jobs, prefetch=max(config.prefetch, state["batch_size"] * (window_batches + 1)))
 
+    def window_batches_of(groups: list[list[Page]]) -> list[list[Page]]:
+        good = [group for group in groups if not (len(group) == 1 and not group[0].ok)]
+        if backend.decode_slots():
+            # A continuous decoder takes the whole window (its buckets side by side) and
+            # refills its rows from it: short pages do not wait for a batch's longest one.
+            return [[page for group in good for page in group]] if good else []
+        # A size learnt from an out-of-memory error after this window was cut applies at once.
+        return [batch for group in good for batch in split_to_size(group, state["batch_size"])]
+
     def recognise_groups(groups: list[list[Page]]) -> dict[int, Any]:
         outputs: dict[int, Any] = {}
-        for group in groups:
-            if len(group) == 1 and not group[0].ok:
-                continue
-            # A size learnt from an out-of-memory error after this window was cut applies at once.
-            for batch in split_to_size(group, state["batch_size"]):
-                raws, elapsed = recognise_batch(config, backend, batch, shrink)
-                stats.gpu_busy_s += elapsed
-                stats.batches += 1
-                for page, raw in zip(batch, raws):
-                    outputs[id(page)] = raw
+        for batch in window_batches_of(groups):
+            raws, elapsed = recognise_batch(config, backend, batch, shrink)
+            stats.gpu_busy_s += elapsed
+            stats.batches += 1
+            for page, raw in zip(batch, raws):
+                outputs[id(page)] = raw
         return outputs
 
     # Postprocessing and writing run in one writer thread, in input order, while the next

@@ -239,7 +239,7 @@ def _primed(model, batch=2, filled=37, **kwargs):
     dec.mask[0, :3] = False                        # row 0 left-padded
     dec.tok[:batch] = torch.tensor([11, 42])
     dec.pos[:batch] = torch.tensor([40, 44])
-    dec.cur.fill_(filled - 1)                      # the step writes slot filled-1
+    dec.wpos[:batch].fill_(filled - 1)             # the step writes slot filled-1
     assert pr.num_kv_heads < pr.num_heads          # GQA really exercised
     return dec
 

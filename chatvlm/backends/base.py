@@ -60,6 +60,12 @@ class Backend(ABC):
     def default_batch_size(self, params: GenerationParams) -> int:
         return params.batch_size or 1
 
+    def decode_slots(self) -> int:
+        """Rows a continuous decoder keeps busy (0: this backend decodes batch by batch).
+        A backend with slots is handed a whole window of pages in one generate_batch call
+        and refills a finished row with the next page of it."""
+        return 0
+
     def page_cost(self, page: Page) -> float:
         """Relative cost of a page, for bucketing batches (GPU backends: image tokens)."""
         width, height = page.size

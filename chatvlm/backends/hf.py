@@ -714,6 +714,18 @@ class HFBackend(Backend):
             return []
         if self.model is None:
             self.load()
+        results = self._generate_continuous(pages, task, params)
+        if results is not None:
+            return results
+        slots = self.decode_slots()
+        if slots and len(pages) > slots:
+            # The engine does not serve this batch: `slots` pages decode at a time, as many
+            # as the memory was sized for.
+            return [raw for i in range(0, len(pages), slots)
+                    for raw in self._generate_pages(pages[i:i + slots], task, params)]
+        return self._generate_pages(pages, task, params)
+
+    def _generate_pages(self, pages: list[Page], task: str, params: GenerationParams) -> list[RawOutput]:
         t0 = time.perf_counter()
         inputs = self.build_inputs(pages, task, params)
         preprocess_s = time.perf_counter() - t0
@@ -732,6 +744,94 @@ class HFBackend(Backend):
         cap = self.max_new_tokens(params)
         return [min(cap, page_token_target(p.doc_key, p.page, low, high, seed)) for p in pages]
 
+    def decode_slots(self) -> int:
+        """Rows the continuous engine keeps decoding (`BackendOptions.extra["decode_slots"]`;
+        0: off). A batch of more pages than slots decodes continuously: a finished page's
+        slot is refilled with the next page (at most `decode_refill_chunk` pages per
+        prefill, default: as many as rows are free)."""
+        slots = int(self.options.extra.get("decode_slots") or 0)
+        cap = getattr(self, "_slots_cap", None)
+        return min(slots, cap) if slots and cap else slots
+
+    def _generate_continuous(self, pages: list[Page], task: str, params: GenerationParams):
+        """The batch through the continuous engine (chatvlm.engine), or None where it does
+        not apply (few pages, a model or request the static decoder or the engine does not
+        serve, an engine that failed once in this run): the caller then decodes the pages
+        batch by batch."""
+        import torch
+
+        from ..engine import ContinuousEngine, Prepared, continuous_unsupported
+
+        slots = self.decode_slots()
+        if not slots or len(pages) <= slots or getattr(self, "_continuous_disabled", None):
+            return None
+        decoder = self.static_decoder(params)
+        if decoder is None:
+            return None
+        reason = continuous_unsupported(decoder)
+        if reason:
+            self._facts["decode_continuous"], self._facts["decode_continuous_reason"] = False, reason
+            return None
+        preprocess = [0.0]
+        input_errors: list[BaseException] = []
+
+        def prepare(group: list[Page]) -> Prepared:
+            t0 = time.perf_counter()
+            try:
+                inputs = self._to_device(self.build_inputs(group, task, params))
+            except Exception as exc:
+                input_errors.append(exc)    # a bad page, not the engine's failure
+                raise
+            if inputs.get("attention_mask") is None:
+                inputs["attention_mask"] = torch.ones_like(inputs["input_ids"])
+            preprocess[0] += time.perf_counter() - t0
+            prompt_len = inputs["input_ids"].shape[1]
+            max_new = self._max_new_within_context(params, prompt_len)
+            _tracker, processors, gen_kwargs = self._generation_state(inputs, task, params, max_new, prompt_len)
+            return Prepared(inputs, gen_kwargs, processors)
+
+        engine = ContinuousEngine(decoder, slots=slots, prepare=prepare,
+                                  new_tracker=lambda: self._new_tracker(params, 0, 1),
+                                  max_new_tokens=self.max_new_tokens(params), max_positions=self.max_positions(),
+                                  refill_chunk=int(self.options.extra.get("decode_refill_chunk") or 0) or None)
+        on_cuda = self.device.startswith("cuda") and torch.cuda.is_available()
+        t1 = time.perf_counter()
+        finished = [None] * len(pages)
+        try:
+            for done in engine.run(pages):
+                finished[done.index] = done
+        except Exception as exc:
+            from ..decode import Unsupported
+            from ..scheduler import is_out_of_memory
+            # The engine has freed the decoder's cache, graphs and pool before raising.
+            if is_out_of_memory(exc):
+                # Fewer rows from now on (as the scheduler lowers its batch size); it splits the batch.
+                self._slots_cap = max(1, slots // 2)
+                self._facts["decode_slots_lowered_to"] = self._slots_cap
+                raise
+            if any(exc is e for e in input_errors):
+                raise   # a bad page: the scheduler splits the batch and so finds it
+            if isinstance(exc, Unsupported):
+                self._facts["decode_continuous_reason"] = f"continuous engine declined this batch: {exc}"[:300]
+            else:
+                self._facts["decode_continuous_reason"] = self._continuous_disabled = \
+                    f"continuous engine failed: {exc.__class__.__name__}: {exc}"[:300]
+            self._facts["decode_continuous"] = False
+            return None
+        if on_cuda:
+            torch.cuda.synchronize()
+            self.peak_memory_bytes = max(self.peak_memory_bytes,
+                                         int(torch.cuda.max_memory_allocated(torch.device(self.device))))
+        total_s = time.perf_counter() - t1
+        generate_s = total_s - preprocess[0]
+        self._facts.update(decoder.facts())
+        self._facts.update(engine.facts())
+        self._facts.pop("decode_continuous_reason", None)
+        n = len(pages)
+        return [self._raw_output(d.tokens, d.reason, params, d.input_tokens, generate_s / n, preprocess[0] / n,
+                                 {"batch_size": slots, "batch_generate_s": generate_s, "continuous": True})
+                for d in finished]
+
     def generate_inputs(self, inputs: dict, task: str, params: GenerationParams,
                         preprocess_s: float = 0.0, row_targets: Optional[list[int]] = None) -> list[RawOutput]:
         """Greedy (by default) left-padded generation for one batch of processor outputs.
@@ -739,59 +839,24 @@ class HFBackend(Backend):
         `row_targets` (bench --synthetic with a token range): each row generates exactly its
         own count, the batch as long as its longest row."""
         import torch
-        from transformers import LogitsProcessorList, StoppingCriteriaList
-
-        from ..loop_guard import PaddingSafeRepetitionPenalty, as_logits_processor, make_tracker, trim_repetition
 
         t0 = time.perf_counter()
         inputs = self._to_device(inputs)
         preprocess_s += time.perf_counter() - t0
         input_ids = inputs["input_ids"]
-        attention = inputs.get("attention_mask")
-        if attention is None:
-            attention = torch.ones_like(input_ids)
-            inputs["attention_mask"] = attention
+        if inputs.get("attention_mask") is None:
+            inputs["attention_mask"] = torch.ones_like(input_ids)
+        attention = inputs["attention_mask"]
         batch, prompt_len = input_ids.shape
         input_counts = attention.sum(dim=1).tolist()
-        pad_lengths = [prompt_len - int(n) for n in input_counts]
-        max_new = self.max_new_tokens(params)
-        if row_targets is not None:
-            max_new = max(row_targets)
-        limit = self.max_positions()
-        if limit:
-            max_new = max(1, min(max_new, limit - prompt_len))
-        synthetic = self.options.synthetic   # bench --synthetic: exactly max_new tokens, no stop, no loop guard
-        stop_ids = [] if synthetic else self.stop_token_ids()
-        stop_strings = [] if synthetic else self.stop_strings()
-
-        from transformers import GenerationConfig
+        # bench --synthetic --tokens A-B: the batch runs as long as its longest row's target
+        max_new = self._max_new_within_context(params, prompt_len, budget=max(row_targets) if row_targets else None)
+        row_limits = [min(n, max_new) for n in row_targets] if row_targets else None
 
         def fresh_generation_state():
             """Tracker, processors and generate() arguments; both decoders mutate them, so
             a retry gets new ones."""
-            tracker = make_tracker(prompt_len, batch, stop_ids=stop_ids, stop_strings=stop_strings,
-                                   decode=self._decode_raw,   # stop strings; markup-only repeats
-                                   loop_guard=params.loop_guard and not synthetic,
-                                   row_limits=[min(n, max_new) for n in row_targets] if row_targets else None,
-                                   **self.loop_settings)
-            processors = [as_logits_processor(p) for p in self.logits_processors(task, params, inputs)]
-            penalty = self.repetition_penalty(params)
-            if penalty != 1.0:
-                processors.insert(0, as_logits_processor(PaddingSafeRepetitionPenalty(penalty, pad_lengths)))
-            self._facts["repetition_penalty"] = penalty
-            # A fresh config: only what chatvlm decides (greedy, stops, budget), nothing inherited
-            # from the checkpoint's generation_config.json (sampling defaults, penalties).
-            generation_config = GenerationConfig(
-                max_new_tokens=max_new, min_new_tokens=max_new if synthetic else None,
-                do_sample=bool(params.do_sample), num_beams=1,
-                pad_token_id=self.pad_token_id(), eos_token_id=stop_ids or None,
-                bos_token_id=self.generation_config_value("bos_token_id"),
-            )
-            gen_kwargs: dict[str, Any] = dict(
-                generation_config=generation_config, logits_processor=LogitsProcessorList(processors),
-                stopping_criteria=StoppingCriteriaList([tracker]),
-            )
-            return tracker, processors, gen_kwargs
+            return self._generation_state(inputs, task, params, max_new, prompt_len, row_limits=row_limits)
 
         tracker, processors, gen_kwargs = fresh_generation_state()
         on_cuda = self.device.startswith("cuda") and torch.cuda.is_available()
@@ -832,27 +897,89 @@ class HFBackend(Backend):
         generated = out[:, prompt_len:].tolist()
         results: list[RawOutput] = []
         for row in range(batch):
-            ids = generated[row]
-            n, reason = tracker.result(row, len(ids))
-            ids = ids[:n]
-            text_ids = ids[:-1] if (reason == "stop" and ids and ids[-1] in stop_ids) else ids
-            text = self.decode(text_ids)
-            if reason == "stop":
-                for s in stop_strings:
-                    cut = text.find(s)
-                    if cut >= 0:
-                        text = text[:cut]
-            trimmed = False
-            if params.loop_guard and not synthetic and reason in ("loop", "length"):
-                text, trimmed = trim_repetition(text, **self.text_loop_settings())
-                if trimmed:
-                    reason = "loop"
-            results.append(RawOutput(
-                text=text, input_tokens=int(input_counts[row]), output_tokens=len(ids), finish_reason=reason,
-                generate_s=generate_s / batch, preprocess_s=preprocess_s / batch,
-                extra={"batch_size": batch, "batch_generate_s": generate_s, "loop_trimmed": trimmed},
-            ))
+            n, reason = tracker.result(row, len(generated[row]))
+            results.append(self._raw_output(generated[row][:n], reason, params, int(input_counts[row]),
+                                            generate_s / batch, preprocess_s / batch,
+                                            {"batch_size": batch, "batch_generate_s": generate_s}))
         return results
+
+    def _stops(self) -> tuple[list[int], list[str]]:
+        """Stop token ids and stop strings (none for bench --synthetic: exactly max_new tokens)."""
+        if self.options.synthetic:
+            return [], []
+        return self.stop_token_ids(), self.stop_strings()
+
+    def _max_new_within_context(self, params: GenerationParams, prompt_len: int, budget: Optional[int] = None) -> int:
+        """New tokens a batch may generate: `budget` (default max_new_tokens) within the context."""
+        max_new = budget if budget is not None else self.max_new_tokens(params)
+        limit = self.max_positions()
+        if limit:
+            max_new = max(1, min(max_new, limit - prompt_len))
+        return max_new
+
+    def _new_tracker(self, params: GenerationParams, prompt_len: int, batch: int,
+                     row_limits: Optional[list[int]] = None):
+        """Stop tracking for a batch; `row_limits`: each row ends ("length") at its own count."""
+        from ..loop_guard import make_tracker
+
+        stop_ids, stop_strings = self._stops()
+        return make_tracker(prompt_len, batch, stop_ids=stop_ids, stop_strings=stop_strings,
+                            decode=self._decode_raw,   # stop strings; markup-only repeats
+                            loop_guard=params.loop_guard and not self.options.synthetic,
+                            row_limits=row_limits, **self.loop_settings)
+
+    def _generation_state(self, inputs: dict, task: str, params: GenerationParams, max_new: int, prompt_len: int,
+                          row_limits: Optional[list[int]] = None):
+        """A fresh tracker, the logits processors and the generate() arguments for a batch."""
+        from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteriaList
+
+        from ..loop_guard import PaddingSafeRepetitionPenalty, as_logits_processor
+
+        attention = inputs["attention_mask"]
+        batch = attention.shape[0]
+        pad_lengths = [prompt_len - int(n) for n in attention.sum(dim=1).tolist()]
+        synthetic = self.options.synthetic
+        stop_ids, _stop_strings = self._stops()
+        tracker = self._new_tracker(params, prompt_len, batch, row_limits)
+        processors = [as_logits_processor(p) for p in self.logits_processors(task, params, inputs)]
+        penalty = self.repetition_penalty(params)
+        if penalty != 1.0:
+            processors.insert(0, as_logits_processor(PaddingSafeRepetitionPenalty(penalty, pad_lengths)))
+        self._facts["repetition_penalty"] = penalty
+        # A fresh config: only what chatvlm decides (greedy, stops, budget), nothing inherited
+        # from the checkpoint's generation_config.json (sampling defaults, penalties).
+        generation_config = GenerationConfig(
+            max_new_tokens=max_new, min_new_tokens=max_new if synthetic else None,
+            do_sample=bool(params.do_sample), num_beams=1,
+            pad_token_id=self.pad_token_id(), eos_token_id=stop_ids or None,
+            bos_token_id=self.generation_config_value("bos_token_id"),
+        )
+        gen_kwargs: dict[str, Any] = dict(
+            generation_config=generation_config, logits_processor=LogitsProcessorList(processors),
+            stopping_criteria=StoppingCriteriaList([tracker]),
+        )
+        return tracker, processors, gen_kwargs
+
+    def _raw_output(self, ids: list[int], reason: str, params: GenerationParams, input_tokens: int,
+                    generate_s: float, preprocess_s: float, extra: dict) -> RawOutput:
+        """One page's generated ids (up to its end) as text, with its finish reason."""
+        from ..loop_guard import trim_repetition
+
+        stop_ids, stop_strings = self._stops()
+        text_ids = ids[:-1] if (reason == "stop" and ids and ids[-1] in stop_ids) else ids
+        text = self.decode(text_ids)
+        if reason == "stop":
+            for s in stop_strings:
+                cut = text.find(s)
+                if cut >= 0:
+                    text = text[:cut]
+        trimmed = False
+        if params.loop_guard and not self.options.synthetic and reason in ("loop", "length"):
+            text, trimmed = trim_repetition(text, **self.text_loop_settings())
+            if trimmed:
+                reason = "loop"
+        return RawOutput(text=text, input_tokens=input_tokens, output_tokens=len(ids), finish_reason=reason,
+                         generate_s=generate_s, preprocess_s=preprocess_s, extra={**extra, "loop_trimmed": trimmed})
 
     def static_decoder(self, params: GenerationParams):
         """The chatvlm static decoder for this request, or None for transformers `generate`.

@@ -1,0 +1,10 @@
+"""The model-agnostic generation engine: continuous batching over the static decoder.
+
+Nothing here knows a model family: the backend hands the engine a `prepare` callable
+(a group of requests -> model inputs and arguments for the model's own prefill, plus
+logits processors), a stop-tracker factory and the token budget.
+"""
+
+from .continuous import ContinuousEngine, Finished, Prepared, continuous_unsupported
+
+__all__ = ["ContinuousEngine", "Finished", "Prepared", "continuous_unsupported"]

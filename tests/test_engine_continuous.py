@@ -1,0 +1,283 @@
+"""chatvlm.engine: continuous batching gives every page the tokens it gets alone.
+
+Tiny random-weight checkpoints (Qwen2-VL, Qwen3-VL, GOT-OCR2, DeepSeek-OCR2 with its MoE
+language model; real config/model/processor classes), fp32 on CPU,
+greedy. A batch of pages of different sizes (different prompt lengths) and different
+stop points runs through the engine with fewer slots than pages, so finished rows are
+refilled mid-decode; each page must come out token for token as when it runs alone
+through transformers' `generate`. No mocks: both paths run the real model.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from chatvlm import decode
+from chatvlm.config import BackendOptions, GenerationParams
+from chatvlm.records import Page
+from chatvlm.registry import get_spec
+from chatvlm.testing import build_tiny_checkpoint
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+SIZES = [(120, 90), (64, 200), (300, 160), (90, 90), (200, 64), (150, 150), (70, 110)]
+
+
+def _pages(sizes=SIZES, seed=3):
+    rng = np.random.default_rng(seed)
+    return [Page(source=Path(f"p{i}.png"), doc_key="d", page=1, index=i,
+                 image=Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)))
+            for i, (w, h) in enumerate(sizes)]
+
+
+@pytest.fixture(scope="module")
+def backends(tmp_path_factory):
+    cache = {}
+
+    def get(name):
+        if name not in cache:
+            # a slight push towards EOS: pages stop at different points within the budget
+            folder = build_tiny_checkpoint(name, tmp_path_factory.mktemp(name), eos_boost=EOS_BOOST[name])
+            spec = get_spec(name)
+            be = spec.backend_class()(spec, BackendOptions(model_path=folder, device="cpu", extra={}))
+            be.load()
+            cache[name] = be
+        return cache[name]
+
+    return get
+
+
+EOS_BOOST = {"qwen_vl_2b": 1.5, "got_ocr_hf": 1.5, "qwen3_vl_2b": 5.0, "deepseek_ocr2": 4.0}
+MAX_NEW = 32
+
+
+def _run(be, pages, *, slots=0, mode="fast", max_new=MAX_NEW):
+    be.options.extra["decode"] = mode
+    be.options.extra["decode_slots"] = slots
+    out = be.generate_batch(pages, "text", GenerationParams(max_new_tokens=max_new))
+    return [(r.text, r.output_tokens, r.finish_reason) for r in out], dict(be.describe())
+
+
+def _alone(be, pages, max_new=MAX_NEW):
+    """Each page on its own through transformers' generate."""
+    return [_run(be, [p], mode="hf", max_new=max_new)[0][0] for p in pages]
+
+
+@pytest.mark.parametrize("name", ["qwen_vl_2b", "qwen3_vl_2b", "got_ocr_hf", "deepseek_ocr2"])
+def test_continuous_batch_equals_each_page_alone(backends, name):
+    be = backends(name)
+    pages = _pages()
+    reference = _alone(be, pages)
+    got, facts = _run(be, pages, slots=3)
+    assert facts["decode"] == decode.STATIC and facts.get("decode_continuous"), facts.get("decode_continuous_reason")
+    assert got == reference
+    lengths = [n for _, n, _ in reference]
+    assert len(set(lengths)) > 2, lengths                         # really different stop points
+    assert any(reason == "stop" for _, _, reason in reference)
+    assert facts["continuous_prefills"] > 1                       # slots were refilled mid-run
+    # a row decodes exactly until its page ends: one step per token after the prefill's first
+    assert facts["continuous_busy_row_steps"] == sum(max(0, n - 1) for n in lengths)
+    # no hole is ever computed on CPU: refills fill them, and once the pages run out the
+    # busy rows move down
+    assert facts["continuous_row_steps"] == facts["continuous_busy_row_steps"]
+
+
+def test_one_slot_and_more_slots_than_needed(backends):
+    be = backends("qwen_vl_2b")
+    pages = _pages()[:4]
+    reference = _alone(be, pages)
+    got, facts = _run(be, pages, slots=1)
+    assert got == reference and facts["continuous_prefills"] >= 4
+    # slots >= pages: the batch runs as one (the compacting decoder), same pages
+    got, facts = _run(be, pages, slots=8)
+    assert got == reference
+
+
+def test_continuous_takes_fewer_steps_than_batch_by_batch(backends):
+    """Three slots, seven pages: batch by batch (the compacting decoder) waits for each
+    batch's longest page; refilled slots do not."""
+    be = backends("qwen_vl_2b")
+    pages = _pages()
+    be._static_decoder = None
+    whole = []
+    for part in (pages[:3], pages[3:6], pages[6:]):
+        whole += _run(be, part, slots=0)[0]
+    steps_batched = be._static_decoder.stats.steps
+    be._static_decoder = None
+    got, facts = _run(be, pages, slots=3)
+    assert got == whole
+    assert facts["continuous_steps"] < steps_batched
+    assert facts["continuous_compactions"] >= 1      # a late page outlived earlier ones: rows moved down
+    be._static_decoder = None
+
+
+def test_out_of_memory_in_the_engine_propagates_after_freeing(backends):
+    be = backends("qwen_vl_2b")
+    pages = _pages()[:4]
+    be._static_decoder = None
+    be.options.extra["decode"] = "fast"
+    dec = be.static_decoder(GenerationParams())
+    real_step, calls = dec.step, {"n": 0}
+
+    def step(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real_step(*args, **kwargs)
+
+    dec.step = step
+    be.options.extra["decode_slots"] = 2
+    with pytest.raises(torch.OutOfMemoryError):
+        be.generate_batch(pages, "text", GenerationParams(max_new_tokens=MAX_NEW))
+    assert dec.k is None and dec.graph_set is None                # freed before propagating
+    assert be.decode_slots() == 1                                  # fewer rows from now on
+    del dec.step
+    try:
+        got, facts = _run(be, pages, slots=2)
+        assert got == _alone(be, pages) and facts["decode_slots"] == 1   # the next run is served
+    finally:
+        be._static_decoder = be._slots_cap = None
+
+
+def test_a_batch_the_engine_declines_runs_as_one(backends):
+    be = backends("qwen_vl_2b")
+    pages = _pages()[:4]
+    be._static_decoder = None
+    be.options.extra["decode_max_len"] = 8            # shorter than any prompt: declined
+    try:
+        got, facts = _run(be, pages, slots=2)
+    finally:
+        be.options.extra.pop("decode_max_len")
+        be._static_decoder = None
+    assert not facts["decode_continuous"] and "cache limit" in facts["decode_continuous_reason"]
+    assert got == _alone(be, pages)
+
+
+def test_continuous_under_graphs_keeps_the_pool_lifecycle(backends):
+    """Through the fake CUDA-graph API (the allocator's pool rules): batch-size and length
+    buckets, the cache growing mid-run for a longer prompt (the graph set dropped whole,
+    a fresh pool for the next captures), same tokens as each page alone."""
+    from tests.test_decode_graphs import FakeGraphs
+
+    be = backends("qwen_vl_2b")
+    pages = _pages()
+    reference = _alone(be, pages)
+    fake = FakeGraphs()
+    be._static_decoder = decode.StaticDecoder(be.model, graph_api=fake, len_bucket=16, sync_every=4)
+    try:
+        # short prompts first, the longest last: the cache must grow while rows are decoding
+        order = sorted(range(len(pages)), key=lambda i: pages[i].image.size[0] * pages[i].image.size[1])
+        got, facts = _run(be, [pages[i] for i in order], slots=3)
+        dec = be._static_decoder
+    finally:
+        be._static_decoder = None
+    assert facts.get("decode_continuous"), facts.get("decode_continuous_reason")
+    assert got == [reference[i] for i in order]
+    assert dec.stats.graphs_captured > 0 and dec.stats.graph_replays > 0
+    assert len(fake.handles) >= 2                   # grown mid-run: a new set, a new pool
+    assert fake.live_graphs() == len(dec.graph_set.graphs)
+
+
+def test_longrope_models_are_declined_before_any_work():
+    """Phi-3's LongRoPE switches factor sets by the batch's largest position, so a row's
+    tokens would depend on its neighbours: the engine declines (the batch path serves it)."""
+    from chatvlm.engine import ContinuousEngine
+    from tests.test_decode_phi3 import _phi3
+
+    dec = decode.StaticDecoder(_phi3(64))
+    calls = []
+    with pytest.raises(decode.Unsupported, match="LongRoPE"):
+        ContinuousEngine(dec, slots=2, prepare=calls.append, new_tracker=lambda: None, max_new_tokens=8)
+    assert not calls and dec.k is None
+
+
+def test_a_page_whose_inputs_fail_is_isolated_and_the_engine_stays_on(backends):
+    """A page the processor cannot take fails alone (the scheduler splits the batch); the
+    other pages come out as alone, and the engine serves the next batch."""
+    from chatvlm.scheduler import generate_with_backoff
+
+    be = backends("qwen_vl_2b")
+    pages = _pages()[:5]
+    reference = _alone(be, pages)
+    bad = pages[2]
+    build = be.build_inputs
+
+    def build_inputs(group, task, params):
+        if any(p is bad for p in group):
+            raise ValueError(f"{bad.source}: cannot read the image")
+        return build(group, task, params)
+
+    be.build_inputs = build_inputs
+    be.options.extra.update(decode="fast", decode_slots=2)
+    try:
+        outs = generate_with_backoff(
+            lambda b: be.generate_batch(b, "text", GenerationParams(max_new_tokens=MAX_NEW)), pages)
+    finally:
+        del be.build_inputs
+    assert isinstance(outs[2], ValueError) and "p2.png" in str(outs[2])
+    got = [(r.text, r.output_tokens, r.finish_reason) for i, r in enumerate(outs) if i != 2]
+    assert got == [ref for i, ref in enumerate(reference) if i != 2]
+    assert not getattr(be, "_continuous_disabled", None)
+    got, facts = _run(be, pages[:3], slots=2)
+    assert facts["decode_continuous"] and got == reference[:3]
+
+
+def test_pipeline_hands_a_whole_window_to_the_continuous_decoder(tmp_path):
+    """`chatvlm ocr -O decode_slots=2`: the run's five pages go to the engine as one window
+    with two rows; every page's text and token count are those of the page alone."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from chatvlm.cli import app
+
+    examples = Path(__file__).resolve().parent.parent / "examples"
+    folder = build_tiny_checkpoint("qwen_vl_2b", tmp_path / "ckpt", eos_boost=1.5)
+
+    def run(out, *options):
+        result = CliRunner().invoke(app, ["ocr", str(examples), "-o", str(out), "--model", "qwen_vl_2b",
+                                          "--model-path", str(folder), "--max-new-tokens", "24",
+                                          "--max-pixels", "60000", *options])
+        assert result.exit_code == 0, result.output
+        entries = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+        pages = {(e["source"], e["page"]): e for e in entries}
+        texts = {key: ((out / next(f for f in e["outputs"] if f.endswith(".txt"))).read_text(),
+                       e["output_tokens"], e["finish_reason"]) for key, e in pages.items()}
+        return texts, json.loads((out / "report.json").read_text())
+
+    alone, _ = run(tmp_path / "alone", "--batch-size", "1", "-O", "decode=hf")
+    got, report = run(tmp_path / "continuous", "--batch-size", "2", "-O", "decode_slots=2")
+    assert len(got) == 5 and got == alone
+    engine = report["engine"]
+    assert engine["decode_continuous"] and engine["continuous_prefills"] > 1
+
+
+def test_a_broken_engine_is_reported_and_the_pages_decode_batch_by_batch(backends):
+    be = backends("qwen_vl_2b")
+    pages = _pages()[:4]
+    reference = _alone(be, pages)
+    be._static_decoder = None
+    be.options.extra.update(decode="fast", decode_slots=2)
+    dec = be.static_decoder(GenerationParams())
+    real_step, calls = dec._run_step, {"n": 0}
+
+    def run_step(b, filled):
+        calls["n"] += 1
+        if calls["n"] == 3 and b > 1:
+            raise RuntimeError("illegal memory access in a continuous step")
+        return real_step(b, filled)
+
+    dec._run_step = run_step
+    try:
+        got, facts = _run(be, pages, slots=2)
+        assert calls["n"] > 3                                 # failed mid-run, then the batch path ran
+        assert got == reference
+        assert not facts["decode_continuous"] and "illegal memory access" in facts["decode_continuous_reason"]
+        assert facts["decode"] == decode.STATIC               # the static decoder still serves the pages
+    finally:
+        be._static_decoder = be._continuous_disabled = None
