@@ -52,7 +52,8 @@ def test_each_backend_declares_its_model_options():
     check_model_options(get_spec("phi3_vision"), ["num_crops"])
     # settings documented elsewhere: GOT's n-gram rule, the decoder's length cap, the batch probe
     check_model_options(get_spec("got_ocr_hf"), ["no_repeat_ngram_size"])
-    check_model_options(get_spec("qwen_vl_2b"), ["decode_max_len", "probe_pages", "probe_tokens", "probe_margin"])
+    check_model_options(get_spec("qwen_vl_2b"), ["decode_max_len", "decode_slots", "decode_refill_chunk",
+                                                 "probe_pages", "probe_tokens", "probe_margin"])
     with pytest.raises(UsageError, match="num_crops"):
         check_model_options(get_spec("deepseek_ocr"), ["num_crops"])
     with pytest.raises(UsageError, match="'mode'"):

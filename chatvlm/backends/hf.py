@@ -397,6 +397,7 @@ class HFBackend(Backend):
     skip_special_tokens: bool = True
     # decode = auto | fast | hf; the rest tune our static decode loop (see static_decoder)
     option_keys = frozenset({"decode", "decode_graphs", "decode_len_bucket", "decode_sync_every", "decode_max_len",
+                             "decode_slots", "decode_refill_chunk",
                              "probe_pages", "probe_tokens", "probe_margin"})
 
     def __init__(self, spec: ModelSpec, options: Optional[BackendOptions] = None):
