@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import math
 from typing import Optional
 
 from .i18n import _
+from .models.resize import smart_resize
 from .registry import ModelSpec, all_specs
 
 # What each model reads of an A4 page rendered at the default 200 DPI (1654 x 2339 px).
@@ -22,21 +22,6 @@ FIXED_VIEWS = {
     "deepseek_ocr": ((1280, 1920), 903),    # gundam: 1024 global view + 2x3 tiles of 640 px
     "deepseek_ocr2": ((1536, 2304), 1121),  # 1024 global view + 2x3 tiles of 768 px
 }
-
-
-def smart_resize(height: int, width: int, factor: int, min_pixels: int, max_pixels: int) -> tuple[int, int]:
-    """The Qwen2-VL family's resize rule (also dots.ocr's): (height, width) as the model reads it."""
-    h_bar = max(factor, round(height / factor) * factor)
-    w_bar = max(factor, round(width / factor) * factor)
-    if h_bar * w_bar > max_pixels:
-        beta = math.sqrt((height * width) / max_pixels)
-        h_bar = max(factor, math.floor(height / beta / factor) * factor)
-        w_bar = max(factor, math.floor(width / beta / factor) * factor)
-    elif h_bar * w_bar < min_pixels:
-        beta = math.sqrt(min_pixels / (height * width))
-        h_bar = math.ceil(height * beta / factor) * factor
-        w_bar = math.ceil(width * beta / factor) * factor
-    return h_bar, w_bar
 
 
 def a4_reading(spec: ModelSpec, max_pixels: Optional[int] = None) -> Optional[dict]:

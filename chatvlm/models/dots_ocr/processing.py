@@ -15,7 +15,6 @@ left-padded, as batched generation needs.
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -23,6 +22,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..resize import smart_resize as qwen_smart_resize
 from .configuration import EOS_TOKEN_IDS, IMAGE_TOKEN_ID
 
 # The four official prompt modes, verbatim from rednote-hilab/dots.ocr@c3084bd
@@ -73,25 +73,8 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 def smart_resize(
     height: int, width: int, factor: int = IMAGE_FACTOR, min_pixels: int = MIN_PIXELS, max_pixels: int = MAX_PIXELS
 ) -> tuple[int, int]:
-    """(height, width) rounded to multiples of ``factor`` with the pixel count kept in
-    [min_pixels, max_pixels] (Qwen2.5-VL / dots.ocr rule; Python's banker's ``round``)."""
-    if max(height, width) / min(height, width) > 200:
-        raise ValueError(f"absolute aspect ratio must be smaller than 200, got {width}x{height}")
-    h_bar = max(factor, round(height / factor) * factor)
-    w_bar = max(factor, round(width / factor) * factor)
-    if h_bar * w_bar > max_pixels:
-        beta = math.sqrt((height * width) / max_pixels)
-        h_bar = max(factor, math.floor(height / beta / factor) * factor)
-        w_bar = max(factor, math.floor(width / beta / factor) * factor)
-    elif h_bar * w_bar < min_pixels:
-        beta = math.sqrt(min_pixels / (height * width))
-        h_bar = math.ceil(height * beta / factor) * factor
-        w_bar = math.ceil(width * beta / factor) * factor
-        if h_bar * w_bar > max_pixels:
-            beta = math.sqrt((h_bar * w_bar) / max_pixels)
-            h_bar = max(factor, math.floor(h_bar / beta / factor) * factor)
-            w_bar = max(factor, math.floor(w_bar / beta / factor) * factor)
-    return h_bar, w_bar
+    """dots.ocr's resize: the Qwen2-VL rule with dots' own default limits."""
+    return qwen_smart_resize(height, width, factor, min_pixels, max_pixels)
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
