@@ -36,9 +36,9 @@ GPU_CHECK_JSON = "gpu_check.json"
 GPU_CHECK_MD = "gpu_check.md"
 BASELINE_MODEL = "qwen_vl_2b"
 VLMS = ("qwen_vl_2b", "qwen3_vl_2b", "got_ocr_hf", "dots_ocr", "phi3_vision", "deepseek_ocr2", "deepseek_ocr")
-# Language models the static decoder does not take (Phi-3-V, DeepSeek MoE) decode through
-# transformers generate, several times slower per page: fewer pages keep the check in its budget.
-GENERATE_ONLY = ("phi3_vision", "deepseek_ocr2", "deepseek_ocr")
+# Pages that cost several times more (Phi-3.5-vision's 16 crops, DeepSeek-OCR's MoE
+# language model): fewer of them keep the check in its budget.
+HEAVY_MODELS = ("phi3_vision", "deepseek_ocr2", "deepseek_ocr")
 
 
 @dataclass
@@ -57,7 +57,7 @@ class Run:
 class Settings:
     out: Path
     pages: int = 64
-    generate_pages: int = 32                  # for GENERATE_ONLY models
+    heavy_pages: int = 32                  # for HEAVY_MODELS
     batch1_pages: int = 4
     tokens: Any = 512                         # N, or "A-B": each page its own count (bench --tokens)
     device: Optional[str] = None
@@ -110,7 +110,7 @@ def make_pages(folder: Path, count: int, size: tuple[int, int] = A4_200DPI, dist
 def plan_runs(settings: Settings) -> list[Run]:
     """One run per model, then the two baselines (when the baseline model is in the check)."""
     runs = [Run(id=name, model=name,
-                max_pages=min(settings.pages, settings.generate_pages) if name in GENERATE_ONLY else None)
+                max_pages=min(settings.pages, settings.heavy_pages) if name in HEAVY_MODELS else None)
             for name in settings.models]
     if settings.baselines and BASELINE_MODEL in settings.models:
         runs.insert(1, Run(id=f"{BASELINE_MODEL}-generate", model=BASELINE_MODEL, decode="hf",
@@ -322,7 +322,7 @@ def run_check(settings: Settings, progress: Progress = _stderr,
         "title": _("chatvlm GPU check"),
         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
         "finished": None,
-        "settings": {"pages": settings.pages, "generate_pages": settings.generate_pages,
+        "settings": {"pages": settings.pages, "heavy_pages": settings.heavy_pages,
                      "batch1_pages": settings.batch1_pages, "tokens": settings.tokens,
                      "device": settings.device or "default", "page_size": list(settings.page_size),
                      "budget_s": settings.budget_s, "max_run_s": settings.max_run_s, "min_run_s": settings.min_run_s,
@@ -415,9 +415,9 @@ def render_markdown(report: dict[str, Any]) -> str:
                  torch=versions.get("torch") or "?", tf=versions.get("transformers") or "?",
                  py=hw.get("python") or host.get("python"), commit=host.get("commit") or "?"),
              _("Synthetic weights (random, real architecture), {tokens} tokens per page, {pages} pages of {w}x{h} px "
-               "per run ({slow} for {generate_only}; batch 1: {b1}); device {device}.").format(
+               "per run ({slow} for {heavy}; batch 1: {b1}); device {device}.").format(
                  tokens=settings["tokens"], pages=settings["pages"], w=settings["page_size"][0],
-                 h=settings["page_size"][1], slow=settings["generate_pages"], generate_only=", ".join(GENERATE_ONLY),
+                 h=settings["page_size"][1], slow=settings["heavy_pages"], heavy=", ".join(HEAVY_MODELS),
                  b1=settings["batch1_pages"], device=settings["device"]), ""]
     lines.append("| " + " | ".join(_(h) for _k, h in COLUMNS) + " |")
     lines.append("|" + "|".join(":---" if k in ("run", "status", "decode_path") else "---:" for k, _h in COLUMNS) + "|")
@@ -479,8 +479,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> Settings:
     parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT") or "gpu-check-out"),
                         help=_("output folder (default: $OUT if set, else gpu-check-out)"))
     parser.add_argument("--pages", type=int, default=64, help=_("pages per run"))
-    parser.add_argument("--generate-pages", type=int, default=32,
-                        help=_("pages per run of the models that decode with transformers generate "
+    parser.add_argument("--heavy-pages", type=int, default=32,
+                        help=_("pages per run of the models whose pages cost most "
                                "(phi3_vision, deepseek_ocr, deepseek_ocr2)"))
     parser.add_argument("--batch1-pages", type=int, default=4, help=_("pages of the batch-1 baseline"))
     parser.add_argument("--tokens", default="512",
@@ -516,10 +516,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> Settings:
         low, high = parse_token_range(args.tokens)
     except ValueError:
         low = high = 0
-    if min(args.pages, args.generate_pages, args.batch1_pages, low) < 1:
-        parser.error(_("--pages, --generate-pages, --batch1-pages and --tokens must be at least 1"))
+    if min(args.pages, args.heavy_pages, args.batch1_pages, low) < 1:
+        parser.error(_("--pages, --heavy-pages, --batch1-pages and --tokens must be at least 1"))
     tokens = low if low == high else f"{low}-{high}"
-    return Settings(out=args.out, pages=args.pages, generate_pages=args.generate_pages,
+    return Settings(out=args.out, pages=args.pages, heavy_pages=args.heavy_pages,
                     batch1_pages=args.batch1_pages, tokens=tokens,
                     device=args.device, models=models, baselines=not args.no_baselines, budget_s=args.budget_s,
                     max_run_s=args.max_run_s, min_run_s=args.min_run_s, page_size=(width, height),
