@@ -435,7 +435,7 @@ def select_models(value: Optional[str], config: BenchConfig) -> list[str]:
         return names
     if config.synthetic:
         return [s.name for s in all_specs() if s.repo_id is not None]
-    from .backends.hf import weights_available
+    from .weights import weights_available
     names = [s.name for s in all_specs()
              if s.repo_id is not None and (s.name in config.model_paths or weights_available(s))]
     return names + ["tesseract"]
@@ -721,7 +721,7 @@ def _unavailable_reason(config: BenchConfig, spec: ModelSpec) -> Optional[str]:
         return None
     if spec.repo_id is None or spec.name in config.model_paths:
         return None
-    from .backends.hf import weights_available
+    from .weights import weights_available
     if not weights_available(spec):
         # bench never downloads: a multi-GB download inside a timing run helps nobody.
         return _("weights not found locally ({gb} GB); download them with `chatvlm ocr --model {name}` or pass --model-path {name}=DIR").format(

@@ -38,7 +38,7 @@ def choose_chat_model(name: Optional[str], model_path: Optional[Path] = None) ->
         return spec
     if model_path is not None:
         raise UsageError(_("--model-path needs --model NAME (which model is in that folder?)"))
-    from .backends.hf import weights_available
+    from .weights import weights_available
 
     candidates = chat_models()
     for spec in candidates:

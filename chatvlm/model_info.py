@@ -55,7 +55,7 @@ def model_status(spec: ModelSpec) -> tuple[bool, str]:
         if data is None:
             return False, _("no Tesseract language data")
         return True, _("languages: {langs}").format(langs="+".join(l for l in available_languages(data) if l != "osd"))
-    from .backends.hf import weights_available
+    from .weights import weights_available
     found = weights_available(spec)
     if found is None:
         return False, _("not downloaded ({gb} GB)").format(gb=spec.download_gb)

@@ -60,7 +60,7 @@ def resolve_model(name: str, reporter: Reporter, model_path: Optional[Path] = No
     """
     if name != "auto":
         return get_spec(name)
-    from .backends.hf import weights_available
+    from .weights import weights_available
 
     ranked = sorted((s for s in all_specs() if s.auto_rank is not None and (task is None or task in s.tasks)),
                     key=lambda s: s.auto_rank)

@@ -10,13 +10,14 @@ special tokens, and the config's special-token ids are pointed at that tokenizer
 tokenise to a few dozen more tokens than with the real tokenizer; image tokens, which
 dominate, are exact.
 
-`HFBackend.load()` builds the model from this folder with `from_config` (random weights,
-initialised directly on the target device) when `BackendOptions.synthetic` is set.
+Every folder carries SYNTHETIC_MARKER; `chatvlm.weights` makes the folder (`locate` with
+`BackendOptions.synthetic`) and, seeing the marker, builds the model from it with random
+weights initialised directly on the target device.
 
 The models chatvlm ports itself (dots_ocr, phi3_vision, deepseek_ocr) have no transformers
 config or processor class: their recipes write the files the port's own loaders read
 (config.json as the hub ships it, the preprocessor settings, a byte-level tokenizer with the
-official special-token ids), and the backend builds the port with its `build_from_config`.
+official special-token ids), and chatvlm.weights builds the port with its `build_from_config`.
 """
 
 from __future__ import annotations
@@ -24,6 +25,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 from typing import Any, Callable
+
+# The file that marks a checkpoint folder as weightless (random weights built from its config).
+SYNTHETIC_MARKER = "SYNTHETIC_RANDOM_WEIGHTS.txt"
 
 CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
 CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
@@ -173,7 +177,7 @@ def prepare_checkpoint(name: str, config: dict[str, Any], folder: Path) -> Path:
         fields = {k: v for k, v in config.items() if k != "model_type"}
         AutoConfig.for_model(config["model_type"], **fields).save_pretrained(folder)
         processor.save_pretrained(folder)
-    (folder / "SYNTHETIC_RANDOM_WEIGHTS.txt").write_text(
+    (folder / SYNTHETIC_MARKER).write_text(
         "Synthetic checkpoint built by chatvlm bench --synthetic: config and processor only; weights are random.\n")
     return folder
 

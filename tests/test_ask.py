@@ -53,9 +53,9 @@ def test_models_that_cannot_chat_say_so(runner, page_png, name):
 
 
 def test_no_chat_weights_is_a_clear_error(runner, page_png, monkeypatch):
-    import chatvlm.backends.hf as hf
+    import chatvlm.weights as weights
 
-    monkeypatch.setattr(hf, "weights_available", lambda spec, *a, **k: False)
+    monkeypatch.setattr(weights, "weights_available", lambda spec, *a, **k: False)
     result = runner.invoke(app, ["ask", str(page_png), "What is this?"])
     assert result.exit_code == ModelUnavailableError.exit_code
     assert "no chat-capable model has its weights here" in flat(result.output)
@@ -63,9 +63,9 @@ def test_no_chat_weights_is_a_clear_error(runner, page_png, monkeypatch):
 
 
 def test_choosing_the_chat_model(monkeypatch, tmp_path):
-    import chatvlm.backends.hf as hf
+    import chatvlm.weights as weights
 
-    monkeypatch.setattr(hf, "weights_available", lambda spec, *a, **k: spec.name == "qwen3_vl_2b")
+    monkeypatch.setattr(weights, "weights_available", lambda spec, *a, **k: spec.name == "qwen3_vl_2b")
     assert choose_chat_model(None).name == "qwen3_vl_2b"          # best chat model with weights here
     assert choose_chat_model("phi3_vision").name == "phi3_vision"  # a named one is taken as asked
     with pytest.raises(UsageError, match="--model-path needs --model"):

@@ -321,7 +321,7 @@ def test_model_selection(tmp_path, monkeypatch):
 def test_model_without_weights_is_a_row(tmp_path):
     """A VLM named explicitly whose weights are not here: a row saying so, no download attempt."""
     from chatvlm.registry import get_spec
-    from chatvlm.backends.hf import weights_available
+    from chatvlm.weights import weights_available
     if weights_available(get_spec("got_ocr_hf")):
         pytest.skip("got_ocr_hf weights are cached on this machine")
     (tmp_path / "blank.png").write_bytes(b"")   # unreadable input: the page fails, nothing loads

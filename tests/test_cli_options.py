@@ -68,9 +68,9 @@ def test_valid_spellings_pass(page, tmp_path):
 
 
 def test_layout_defaults_to_the_best_layout_model_here(page, tmp_path, monkeypatch):
-    from chatvlm.backends import hf
+    from chatvlm import weights
 
-    monkeypatch.setattr(hf, "weights_available", lambda spec, *a, **k: False)
+    monkeypatch.setattr(weights, "weights_available", lambda spec, *a, **k: False)
     out = tmp_path / "out"
     result = runner.invoke(app, ["--ui-lang", "en", "layout", str(page), "-o", str(out), "--lang", "eng", "--workers", "1"])
     assert result.exit_code == 0, result.output
@@ -81,11 +81,11 @@ def test_layout_defaults_to_the_best_layout_model_here(page, tmp_path, monkeypat
 
 
 def test_layout_picks_a_layout_model_whose_weights_are_here(monkeypatch):
-    from chatvlm.backends import hf
+    from chatvlm import weights
     from chatvlm.pipeline import Reporter, resolve_model
 
     # qwen_vl_2b ranks first for `ocr` but gives no boxes; deepseek_ocr2 does.
-    monkeypatch.setattr(hf, "weights_available", lambda spec, *a, **k: spec.name in ("qwen_vl_2b", "deepseek_ocr2"))
+    monkeypatch.setattr(weights, "weights_available", lambda spec, *a, **k: spec.name in ("qwen_vl_2b", "deepseek_ocr2"))
     assert resolve_model("auto", Reporter(), task="layout").name == "deepseek_ocr2"
     assert resolve_model("auto", Reporter()).name == "qwen_vl_2b"
 

@@ -221,7 +221,7 @@ def test_synthetic_mode_builds_from_the_config(tmp_path):
         assert raw.input_tokens == 1 + 9 + 111          # BOS + the prompt's 9 real ids + 10 * 11 + 1 slots
         assert b.postprocess(Page(source=Path("s.png"), doc_key="s", page=1, image=None), raw, "layout").status == "ok"
     finally:
-        synthetic_dir = b._synthetic_dir
+        synthetic_dir = b.path
         b.close()
     assert not synthetic_dir.exists()
 

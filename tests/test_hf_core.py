@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from chatvlm import weights
 from chatvlm.backends import hf
 from chatvlm.config import BackendOptions
 from chatvlm.errors import ChatVLMError, ModelUnavailableError
@@ -20,14 +21,14 @@ from tests.conftest import ROOT, text_page
 def test_model_path_errors_are_one_clear_message(tmp_path):
     spec = get_spec("qwen_vl_2b")
     with pytest.raises(ModelUnavailableError, match="does not exist"):
-        hf.resolve_weights(spec, BackendOptions(model_path=tmp_path / "nope"))
+        weights.resolve_weights(spec, BackendOptions(model_path=tmp_path / "nope"))
     with pytest.raises(ModelUnavailableError, match="no config.json.*Qwen/Qwen2-VL-2B-Instruct"):
-        hf.resolve_weights(spec, BackendOptions(model_path=tmp_path))
+        weights.resolve_weights(spec, BackendOptions(model_path=tmp_path))
     (tmp_path / "config.json").write_text("{}")
     with pytest.raises(ModelUnavailableError, match="no weight files"):
-        hf.resolve_weights(spec, BackendOptions(model_path=tmp_path))
+        weights.resolve_weights(spec, BackendOptions(model_path=tmp_path))
     (tmp_path / "model.safetensors").write_bytes(b"x" * 10)
-    assert hf.resolve_weights(spec, BackendOptions(model_path=tmp_path)) == tmp_path
+    assert weights.resolve_weights(spec, BackendOptions(model_path=tmp_path)) == tmp_path
 
 
 def _fake_cache(root: Path, repo: str, files: dict[str, bytes], revision="main",
@@ -48,17 +49,17 @@ def test_weights_in_the_hf_cache_are_found_with_their_size(tmp_path, monkeypatch
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     spec = get_spec("got_ocr_hf")
-    assert hf.weights_available(spec) is None
+    assert weights.weights_available(spec) is None
     with pytest.raises(ModelUnavailableError) as err:
-        hf.resolve_weights(spec, BackendOptions())
+        weights.resolve_weights(spec, BackendOptions())
     message = str(err.value)
     for needle in ("got_ocr_hf", "stepfun-ai/GOT-OCR-2.0-hf", "@ main", "--model-path", "huggingface-cli download",
                    "HF_HUB_OFFLINE"):
         assert needle in message
     snap = _fake_cache(tmp_path, spec.repo_id, {"config.json": b"{}", "model.safetensors": b"w" * 1000})
-    found = hf.weights_available(spec)
+    found = weights.weights_available(spec)
     assert found and Path(found["path"]) == snap and found["bytes"] == 1002 and found["source"] == "hf-cache"
-    assert hf.resolve_weights(spec, BackendOptions()) == snap
+    assert weights.resolve_weights(spec, BackendOptions()) == snap
 
 
 def test_incomplete_sharded_snapshot_is_not_available(tmp_path, monkeypatch):
@@ -69,7 +70,7 @@ def test_incomplete_sharded_snapshot_is_not_available(tmp_path, monkeypatch):
     index = b'{"weight_map": {"a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"}}'
     _fake_cache(tmp_path, spec.repo_id, {"config.json": b"{}", "model.safetensors.index.json": index,
                                          "model-00001-of-00002.safetensors": b"x"})
-    assert hf.weights_available(spec) is None
+    assert weights.weights_available(spec) is None
 
 
 @pytest.mark.parametrize("env,needle", [
@@ -148,9 +149,9 @@ def test_a_pinned_revision_finds_its_own_snapshot_only(tmp_path, monkeypatch):
     spec = get_spec("qwen_vl_2b")
     assert len(spec.revision) == 40
     _fake_cache(tmp_path, spec.repo_id, {"config.json": b"{}", "model.safetensors": b"w"})   # "main" -> other commit
-    assert hf.weights_available(spec) is None
+    assert weights.weights_available(spec) is None
     snap = _fake_cache(tmp_path / "pinned", spec.repo_id, {"config.json": b"{}", "model.safetensors": b"w"},
                        commit=spec.revision)
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "pinned" / "hub"))
-    found = hf.weights_available(spec)
+    found = weights.weights_available(spec)
     assert found and Path(found["path"]) == snap

@@ -16,14 +16,13 @@ silently drops such pages). Output is decoded with special tokens kept (the grou
 are special) and parsed by chatvlm.grounding: 0-999 boxes -> layout blocks in page pixels,
 labels mapped onto the layout categories, text and markdown without tags.
 
-bench --synthetic: the real-size architecture from the spec's `full_config`, random weights
-built directly on the device by the port's `build_from_config`; the official prompts keep
-their real token ids (the processor knows them without a tokenizer).
+bench --synthetic: chatvlm.weights builds the real-size architecture from the spec's
+`full_config` with random weights; the official prompts keep their real token ids (the
+processor knows them without a tokenizer) and a decode-only tokenizer reads the output.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Optional
 
@@ -32,6 +31,7 @@ from ..errors import ModelUnavailableError, UsageError
 from ..records import Page, PageResult, RawOutput
 from ..registry import ModelSpec
 from .deepseek_common import EOS, PAD, DeepseekGroundingMixin, grounded_result
+from ..weights import load_port_model
 from .hf import HFBackend
 
 MODE_NAMES = ("tiny", "small", "base", "large", "gundam")
@@ -59,10 +59,18 @@ class DeepseekOcrBackend(DeepseekGroundingMixin, HFBackend):
 
     # ------------------------------------------------------------------ loading
     def load_processor(self, path: Path):
+        """The processor knows the official prompts' token ids without a tokenizer, so a
+        checkpoint may carry only a decode tokenizer (folder decode_tokenizer/, as the
+        synthetic recipe writes: byte-level, official special ids) for the generated tokens."""
         from ..models.deepseek_ocr import processor_from_pretrained
 
         proc = processor_from_pretrained(path, max_crops=self.max_crops)
-        if proc.tokenizer is None and not self.options.synthetic:
+        decode_only = path / "decode_tokenizer"
+        if proc.tokenizer is None and (decode_only / "tokenizer.json").is_file():
+            from transformers import PreTrainedTokenizerFast
+
+            self._decode_tokenizer = PreTrainedTokenizerFast.from_pretrained(str(decode_only))
+        elif proc.tokenizer is None:
             raise ModelUnavailableError(
                 f"model '{self.spec.name}': {path} has no tokenizer files (tokenizer.json); "
                 f"expected a full copy of {self.spec.repo_id}")
@@ -71,19 +79,7 @@ class DeepseekOcrBackend(DeepseekGroundingMixin, HFBackend):
     def load_model(self, path: Path, dtype, attn: str):
         from ..models import deepseek_ocr
 
-        if self.options.synthetic:
-            config = json.loads((path / "config.json").read_text(encoding="utf-8"))
-            return deepseek_ocr.build_from_config(config, dtype=dtype, device=self.device, attn_implementation=attn)
-        return deepseek_ocr.from_pretrained(path, dtype=dtype, device=self.device, attn_implementation=attn)
-
-    def synthetic_checkpoint(self) -> Path:
-        """The shared recipe (chatvlm.synthetic): full config and processor settings, no
-        weights; its byte-level tokenizer (official special ids) only decodes the random tokens."""
-        from transformers import PreTrainedTokenizerFast
-
-        folder = super().synthetic_checkpoint()
-        self._decode_tokenizer = PreTrainedTokenizerFast.from_pretrained(str(folder / "decode_tokenizer"))
-        return folder
+        return load_port_model(deepseek_ocr, path, dtype=dtype, device=self.device, attn_implementation=attn)
 
     def after_load(self) -> None:
         self._facts.update({"mode": self.mode, "max_crops": self.max_crops,

@@ -25,6 +25,7 @@ from ..i18n import _
 from ..layout import blocks_to_markdown, cells_to_blocks, markdown_to_text, parse_cells
 from ..records import Page, PageResult, RawOutput
 from ..registry import ModelSpec
+from ..weights import load_port_model
 from .hf import HFBackend
 
 # Which official prompt mode serves which task (the spec's prompts may override).
@@ -64,13 +65,9 @@ class DotsOcrBackend(HFBackend):
         return proc
 
     def load_model(self, path: Path, dtype, attn: str):
-        from ..models.dots_ocr import build_from_config, from_pretrained
+        from ..models import dots_ocr
 
-        if self.options.synthetic:
-            # bench --synthetic: the real architecture from the full config, random weights
-            # created directly on the device.
-            return build_from_config(path / "config.json", dtype=dtype, device=self.device, attn_implementation=attn)
-        return from_pretrained(path, dtype=dtype, device=self.device, attn_implementation=attn)
+        return load_port_model(dots_ocr, path, dtype=dtype, device=self.device, attn_implementation=attn)
 
     def after_load(self) -> None:
         # The checkpoint's own pixel budget (preprocessor_config.json), never transformers'

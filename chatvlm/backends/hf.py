@@ -1,8 +1,7 @@
 """Shared mechanics for backends that run a model through Hugging Face transformers.
 
-One place for: where the weights come from (`--model-path` or the standard HF cache,
-pinned revision, HF_HOME / HF_HUB_OFFLINE honoured, one clear error when missing),
-device / dtype / attention-kernel choice, and batched greedy generation with left
+One place for: loading the checkpoint folder chatvlm.weights locates (real or synthetic,
+loaded the same way), device / dtype / attention-kernel choice, and batched greedy generation with left
 padding, per-row finish reasons (stop / length / loop), token counts and timings.
 
 A model backend subclasses `HFBackend` and says only:
@@ -19,8 +18,6 @@ class attributes (`chatvlm models`) stays cheap.
 from __future__ import annotations
 
 import importlib.util
-import json
-import os
 import re
 import shutil
 import subprocess
@@ -35,148 +32,10 @@ from ..i18n import _
 from ..layout import markdown_to_text  # noqa: F401  (re-exported for the model backends)
 from ..records import Page, PageResult, RawOutput
 from ..registry import ModelSpec
+from ..weights import is_synthetic, load_transformers_model, locate, release, short_reason
 from .base import Backend
 
 ATTN_ORDER = ("flash_attention_2", "sdpa", "eager")
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
-
-
-# --------------------------------------------------------------------------- weights
-
-def _hub_hint(spec: ModelSpec) -> str:
-    rev = f" --revision {spec.revision}" if spec.revision and spec.revision != "main" else ""
-    size = _(" (~{gb} GB)").format(gb=f"{spec.download_gb:g}") if spec.download_gb else ""
-    return _("provide the weights with --model-path DIR (a local checkpoint folder), or download them{size} "
-             "with: huggingface-cli download {repo}  (or `hf download`), then run again (HF_HOME={home})").format(
-        size=size, repo=f"{spec.repo_id}{rev}", home=_hf_home())
-
-
-def _hf_home() -> str:
-    try:
-        from huggingface_hub import constants
-        return str(constants.HF_HOME)
-    except Exception:  # pragma: no cover - hub always installed with transformers
-        return os.environ.get("HF_HOME", "~/.cache/huggingface")
-
-
-def hub_offline() -> bool:
-    try:
-        from huggingface_hub import constants
-        return bool(constants.HF_HUB_OFFLINE)
-    except Exception:  # pragma: no cover
-        return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on")
-
-
-def _check_folder(spec: ModelSpec, folder: Path) -> Path:
-    if not folder.exists():
-        raise ModelUnavailableError(_("model '{name}': --model-path {folder} does not exist").format(name=spec.name, folder=folder))
-    if not folder.is_dir():
-        raise ModelUnavailableError(_("model '{name}': --model-path {folder} is not a folder").format(name=spec.name, folder=folder))
-    if not (folder / "config.json").exists():
-        raise ModelUnavailableError(_(
-            "model '{name}': {folder} is not a transformers checkpoint folder (no config.json); "
-            "expected a copy of {repo}").format(name=spec.name, folder=folder, repo=spec.repo_id))
-    if not any(p.name.endswith(WEIGHT_SUFFIXES) for p in folder.iterdir()):
-        raise ModelUnavailableError(_("model '{name}': {folder} has a config.json but no weight files").format(
-            name=spec.name, folder=folder))
-    return folder
-
-
-def cached_snapshot(spec: ModelSpec) -> Optional[Path]:
-    """The local HF-cache folder of spec.repo_id@revision if it is complete, else None. No network."""
-    if not spec.repo_id:
-        return None
-    try:
-        from huggingface_hub import snapshot_download
-        path = Path(snapshot_download(repo_id=spec.repo_id, revision=spec.revision, local_files_only=True))
-    except Exception:
-        return None
-    return path if _snapshot_complete(path) else None
-
-
-def _snapshot_complete(path: Path) -> bool:
-    if not (path / "config.json").exists():
-        return False
-    index = next(iter(sorted(path.glob("*.index.json"))), None)
-    if index is not None:
-        try:
-            shards = set(json.loads(index.read_text()).get("weight_map", {}).values())
-        except (OSError, ValueError):
-            return False
-        return bool(shards) and all((path / s).exists() for s in shards)
-    return any(p.name.endswith(WEIGHT_SUFFIXES) for p in path.iterdir())
-
-
-def folder_size(path: Path) -> int:
-    total = 0
-    for p in Path(path).rglob("*"):
-        try:
-            if p.is_file():
-                total += p.resolve().stat().st_size
-        except OSError:
-            continue
-    return total
-
-
-def weights_available(spec: ModelSpec, model_path: Optional[Path] = None) -> Optional[dict[str, Any]]:
-    """Where this model's weights are, without network: {"path", "bytes", "source"} or None.
-
-    Used by `chatvlm models` (cached? size) and `--model auto` (best model available locally).
-    """
-    if model_path is not None:
-        try:
-            folder = _check_folder(spec, Path(model_path))
-        except ModelUnavailableError:
-            return None
-        return {"path": str(folder), "bytes": folder_size(folder), "source": "model-path"}
-    path = cached_snapshot(spec)
-    if path is None:
-        return None
-    return {"path": str(path), "bytes": folder_size(path), "source": "hf-cache"}
-
-
-def resolve_weights(spec: ModelSpec, options: BackendOptions) -> Path:
-    """The checkpoint folder to load: --model-path, else the HF cache, else a download.
-
-    Raises ModelUnavailableError with one message (model, repo, revision, how to get
-    the weights) when none works: never a stack trace.
-    """
-    if options.model_path is not None:
-        return _check_folder(spec, Path(options.model_path).expanduser())
-    if not spec.repo_id:
-        raise ModelUnavailableError(_("model '{name}' has no checkpoint repository; use --model-path DIR").format(name=spec.name))
-    local = cached_snapshot(spec)
-    if local is not None:
-        return local
-    what = _("model '{name}' ({repo})").format(name=spec.name, repo=f"{spec.repo_id} @ {spec.revision or 'main'}")
-    if hub_offline():
-        raise ModelUnavailableError(
-            _("{what}: weights are not in the local Hugging Face cache and HF_HUB_OFFLINE is set; {hint}").format(
-                what=what, hint=_hub_hint(spec)))
-    try:
-        from huggingface_hub import snapshot_download
-        print(_("downloading {repo}{size} ...").format(
-            repo=f"{spec.repo_id} @ {spec.revision or 'main'}",
-            size=_(" (~{gb} GB)").format(gb=f"{spec.download_gb:g}") if spec.download_gb else ""), file=sys.stderr)
-        path = Path(snapshot_download(repo_id=spec.repo_id, revision=spec.revision,
-                                      ignore_patterns=["*.pt", "*.pth", "*.msgpack", "*.h5", "original/*"]))
-    except Exception as exc:  # network errors, 404, gated repos, disk full: all one message
-        reason = _short_reason(exc)
-        raise ModelUnavailableError(
-            _("{what}: weights are not in the local Hugging Face cache and could not be downloaded ({reason}); {hint}").format(
-                what=what, reason=reason, hint=_hub_hint(spec))) from None
-    if not _snapshot_complete(path):
-        raise ModelUnavailableError(_("{what}: the downloaded snapshot at {path} is incomplete; {hint}").format(
-            what=what, path=path, hint=_hub_hint(spec)))
-    return path
-
-
-def _short_reason(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    name = type(exc).__name__
-    if len(text) > 160:
-        text = text[:157] + "..."
-    return f"{name}: {text}" if text else name
 
 
 # --------------------------------------------------------------------------- device, dtype, attention
@@ -405,6 +264,7 @@ class HFBackend(Backend):
         self.model = None
         self.processor = None
         self.path: Optional[Path] = None
+        self._checkpoint: Optional[Path] = None     # what weights.locate gave; released on close
         self.device: str = "cpu"
         self.dtype = None
         self.attn: Optional[str] = None
@@ -417,7 +277,9 @@ class HFBackend(Backend):
     def load(self) -> None:
         if self.model is not None:
             return
-        path = self.synthetic_checkpoint() if self.options.synthetic else resolve_weights(self.spec, self.options)
+        path = self._checkpoint = locate(self.spec, self.options)
+        if is_synthetic(path):
+            self._facts["synthetic"] = True      # reported: the weights are random
         t_import = time.perf_counter()
         try:
             import torch  # noqa: F401
@@ -439,7 +301,7 @@ class HFBackend(Backend):
         except Exception as exc:
             raise ModelUnavailableError(_(
                 "model '{name}': could not load the checkpoint at {path} ({reason}); is it a copy of {repo}?").format(
-                name=self.spec.name, path=path, reason=_short_reason(exc), repo=self.spec.repo_id)) from None
+                name=self.spec.name, path=path, reason=short_reason(exc), repo=self.spec.repo_id)) from None
         self.model.eval()
         self.path = path
         self.after_load()
@@ -453,20 +315,7 @@ class HFBackend(Backend):
     def load_model(self, path: Path, dtype, attn: str):
         import transformers
         cls = getattr(transformers, self.auto_class)
-        kwargs: dict[str, Any] = {"dtype": dtype, "attn_implementation": self.attn_argument(attn)}
-        if self.options.synthetic:
-            # bench --synthetic: the real architecture with random weights, created on the device.
-            import torch
-            config = transformers.AutoConfig.from_pretrained(str(path))
-            build = getattr(cls, "from_config", None) if cls.__name__.startswith("Auto") else cls._from_config
-            with torch.device(self.device):
-                return build(config, **kwargs)
-        if self.device.startswith("cuda"):
-            kwargs["device_map"] = self.device
-        model = cls.from_pretrained(str(path), **kwargs)
-        if not self.device.startswith("cuda"):
-            model = model.to(self.device)
-        return model
+        return load_transformers_model(cls, path, self.device, dtype=dtype, attn_implementation=self.attn_argument(attn))
 
     def attn_argument(self, kind: str):
         return kind
@@ -474,27 +323,14 @@ class HFBackend(Backend):
     def after_load(self) -> None:
         """Subclasses: adjust the processor (pixel budget) or the model after loading."""
 
-    def synthetic_checkpoint(self) -> Path:
-        """bench --synthetic: a folder with the full config (options.extra["config"]) and the real
-        processor, no weights (chatvlm.synthetic); load_model then builds random weights."""
-        import tempfile
-
-        from ..synthetic import prepare_checkpoint
-
-        self._synthetic_dir = Path(tempfile.mkdtemp(prefix=f"chatvlm-synthetic-{self.spec.name}-"))
-        self._facts["synthetic"] = True
-        return prepare_checkpoint(self.spec.name, self.options.extra.get("config") or self.spec.full_config or {},
-                                  self._synthetic_dir)
-
     def close(self) -> None:
         if getattr(self, "_static_decoder", None) is not None:
             self._static_decoder.release()
         self._static_decoder = None
         self.model = None
         self.processor = None
-        if getattr(self, "_synthetic_dir", None) is not None:
-            shutil.rmtree(self._synthetic_dir, ignore_errors=True)
-            self._synthetic_dir = None
+        release(self._checkpoint)     # a temporary (synthetic) folder goes
+        self._checkpoint = None
         if "torch" in sys.modules:
             import torch
             if torch.cuda.is_available():

@@ -17,7 +17,6 @@ generation run on). Loops are caught by the shared loop guard.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Optional
 
@@ -26,6 +25,7 @@ from ..errors import ModelUnavailableError, UsageError
 from ..i18n import _
 from ..records import Page, PageResult, RawOutput
 from ..registry import ModelSpec
+from ..weights import load_port_model
 from .hf import HFBackend, markdown_to_text, strip_code_fence
 
 # The model card: "for best performance, use num_crops=4 for multi-frame, num_crops=16 for
@@ -80,14 +80,9 @@ class Phi3VisionBackend(HFBackend):
         return processor_from_pretrained(path, num_crops=self.num_crops, tokenizer=tokenizer)
 
     def load_model(self, path: Path, dtype, attn: str):
-        from ..models.phi3_vision import build_from_config, from_pretrained
+        from ..models import phi3_vision
 
-        if self.options.synthetic:
-            # bench --synthetic: the real architecture from the full config, random weights
-            # created directly on the device.
-            config = json.loads((path / "config.json").read_text(encoding="utf-8"))
-            return build_from_config(config, dtype=dtype, device=self.device, attn_implementation=attn)
-        return from_pretrained(path, dtype=dtype, device=self.device, attn_implementation=attn)
+        return load_port_model(phi3_vision, path, dtype=dtype, device=self.device, attn_implementation=attn)
 
     def after_load(self) -> None:
         self._facts["num_crops"] = self.processor.num_crops
