@@ -275,7 +275,9 @@ class Model:
         start = 0
         while start < len(images):
             # Decoded one batch at a time, so a long list of paths never sits in memory as pixels.
-            size = state["size"]
+            # A continuous decoder gets four batches' worth at once (as the pipeline's window)
+            # and refills a finished page's row from them.
+            size = state["size"] * (4 if self.backend.decode_slots() else 1)
             chunk = [make_page(start + i, image) for i, image in enumerate(images[start:start + size])]
             start += len(chunk)
             outputs = generate_with_backoff(lambda b: self.backend.generate_batch(b, task, self.params), chunk,

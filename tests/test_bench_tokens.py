@@ -59,17 +59,21 @@ def _pages(folder: Path, count: int) -> list[Path]:
     return paths
 
 
-@pytest.mark.parametrize("decode", ["hf", "auto"])
+@pytest.mark.parametrize("decode", ["hf", "auto", "continuous"])
 def test_synthetic_token_range_each_page_its_own_count(tmp_path, decode):
     pytest.importorskip("transformers")
     from chatvlm.sources import iter_pages
 
     config_path = tmp_path / "tiny_qwen2_vl.json"
     config_path.write_text(json.dumps(TINY_QWEN2_VL))
-    inputs = [str(p) for p in _pages(tmp_path / "in", 4)]
+    # "continuous": a batch size of two, five pages: the second window (three pages) goes
+    # to the continuous engine, which must stop each row at its own count too
+    continuous = decode == "continuous"
+    inputs = [str(p) for p in _pages(tmp_path / "in", 5 if continuous else 4)]
     base = RunConfig(inputs=inputs, out=tmp_path / "out", formats=("text", "markdown"),
-                     backend=BackendOptions(extra={"decode": decode}),
-                     generation=GenerationParams(batch_size=4, max_pixels=40_000), command="bench")
+                     backend=BackendOptions(extra={"decode": "auto" if continuous else decode}),
+                     generation=GenerationParams(batch_size=2 if continuous else 4, max_pixels=40_000),
+                     command="bench")
     config = bench.BenchConfig(base=base, synthetic=True, tokens=2, tokens_max=9, seed=3,
                                synthetic_configs={"qwen_vl_2b": config_path}, command_line=["(test)"])
     bench.run_bench(config, ["qwen_vl_2b"])
@@ -82,6 +86,8 @@ def test_synthetic_token_range_each_page_its_own_count(tmp_path, decode):
     assert len(set(expected.values())) > 1            # the seed gives uneven pages: a real test of per-row stops
     got = {d["source"]: (d["output_tokens"], d["finish_reason"]) for d in row["pages_detail"]}
     assert got == {source: (n, "length") for source, n in expected.items()}
+    if continuous:
+        assert row["engine"]["decode_continuous"] and row["engine"]["decode_slots"] == 2
     if decode == "auto":
         # the warm-up page (the first input), then one batch of the four decoded until its
         # longest row only, the rows that ended first compacted away

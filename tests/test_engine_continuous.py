@@ -1,7 +1,7 @@
 """chatvlm.engine: continuous batching gives every page the tokens it gets alone.
 
 Tiny random-weight checkpoints (Qwen2-VL, Qwen3-VL, GOT-OCR2, DeepSeek-OCR2 with its MoE
-language model; real config/model/processor classes), fp32 on CPU,
+language model, Phi-3.5-vision with LongRoPE; real config/model/processor classes), fp32 on CPU,
 greedy. A batch of pages of different sizes (different prompt lengths) and different
 stop points runs through the engine with fewer slots than pages, so finished rows are
 refilled mid-decode; each page must come out token for token as when it runs alone
@@ -183,17 +183,138 @@ def test_continuous_under_graphs_keeps_the_pool_lifecycle(backends):
     assert fake.live_graphs() == len(dec.graph_set.graphs)
 
 
-def test_longrope_models_are_declined_before_any_work():
-    """Phi-3's LongRoPE switches factor sets by the batch's largest position, so a row's
-    tokens would depend on its neighbours: the engine declines (the batch path serves it)."""
-    from chatvlm.engine import ContinuousEngine
-    from tests.test_decode_phi3 import _phi3
+PHI3_ORIGINAL = 900      # the tiny Phi-3's original context: prompts here are 688-844 tokens
 
-    dec = decode.StaticDecoder(_phi3(64))
-    calls = []
-    with pytest.raises(decode.Unsupported, match="LongRoPE"):
-        ContinuousEngine(dec, slots=2, prepare=calls.append, new_tracker=lambda: None, max_new_tokens=8)
-    assert not calls and dec.k is None
+
+@pytest.fixture(scope="module")
+def phi3_backend(tmp_path_factory):
+    """Phi-3.5-vision's backend on the tiny random checkpoint (LongRoPE, fused projections,
+    HD crops: pages of different shapes give prompts of different lengths)."""
+    from chatvlm.models.phi3_vision.testing import build_tiny_tokenizer, write_random_checkpoint
+
+    folder = tmp_path_factory.mktemp("phi3")
+    write_random_checkpoint(folder, num_crops=4, original_max_position_embeddings=PHI3_ORIGINAL)
+    build_tiny_tokenizer(folder, vocab_size=512)
+    spec = get_spec("phi3_vision")
+    be = spec.backend_class()(spec, BackendOptions(model_path=folder, device="cpu", extra={"num_crops": 4}))
+    be.load()
+    with torch.no_grad():     # a push towards the stop token: pages end at different points
+        be.model.get_output_embeddings().weight[be.stop_token_ids()[0]].mul_(1.8)
+    return be
+
+
+def test_phi3_longrope_within_the_original_context_equals_each_page_alone(phi3_backend):
+    """Every row stays within LongRoPE's original context (the longest prompt + budget - 1
+    reaches it exactly): the short factors hold for all rows, as for each page alone."""
+    be = phi3_backend
+    pages = _pages()
+    budget = PHI3_ORIGINAL - 844 + 1
+    reference = _alone(be, pages, max_new=budget)
+    got, facts = _run(be, pages, slots=2, max_new=budget)
+    assert facts.get("decode_continuous"), facts.get("decode_continuous_reason")
+    assert got == reference
+    lengths = [n for _, n, _ in reference]
+    assert len(set(lengths)) > 2 and budget in lengths, lengths     # one row runs up to the boundary
+    assert facts["continuous_prefills"] > 1
+
+
+def test_phi3_request_that_could_cross_is_declined_and_the_rest_take_the_batch_path(phi3_backend):
+    """One token more: the 844-token pages could cross the original context. The engine
+    declines when such a page is admitted (reason recorded); the pages it finished stand,
+    the rest decode on the batch path (which recomputes at the crossing as transformers
+    does): every page as alone. The engine then serves the next batch within the context."""
+    be = phi3_backend
+    pages = _pages()
+    order = [1, 4, 0, 2, 3, 5, 6]           # the two short prompts (712, 688 tokens) first
+    pages = [pages[i] for i in order]
+    budget = PHI3_ORIGINAL - 844 + 2
+    reference = _alone(be, pages, max_new=budget)
+    got, facts = _run(be, pages, slots=2, max_new=budget)
+    assert not facts["decode_continuous"] and "LongRoPE" in facts["decode_continuous_reason"]
+    assert got == reference
+    assert not getattr(be, "_continuous_disabled", None)
+    got, facts = _run(be, pages, slots=2, max_new=budget - 1)
+    assert facts.get("decode_continuous"), facts.get("decode_continuous_reason")
+    assert got == _alone(be, pages, max_new=budget - 1)
+
+
+def test_phi3_a_budget_beyond_the_original_context_is_declined_before_any_work(phi3_backend):
+    """A budget that alone reaches past the original context (Phi-3.5-vision's default 4096
+    new tokens against 4096 positions): no page is prepared for the engine."""
+    be = phi3_backend
+    pages = _pages()[:3]
+    build, calls = be.build_inputs, []
+
+    def build_inputs(group, task, params):
+        calls.append(len(group))
+        return build(group, task, params)
+
+    be.build_inputs = build_inputs
+    try:
+        got, facts = _run(be, pages, slots=2, max_new=PHI3_ORIGINAL + 1)
+    finally:
+        del be.build_inputs
+    assert not facts["decode_continuous"] and "LongRoPE" in facts["decode_continuous_reason"]
+    assert calls == [2, 1]                      # the batch path only: two pages, then one
+    assert got == _alone(be, pages, max_new=PHI3_ORIGINAL + 1)
+
+
+def test_longrope_crossing_rule():
+    from chatvlm.engine.continuous import longrope_crossing
+
+    assert longrope_crossing(None, [5000], [5000]) is None
+    assert longrope_crossing(900, [844, 700], [57, 200]) is None      # 844 + 57 - 1 = 900
+    assert "LongRoPE" in longrope_crossing(900, [844, 700], [58, 10])
+
+
+def test_continuous_is_on_by_default_at_the_runs_batch_size(backends):
+    """decode_slots defaults to the batch size the run chose where the static decoder serves
+    the model; -O decode_slots=0 turns it off, -O decode=hf has no engine, one page at a
+    time has nothing to refill alongside."""
+    be = backends("qwen_vl_2b")
+    saved = dict(be.options.extra)
+    try:
+        be.options.extra.pop("decode_slots", None)
+        be.options.extra["decode"] = "auto"
+        assert be.default_batch_size(GenerationParams(batch_size=3)) == 3
+        assert be.decode_slots() == 3
+        be.options.extra["decode_slots"] = "0"
+        assert be.decode_slots() == 0
+        be.options.extra["decode_slots"] = "5"
+        assert be.decode_slots() == 5
+        be.options.extra.pop("decode_slots")
+        be.options.extra["decode"] = "hf"
+        assert be.decode_slots() == 0
+        be.options.extra["decode"] = "auto"
+        be.default_batch_size(GenerationParams(batch_size=1))
+        assert be.decode_slots() == 0
+    finally:
+        be.options.extra.clear()
+        be.options.extra.update(saved)
+        be._run_batch_size = None
+
+
+def test_the_api_goes_through_the_engine(tmp_path):
+    """chatvlm.load_model(...).ocr_batch: a batch size of two, five images: one window to the
+    engine, every text as the page alone."""
+    import chatvlm
+
+    folder = build_tiny_checkpoint("qwen_vl_2b", tmp_path / "ckpt", eos_boost=1.5)
+    images = [p.image for p in _pages()[:5]]
+    opts = dict(model_path=folder, device="cpu", max_new_tokens=24)
+    alone = chatvlm.load_model("qwen_vl_2b", batch_size=1, decode="hf", **opts)
+    try:
+        reference = [alone.ocr(image) for image in images]
+    finally:
+        alone.close()
+    model = chatvlm.load_model("qwen_vl_2b", batch_size=2, **opts)
+    try:
+        got = model.ocr_batch(images)
+        facts = model.backend.describe()
+    finally:
+        model.close()
+    assert got == reference
+    assert facts["decode_continuous"] and facts["decode_slots"] == 2 and facts["continuous_prefills"] > 1
 
 
 def test_a_page_whose_inputs_fail_is_isolated_and_the_engine_stays_on(backends):
@@ -228,8 +349,9 @@ def test_a_page_whose_inputs_fail_is_isolated_and_the_engine_stays_on(backends):
 
 
 def test_pipeline_hands_a_whole_window_to_the_continuous_decoder(tmp_path):
-    """`chatvlm ocr -O decode_slots=2`: the run's five pages go to the engine as one window
-    with two rows; every page's text and token count are those of the page alone."""
+    """`chatvlm ocr -O decode_slots=2` (and by default with --batch-size 2): the run's five
+    pages go to the engine as one window with two rows; every page's text and token count
+    are those of the page alone. `-O decode_slots=0` decodes batch by batch, same pages."""
     import json
 
     from typer.testing import CliRunner
@@ -255,6 +377,13 @@ def test_pipeline_hands_a_whole_window_to_the_continuous_decoder(tmp_path):
     assert len(got) == 5 and got == alone
     engine = report["engine"]
     assert engine["decode_continuous"] and engine["continuous_prefills"] > 1
+    # the default: as many rows as the batch size
+    got, report = run(tmp_path / "default", "--batch-size", "2")
+    assert got == alone
+    assert report["engine"]["decode_continuous"] and report["engine"]["decode_slots"] == 2
+    # -O decode_slots=0: batch by batch, same pages
+    got, report = run(tmp_path / "off", "--batch-size", "2", "-O", "decode_slots=0")
+    assert got == alone and "decode_continuous" not in report["engine"]
 
 
 def test_a_broken_engine_is_reported_and_the_pages_decode_batch_by_batch(backends):

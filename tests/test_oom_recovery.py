@@ -57,8 +57,9 @@ class FullCard:
         self.batches: list[int] = []         # size of every generate_batch call, in order
         self.raised = 0
 
-    def check(self):
-        if len(self.batches) >= self.from_batch and self.batches[-1] > self.fits:
+    def check(self, rows=None):
+        """`rows`: the rows a decode step computes (what fills a card); default the batch's pages."""
+        if len(self.batches) >= self.from_batch and (self.batches[-1] if rows is None else rows) > self.fits:
             self.raised += 1
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB (injected)")
 
@@ -108,15 +109,17 @@ def _released(backend):
     return calls
 
 
-@pytest.mark.parametrize("from_batch,sizes", [(1, [4, 2, 2, 2, 2]), (2, [4, 4, 2, 2])])
+# After the failure the run's batch size (and with it the continuous engine's rows) is 2:
+# the last four pages go to the engine as one window and decode two rows at a time.
+@pytest.mark.parametrize("from_batch,sizes", [(1, [4, 2, 2, 4]), (2, [4, 4, 2, 2])])
 def test_oom_inside_the_static_decoder_loses_no_page(checkpoint, inputs, tmp_path, monkeypatch, reference,
                                                      from_batch, sizes):
     card = FullCard(from_batch)
     step = decode.StaticDecoder._run_step
 
-    def step_on_a_full_card(self, *args, **kwargs):
-        card.check()                          # the decode step's allocation fails
-        return step(self, *args, **kwargs)
+    def step_on_a_full_card(self, b, *args, **kwargs):
+        card.check(rows=b)                    # the decode step's allocation fails above two rows
+        return step(self, b, *args, **kwargs)
     monkeypatch.setattr(decode.StaticDecoder, "_run_step", step_on_a_full_card)
     freed = []
     release = decode.StaticDecoder.release
@@ -132,6 +135,7 @@ def test_oom_inside_the_static_decoder_loses_no_page(checkpoint, inputs, tmp_pat
     assert released and freed[0] is True               # the decoder's pool was freed before the retry
     assert backend.describe()["decode"] == decode.STATIC   # an OOM does not disable the fast path
     assert ("warning", "out of memory: batch size lowered to 2") in reporter.lines
+    assert backend.decode_slots() == 2                 # the engine's rows halved with the batch
     backend.close()
 
 

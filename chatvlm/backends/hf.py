@@ -377,6 +377,11 @@ class HFBackend(Backend):
         model, and its peak memory, scaled to the free memory with a safety margin, sets the
         size (`measure_batch_size`). Where the probe cannot run, an estimate from the KV-cache
         size stands in (`page_memory_bytes`)."""
+        size = self._choose_batch_size(params)
+        self._run_batch_size = size      # the continuous engine's default row count (decode_slots)
+        return size
+
+    def _choose_batch_size(self, params: GenerationParams) -> int:
         if params.batch_size:
             return params.batch_size
         meter = self.memory_meter()
@@ -554,10 +559,22 @@ class HFBackend(Backend):
         results = self._generate_continuous(pages, task, params)
         if results is not None:
             return results
+        try:
+            return self._generate_batches(pages, task, params)
+        except Exception as exc:
+            from ..scheduler import is_out_of_memory
+            slots = self.decode_slots()
+            if slots and len(pages) > 1 and is_out_of_memory(exc):
+                # as after an engine's out-of-memory error: fewer rows from now on
+                self._slots_cap = max(1, min(slots, len(pages)) // 2)
+                self._facts["decode_slots_lowered_to"] = self._slots_cap
+            raise
+
+    def _generate_batches(self, pages: list[Page], task: str, params: GenerationParams) -> list[RawOutput]:
+        """The batch path: with continuous slots (a batch the engine does not serve),
+        `slots` pages decode at a time, as many as the memory was sized for."""
         slots = self.decode_slots()
         if slots and len(pages) > slots:
-            # The engine does not serve this batch: `slots` pages decode at a time, as many
-            # as the memory was sized for.
             return [raw for i in range(0, len(pages), slots)
                     for raw in self._generate_pages(pages[i:i + slots], task, params)]
         return self._generate_pages(pages, task, params)
@@ -582,13 +599,35 @@ class HFBackend(Backend):
         return [min(cap, page_token_target(p.doc_key, p.page, low, high, seed)) for p in pages]
 
     def decode_slots(self) -> int:
-        """Rows the continuous engine keeps decoding (`BackendOptions.extra["decode_slots"]`;
-        0: off). A batch of more pages than slots decodes continuously: a finished page's
-        slot is refilled with the next page (at most `decode_refill_chunk` pages per
-        prefill, default: as many as rows are free)."""
-        slots = int(self.options.extra.get("decode_slots") or 0)
+        """Rows the continuous engine keeps decoding (0: off). A batch of more pages than
+        slots decodes continuously: a finished page's slot is refilled with the next page (at
+        most `decode_refill_chunk` pages per prefill, default: as many as rows are free).
+
+        On by default wherever the static decoder serves the model: as many rows as the run's
+        batch size (`default_batch_size`: --batch-size or the measured auto size; a size of
+        one has nothing to refill alongside). `-O decode_slots=N` sets the rows, 0 turns the
+        engine off; `-O decode=hf` (transformers' generate) has none. After an out-of-memory
+        error in the engine the rows are halved (`_slots_cap`)."""
+        extra = self.options.extra
+        if str(extra.get("decode", "auto")).lower() == "hf":
+            return 0
+        if extra.get("decode_slots") not in (None, ""):
+            slots = int(extra["decode_slots"])
+        else:
+            slots = self._default_slots()
         cap = getattr(self, "_slots_cap", None)
         return min(slots, cap) if slots and cap else slots
+
+    def _default_slots(self) -> int:
+        size = int(getattr(self, "_run_batch_size", None) or 0)
+        if size < 2 or self.model is None or getattr(self, "_decode_disabled", None) \
+                or getattr(self, "_continuous_disabled", None):
+            return 0
+        known = getattr(self, "_static_supported", None)
+        if known is None or known[0] is not self.model:
+            from .. import decode as fast
+            known = self._static_supported = (self.model, fast.unsupported_reason(self.model) is None)
+        return size if known[1] else 0
 
     def _generate_continuous(self, pages: list[Page], task: str, params: GenerationParams):
         """The batch through the continuous engine (chatvlm.engine), or None where it does
@@ -598,6 +637,7 @@ class HFBackend(Backend):
         import torch
 
         from ..engine import ContinuousEngine, Prepared, continuous_unsupported
+        from ..engine.continuous import longrope_crossing
 
         slots = self.decode_slots()
         if not slots or len(pages) <= slots or getattr(self, "_continuous_disabled", None):
@@ -627,10 +667,26 @@ class HFBackend(Backend):
             _tracker, processors, gen_kwargs = self._generation_state(inputs, task, params, max_new, prompt_len)
             return Prepared(inputs, gen_kwargs, processors)
 
-        engine = ContinuousEngine(decoder, slots=slots, prepare=prepare,
-                                  new_tracker=lambda: self._new_tracker(params, 0, 1),
+        # bench --synthetic --tokens A-B: each page ends ("length") at its own count
+        targets = self.synthetic_targets(pages, params)
+        target_of = {id(page): n for page, n in zip(pages, targets)} if targets else {}
+        # LongRoPE: when even a one-token prompt with the smallest budget could cross the
+        # original context, every page could: decline before preparing any
+        smallest = min(targets) if targets else self.max_new_tokens(params)
+        crossing = longrope_crossing(decoder.parts.longrope_original, [1], [smallest])
+        if crossing:
+            self._facts["decode_continuous"] = False
+            self._facts["decode_continuous_reason"] = f"continuous engine declined this batch: {crossing}"[:300]
+            return None
+
+        def new_tracker(page: Page):
+            own = target_of.get(id(page))
+            return self._new_tracker(params, 0, 1, row_limits=[own] if own is not None else None)
+
+        engine = ContinuousEngine(decoder, slots=slots, prepare=prepare, new_tracker=new_tracker,
                                   max_new_tokens=self.max_new_tokens(params), max_positions=self.max_positions(),
-                                  refill_chunk=int(self.options.extra.get("decode_refill_chunk") or 0) or None)
+                                  refill_chunk=int(self.options.extra.get("decode_refill_chunk") or 0) or None,
+                                  request_budget=lambda page: target_of.get(id(page)))
         on_cuda = self.device.startswith("cuda") and torch.cuda.is_available()
         t1 = time.perf_counter()
         finished = [None] * len(pages)
@@ -650,9 +706,21 @@ class HFBackend(Backend):
                 raise   # a bad page: the scheduler splits the batch and so finds it
             if isinstance(exc, Unsupported):
                 self._facts["decode_continuous_reason"] = f"continuous engine declined this batch: {exc}"[:300]
-            else:
-                self._facts["decode_continuous_reason"] = self._continuous_disabled = \
-                    f"continuous engine failed: {exc.__class__.__name__}: {exc}"[:300]
+                self._facts["decode_continuous"] = False
+                # A request it cannot serve (e.g. one that could cross LongRoPE's original
+                # context): the pages already finished stand, the rest take the batch path.
+                rest = [page for page, done in zip(pages, finished) if done is None]
+                if len(rest) == len(pages):
+                    return None
+                self._facts.update(decoder.facts())
+                made = iter(self._generate_batches(rest, task, params))
+                n, spent = len(pages), time.perf_counter() - t1
+                return [next(made) if d is None else
+                        self._raw_output(d.tokens, d.reason, params, d.input_tokens, spent / n, preprocess[0] / n,
+                                         {"batch_size": slots, "batch_generate_s": spent, "continuous": True})
+                        for d in finished]
+            self._facts["decode_continuous_reason"] = self._continuous_disabled = \
+                f"continuous engine failed: {exc.__class__.__name__}: {exc}"[:300]
             self._facts["decode_continuous"] = False
             return None
         if on_cuda:

@@ -23,8 +23,11 @@ step. The engine runs that step and keeps the slots busy:
 4. **Draining.** Once no request is left, busy rows above a free slot move down into it
    when that narrows the step (`_compact`).
 
-Greedy only, no LongRoPE (Phi-3 switches factor sets by the batch's largest position:
-`continuous_unsupported`). On any error the decoder's cache, graphs and pool are freed
+Greedy only. LongRoPE (Phi-3) is served while every row stays within the original
+context, where the short factors apply to all rows whatever their neighbours; a request
+that could cross it is declined before its prefill (`Unsupported`: the caller decodes
+it on the batch path, which recomputes the cache at the crossing as transformers does).
+On any error the decoder's cache, graphs and pool are freed
 before the error propagates (an out-of-memory error then reaches the caller's
 split-and-retry with the memory returned).
 """
@@ -85,9 +88,23 @@ class EngineStats:
 
 
 def continuous_unsupported(decoder) -> Optional[str]:
-    """Why the engine cannot run on this decoder's model (None: it can)."""
-    if decoder.parts.longrope_original:
-        return "LongRoPE picks its factors by the batch's largest position"
+    """Why the engine cannot run on this decoder's model at all (None: it can). Every
+    language model the static decoder serves qualifies; LongRoPE is checked per request
+    (`longrope_crossing`)."""
+    return None
+
+
+def longrope_crossing(original: Optional[int], first_positions: list[int], budgets: list[int]) -> Optional[str]:
+    """Why rows starting their new tokens at `first_positions` with `budgets` new tokens
+    each could leave LongRoPE's original context (None: none can). A row feeds positions up
+    to first + budget - 2 (its last token is never fed back); transformers keeps the short
+    factors while the largest position + 1 stays within `original`."""
+    if not original:
+        return None
+    for first, budget in zip(first_positions, budgets):
+        if first + budget - 1 > original:
+            return (f"a request could cross LongRoPE's original context ({first} prompt positions + "
+                    f"{budget} new tokens > {original} + 1)")
     return None
 
 
@@ -95,8 +112,11 @@ class ContinuousEngine:
     """Greedy decoding of a stream of requests with `slots` rows kept busy."""
 
     def __init__(self, decoder, *, slots: int, prepare: Callable[[list], Prepared],
-                 new_tracker: Callable[[], Any], max_new_tokens: int, max_positions: Optional[int] = None,
-                 refill_chunk: Optional[int] = None):
+                 new_tracker: Callable[[Any], Any], max_new_tokens: int, max_positions: Optional[int] = None,
+                 refill_chunk: Optional[int] = None, request_budget: Optional[Callable[[Any], Optional[int]]] = None):
+        """`new_tracker(request)`: the request's own stop tracker (a batch of one);
+        `request_budget(request)`: its own token count where it has one (bench --synthetic
+        --tokens A-B), at most `max_new_tokens`."""
         reason = continuous_unsupported(decoder)
         if reason:
             raise Unsupported(reason)
@@ -109,6 +129,7 @@ class ContinuousEngine:
         self.max_new = int(max_new_tokens)
         self.max_positions = max_positions
         self.refill_chunk = int(refill_chunk or slots)
+        self.request_budget = request_budget
         self.stats = EngineStats()
 
     def run(self, requests: Iterable) -> Iterator[Finished]:
@@ -153,6 +174,10 @@ class ContinuousEngine:
             t0 = time.perf_counter()
             b = self._width(max(self._rows) + 1)
             filled = max(self._wpos[s] for s in self._rows) + 1
+            if dec.parts.longrope_original:
+                # the factor set follows the largest position of the rows decoding (admission
+                # keeps it within the original context: the short set, as for each row alone)
+                dec.top_pos.copy_((dec.pos[:b] * self._live[:b]).max().view(1))
             logits = dec._run_step(b, filled)
             dec.stats.steps += 1
             dec.stats.row_steps += b
@@ -256,7 +281,13 @@ class ContinuousEngine:
             raise Unsupported("prepared inputs need input_ids and attention_mask [batch, length]")
         n, prompt_len = input_ids.shape
         counts = [int(c) for c in attention.sum(dim=1).tolist()]
-        budgets = [self._budget(c) for c in counts]
+        budgets = [self._budget(c, request) for c, (_, request) in zip(counts, group)]
+        original = dec.parts.longrope_original
+        # before any work: a row's first new position is its prompt token count (positions
+        # from the attention mask); checked again on the prefill's own positions below
+        crossing = longrope_crossing(original, counts, budgets)
+        if crossing:
+            raise Unsupported(crossing)
         need = prompt_len + max(budgets)
         if dec.max_len is not None and need > dec.max_len:
             raise Unsupported(f"prompt + new tokens ({need}) exceed the decoder's cache limit ({dec.max_len})")
@@ -273,6 +304,9 @@ class ContinuousEngine:
         self.stats.admitted += n
         first = sequences[:, prompt_len].to(dec.device)
         next_pos = next_positions(pos_ids, attention).to(dec.device)
+        crossing = longrope_crossing(original, [int(p) for p in next_pos.tolist()], budgets)
+        if crossing:
+            raise Unsupported(crossing)
         dec.grow_pool(self.slots, need)
         dec._ensure_rope(int(next_pos.max()) + max(budgets) + 1, pos_ids.dim() == 3)
         if self._live is None or self._live.shape[0] != dec.k.shape[1]:
@@ -283,7 +317,7 @@ class ContinuousEngine:
         first_host = first.cpu()
         slots, rows, done = [], [], []
         for j, (index, request) in enumerate(group):
-            row = _Row(index, request, self.new_tracker(), per_row[j],
+            row = _Row(index, request, self.new_tracker(request), per_row[j],
                        input_ids[j] if per_row[j] else None, counts[j], budgets[j])
             slot = heapq.heappop(self._free)
             self._gen[slot, 0] = first_host[j]
@@ -307,11 +341,15 @@ class ContinuousEngine:
         dec.stats.prefill_s += time.perf_counter() - t0
         yield from done
 
-    def _budget(self, prompt_tokens: int) -> int:
-        """New tokens for a request: the budget, within the model's context."""
+    def _budget(self, prompt_tokens: int, request: Any) -> int:
+        """New tokens for a request: its own count or the budget, within the model's context."""
+        budget = self.max_new
+        own = self.request_budget(request) if self.request_budget is not None else None
+        if own is not None:
+            budget = max(1, min(budget, int(own)))
         if self.max_positions:
-            return max(1, min(self.max_new, self.max_positions - prompt_tokens))
-        return self.max_new
+            return max(1, min(budget, self.max_positions - prompt_tokens))
+        return budget
 
     def facts(self) -> dict:
         s = self.stats
