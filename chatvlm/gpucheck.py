@@ -204,7 +204,7 @@ def row_for(run: Run, settings: Settings, out: Path, result: ProcessResult, cap_
         "exit_code": result.returncode, "status": None, "error": None,
         "pages_total": None, "pages_ok": None, "pages_failed": None, "pages_per_s": None,
         "output_tokens_per_s": None, "time_to_first_page_s": None, "peak_gpu_memory_gb": None,
-        "decode_path": None, "decode_reason": None, "batch_size": None, "attention": None, "dtype": None,
+        "decode_path": None, "decode_reason": None, "continuous": None, "continuous_reason": None, "batch_size": None, "attention": None, "dtype": None,
         "load_s": None, "roofline_limit_s": None, "percent_of_limit": None, "decode_bound": None,
         "bench_json": None, "log": str(log),
     }
@@ -230,6 +230,7 @@ def row_for(run: Run, settings: Settings, out: Path, result: ProcessResult, cap_
             time_to_first_page_s=bench_row.get("time_to_first_page_s"),
             peak_gpu_memory_gb=bench_row.get("peak_gpu_memory_gb"), load_s=bench_row.get("load_s"),
             decode_path=engine.get("decode"), decode_reason=engine.get("decode_reason"),
+            continuous=engine.get("decode_continuous"), continuous_reason=engine.get("decode_continuous_reason"),
             batch_size=_batch_used(run, engine), attention=bench_row.get("attention"),
             dtype=bench_row.get("dtype"), bench_json=str(out / "bench.json"))
         roof = bench_row.get("roofline") or {}
@@ -429,6 +430,8 @@ def render_markdown(report: dict[str, Any]) -> str:
                 cells.append(row.get("batch_option") or "–")      # auto without a probe (no GPU)
             elif key == "pages":
                 cells.append("–" if row.get("pages_ok") is None else f"{row['pages_ok']}/{row.get('pages_total') or '?'}")
+            elif key == "decode_path" and row.get("continuous"):
+                cells.append(f"{row['decode_path']} + continuous")   # rows refilled as pages finish
             elif key == "status" and row["status"] != "ok":
                 notes.append(row)
                 cells.append(f"{row['status']} [{len(notes)}]")
@@ -450,6 +453,8 @@ def render_markdown(report: dict[str, Any]) -> str:
     for row in report["runs"]:
         if row.get("decode_reason") and row["status"] == "ok":
             lines.append(f"- {row['run']}: decode {row['decode_path']}: {row['decode_reason']}")
+        if row.get("continuous_reason") and row["status"] == "ok":
+            lines.append(f"- {row['run']}: continuous batching off: {row['continuous_reason']}")
     for number, row in enumerate(notes, start=1):
         lines.append(f"- [{number}] {row['run']}: {row['error']}")
     return "\n".join(lines) + "\n"

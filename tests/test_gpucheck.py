@@ -102,7 +102,7 @@ out = Path(sys.argv[1]); (out / "m").mkdir(parents=True, exist_ok=True)
 row = {"model": "m", "status": "ok", "error": None, "pages": {"total": 2, "ok": 2, "failed": 0},
        "pages_per_s": 4.5, "output_tokens_per_s": 2300.0, "time_to_first_page_s": 12.25,
        "peak_gpu_memory_gb": 31.5, "load_s": 3.0, "attention": "sdpa", "dtype": "bfloat16",
-       "engine": {"decode": "chatvlm-static", "auto_batch_size": 64, "decode_steps": 511}, "pages_detail": []}
+       "engine": {"decode": "chatvlm-static", "decode_continuous": True, "auto_batch_size": 64, "decode_steps": 511}, "pages_detail": []}
 (out / "bench.json").write_text(json.dumps({"models": [row], "hardware": {"gpu": "Test GPU", "cuda": "13.0",
     "python": "3.12.3", "versions": {"torch": "2.11.0", "transformers": "5.25.0"}}}))
 """
@@ -130,13 +130,14 @@ def test_a_hang_and_a_crash_cost_one_row_each(tmp_path):
     assert crash["status"] == "crashed" and "building the vision tower" in crash["error"]
     assert crash["exit_code"] < 0                        # killed by a signal
     assert done["status"] == "ok" and done["pages_per_s"] == 4.5 and done["decode_path"] == "chatvlm-static"
+    assert done["continuous"] is True and done["continuous_reason"] is None
     assert done["batch_size"] == 64 and done["pages_ok"] == 2 and done["peak_gpu_memory_gb"] == 31.5
     assert report["hardware"]["gpu"] == "Test GPU" and report["summary"]["runs_not_ok"] == ["qwen_vl_2b", "got_ocr_hf"]
     on_disk = json.loads((tmp_path / "check" / "gpu_check.json").read_text())
     assert [r["status"] for r in on_disk["runs"]] == ["timeout", "crashed", "ok"]
     table = (tmp_path / "check" / "gpu_check.md").read_text()
     assert "| qwen_vl_2b | timeout [1] |" in table and "| got_ocr_hf | crashed [2] |" in table
-    assert "| dots_ocr | ok | 2/2 | 64 | 4.500 | 2300.0 | 12.2 | 31.5 | chatvlm-static |" in table
+    assert "| dots_ocr | ok | 2/2 | 64 | 4.500 | 2300.0 | 12.2 | 31.5 | chatvlm-static + continuous |" in table
     assert "Test GPU" in table and "transformers 5.25.0" in table
     assert any("[1/3] qwen_vl_2b: running" in line for line in progress)
     assert any(line.startswith("[3/3] dots_ocr: ok: 4.500 pages/s") for line in progress)
