@@ -19,6 +19,7 @@ torch = pytest.importorskip("torch")
 from chatvlm import decode
 from chatvlm.backends import hf
 from chatvlm.config import BackendOptions, GenerationParams, RunConfig
+from chatvlm.engine.memory import PROBE_PAGE_SIZE, MemoryMeter
 from chatvlm.pipeline import Reporter, run
 from chatvlm.records import Page
 from chatvlm.registry import get_spec
@@ -199,7 +200,7 @@ def test_probe_arithmetic():
     assert probe_batch_size(10**15, 2**20, 2, 8, 512, kv) == 256                  # capped
 
 
-class Meter(hf.MemoryMeter):
+class Meter(MemoryMeter):
     """Memory numbers the test chooses, read around the real probe run."""
 
     def __init__(self, free, held, probe_peak):
@@ -234,7 +235,7 @@ def test_auto_batch_size_comes_from_a_measured_probe(checkpoint, one_torch_threa
                                                           generate_batch(pages, task, params))[1]
     params = GenerationParams(max_new_tokens=1024)
     size = backend.default_batch_size(params)
-    assert runs == [(2, 8, hf.PROBE_PAGE_SIZE)]                 # a real prefill + 8 decode steps of 2 A4 pages
+    assert runs == [(2, 8, PROBE_PAGE_SIZE)]                 # a real prefill + 8 decode steps of 2 A4 pages
     assert meter.events == ["reset", "allocated", "peak", "free"]   # peak read after the run, free after freeing
     kv = backend.kv_bytes_per_token()
     assert kv == 2 * 2 * 2 * 8 * 4                               # 2 layers x 2 KV heads x 8 dims, fp32

@@ -51,7 +51,7 @@ def test_count_page_on_a_tiny_qwen2_vl_matches_the_hand_count():
     import torch
 
     from chatvlm.backends.base import create_backend
-    from chatvlm.backends.hf import probe_page
+    from chatvlm.engine.memory import probe_page
     from chatvlm.registry import get_spec
 
     backend = create_backend(get_spec("qwen_vl_2b"), BackendOptions(synthetic=True, extra={"config": TINY_QWEN2_VL}))

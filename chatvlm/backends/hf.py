@@ -32,6 +32,7 @@ from ..i18n import _
 from ..layout import markdown_to_text  # noqa: F401  (re-exported for the model backends)
 from ..records import Page, PageResult, RawOutput
 from ..registry import ModelSpec
+from ..engine.memory import MemoryMeter, memory_meter
 from ..weights import is_synthetic, load_transformers_model, locate, release, short_reason
 from .base import Backend
 
@@ -176,52 +177,6 @@ def strip_code_fence(text: str) -> str:
     """Remove one ```markdown ... ``` fence wrapping the whole output (chat models add it)."""
     m = re.fullmatch(r"\s*```[a-zA-Z]*\n(.*?)\n?```\s*", text, flags=re.S)
     return m.group(1) if m else text
-
-
-# --------------------------------------------------------------------------- memory
-
-PROBE_PAGE_SIZE = (1654, 2339)    # A4 at 200 DPI: what a page of a scanned document usually is
-
-
-class MemoryMeter:
-    """The memory counters the batch-size probe reads (bytes)."""
-
-    def free(self) -> int: ...
-    def allocated(self) -> int: ...
-    def peak(self) -> int: ...
-    def reset_peak(self) -> None: ...
-
-
-class CudaMemory(MemoryMeter):
-    def __init__(self, device: str):
-        import torch
-        self.torch, self.device = torch, torch.device(device)
-
-    def free(self) -> int:
-        return int(self.torch.cuda.mem_get_info(self.device)[0])
-
-    def allocated(self) -> int:
-        return int(self.torch.cuda.memory_allocated(self.device))
-
-    def peak(self) -> int:
-        return int(self.torch.cuda.max_memory_allocated(self.device))
-
-    def reset_peak(self) -> None:
-        self.torch.cuda.reset_peak_memory_stats(self.device)
-
-
-def probe_page(index: int = 0) -> Page:
-    """A4 page at 200 DPI with lines of dark bars (text-like): the pixel count, not the
-    content, decides a page's image tokens and so its memory."""
-    from PIL import Image, ImageDraw
-
-    width, height = PROBE_PAGE_SIZE
-    image = Image.new("RGB", (width, height), "white")
-    draw = ImageDraw.Draw(image)
-    for y in range(160, height - 160, 48):
-        for x in range(140, width - 240, 180):
-            draw.rectangle([x, y, x + 120 + (x * 7 + y) % 50, y + 22], fill=(20, 20, 20))
-    return Page(source=Path(f"<probe page {index + 1}>"), doc_key="probe", page=1, image=image, index=index)
 
 
 # --------------------------------------------------------------------------- the base backend
@@ -406,52 +361,36 @@ class HFBackend(Backend):
 
     def memory_meter(self) -> Optional["MemoryMeter"]:
         """The accelerator's memory counters, or None on a CPU (no probe there)."""
-        if not self.device.startswith("cuda"):
-            return None
-        return CudaMemory(self.device)
+        return memory_meter(self.device)
 
     def estimated_batch_size(self, params: GenerationParams, meter: "MemoryMeter") -> int:
-        from ..scheduler import auto_batch_size
-        try:
-            free = meter.free()
-            per_page = self.page_memory_bytes(params)
-        except Exception:
-            return self.default_gpu_batch
-        self._facts["estimated_page_memory_mb"] = round(per_page / 2**20, 1)
-        return auto_batch_size(free, per_page)
+        from ..engine.memory import estimated_batch_size
+        size, per_page = estimated_batch_size(meter, lambda: self.page_memory_bytes(params), self.default_gpu_batch)
+        if per_page is not None:
+            self._facts["estimated_page_memory_mb"] = round(per_page / 2**20, 1)
+        return size
 
     def probe_task(self) -> str:
         return "markdown" if "markdown" in self.spec.tasks else self.spec.tasks[0]
 
     def measure_batch_size(self, params: GenerationParams, meter: "MemoryMeter") -> int:
-        """Run `probe_pages` blank A4 pages (200 DPI) through prefill and `probe_tokens` decode
-        steps; their peak memory above what the model holds, per page, plus the KV cache of
-        the steps not run, divided into the memory then free (times the margin)."""
+        """The measured probe (chatvlm.engine.memory.measure_batch_size) on this model:
+        `probe_pages` A4 pages through `generate_batch` for `probe_tokens` new tokens."""
         import dataclasses
 
-        from ..scheduler import free_memory, probe_batch_size
+        from ..engine.memory import measure_batch_size
 
         extra = self.options.extra
-        pages_n = max(1, int(extra.get("probe_pages", 2)))
-        tokens = max(1, min(int(extra.get("probe_tokens", 8)), self.max_new_tokens(params)))
-        margin = float(extra.get("probe_margin", 0.8))
-        probe = dataclasses.replace(params, max_new_tokens=tokens, batch_size=pages_n)
-        pages = [probe_page(i) for i in range(pages_n)]
-        free_memory(self.release_memory)
-        meter.reset_peak()
-        held = meter.allocated()
-        t0 = time.perf_counter()
-        self.generate_batch(pages, self.probe_task(), probe)
-        peak = max(0, meter.peak() - held)
-        probe_s = time.perf_counter() - t0
-        free_memory(self.release_memory)     # the probe's own pool and cache go back first
-        free = meter.free()
-        kv = self.kv_bytes_per_token()
-        size = probe_batch_size(free, peak, pages_n, tokens, self.max_new_tokens(params), kv, headroom=margin)
-        self._facts["auto_batch_probe"] = {
-            "pages": pages_n, "new_tokens": tokens, "peak_mb": round(peak / 2**20, 1),
-            "free_mb": round(free / 2**20, 1), "kv_kb_per_token": round(kv / 1024, 1), "margin": margin,
-            "seconds": round(probe_s, 3)}
+
+        def run_probe(pages: list[Page], tokens: int):
+            probe = dataclasses.replace(params, max_new_tokens=tokens, batch_size=len(pages))
+            return self.generate_batch(pages, self.probe_task(), probe)
+
+        size, facts = measure_batch_size(
+            run_probe, meter, self.release_memory, max_new_tokens=self.max_new_tokens(params),
+            kv_bytes_per_token=self.kv_bytes_per_token, probe_pages=int(extra.get("probe_pages", 2)),
+            probe_tokens=int(extra.get("probe_tokens", 8)), margin=float(extra.get("probe_margin", 0.8)))
+        self._facts["auto_batch_probe"] = facts
         return size
 
     def release_memory(self) -> None:
@@ -484,8 +423,8 @@ class HFBackend(Backend):
     def page_memory_bytes(self, params: GenerationParams) -> int:
         """GPU memory one page costs in a batch: its KV cache for prompt + new tokens, with
         the same again for activations (vision tower, attention workspace, logits)."""
-        tokens = self.prompt_tokens_estimate() + self.max_new_tokens(params)
-        return 2 * tokens * self.kv_bytes_per_token()
+        from ..engine.memory import page_memory_bytes
+        return page_memory_bytes(self.prompt_tokens_estimate(), self.max_new_tokens(params), self.kv_bytes_per_token())
 
     # ----------------------------------------------------------------- generation hooks
     def build_inputs(self, pages: list[Page], task: str, params: GenerationParams) -> dict:

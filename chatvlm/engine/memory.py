@@ -1,0 +1,112 @@
+"""Batch sizing: how many pages fit in the accelerator's memory at once.
+
+Model-agnostic: the backend hands in the numbers (KV bytes per token, a typical prompt's
+token count) and callables (run a probe batch, free the cache), never itself.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from ..records import Page
+
+PROBE_PAGE_SIZE = (1654, 2339)    # A4 at 200 DPI: what a page of a scanned document usually is
+
+
+class MemoryMeter:
+    """The memory counters the batch-size probe reads (bytes)."""
+
+    def free(self) -> int: ...
+    def allocated(self) -> int: ...
+    def peak(self) -> int: ...
+    def reset_peak(self) -> None: ...
+
+
+class CudaMemory(MemoryMeter):
+    def __init__(self, device: str):
+        import torch
+        self.torch, self.device = torch, torch.device(device)
+
+    def free(self) -> int:
+        return int(self.torch.cuda.mem_get_info(self.device)[0])
+
+    def allocated(self) -> int:
+        return int(self.torch.cuda.memory_allocated(self.device))
+
+    def peak(self) -> int:
+        return int(self.torch.cuda.max_memory_allocated(self.device))
+
+    def reset_peak(self) -> None:
+        self.torch.cuda.reset_peak_memory_stats(self.device)
+
+
+def memory_meter(device: str) -> Optional[MemoryMeter]:
+    """The accelerator's memory counters, or None on a CPU (no probe there)."""
+    if not device.startswith("cuda"):
+        return None
+    return CudaMemory(device)
+
+
+def probe_page(index: int = 0) -> Page:
+    """A4 page at 200 DPI with lines of dark bars (text-like): the pixel count, not the
+    content, decides a page's image tokens and so its memory."""
+    from PIL import Image, ImageDraw
+
+    width, height = PROBE_PAGE_SIZE
+    image = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(image)
+    for y in range(160, height - 160, 48):
+        for x in range(140, width - 240, 180):
+            draw.rectangle([x, y, x + 120 + (x * 7 + y) % 50, y + 22], fill=(20, 20, 20))
+    return Page(source=Path(f"<probe page {index + 1}>"), doc_key="probe", page=1, image=image, index=index)
+
+
+def page_memory_bytes(prompt_tokens: int, max_new_tokens: int, kv_bytes_per_token: int) -> int:
+    """Memory one page costs in a batch: its KV cache for prompt + new tokens, with the
+    same again for activations (vision tower, attention workspace, logits)."""
+    return 2 * (prompt_tokens + max_new_tokens) * kv_bytes_per_token
+
+
+def estimated_batch_size(meter: MemoryMeter, page_bytes: Callable[[], int],
+                         fallback: int) -> tuple[int, Optional[int]]:
+    """(batch size from the free memory and the per-page estimate, the estimate); where
+    either cannot be read, (`fallback`, None)."""
+    from ..scheduler import auto_batch_size
+    try:
+        free = meter.free()
+        per_page = page_bytes()
+    except Exception:
+        return fallback, None
+    return auto_batch_size(free, per_page), per_page
+
+
+def measure_batch_size(run_probe: Callable[[list[Page], int], Any], meter: MemoryMeter,
+                       release: Callable[[], None], *, max_new_tokens: int, kv_bytes_per_token: Callable[[], int],
+                       probe_pages: int = 2, probe_tokens: int = 8,
+                       margin: float = 0.8) -> tuple[int, dict[str, Any]]:
+    """Run `probe_pages` A4 pages (200 DPI) through prefill and `probe_tokens` decode steps
+    (`run_probe(pages, tokens)`); their peak memory above what the model holds, per page,
+    plus the KV cache of the steps not run, divided into the memory then free (times the
+    margin). Returns the size and the facts for the report."""
+    from ..scheduler import free_memory, probe_batch_size
+
+    pages_n = max(1, int(probe_pages))
+    tokens = max(1, min(int(probe_tokens), max_new_tokens))
+    pages = [probe_page(i) for i in range(pages_n)]
+    free_memory(release)
+    meter.reset_peak()
+    held = meter.allocated()
+    t0 = time.perf_counter()
+    run_probe(pages, tokens)
+    peak = max(0, meter.peak() - held)
+    probe_s = time.perf_counter() - t0
+    free_memory(release)     # the probe's own pool and cache go back first
+    free = meter.free()
+    kv = kv_bytes_per_token()
+    size = probe_batch_size(free, peak, pages_n, tokens, max_new_tokens, kv, headroom=margin)
+    facts = {"pages": pages_n, "new_tokens": tokens, "peak_mb": round(peak / 2**20, 1),
+             "free_mb": round(free / 2**20, 1), "kv_kb_per_token": round(kv / 1024, 1), "margin": margin,
+             "seconds": round(probe_s, 3)}
+    return size, facts
