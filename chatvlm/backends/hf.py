@@ -468,12 +468,8 @@ class HFBackend(Backend):
 
     def text_loop_settings(self) -> dict[str, Any]:
         """trim_repetition keywords matching the token-level settings (scaled ~2 chars/token)."""
-        out: dict[str, Any] = {}
-        if "min_repeats" in self.loop_settings:
-            out["min_repeats"] = max(2, int(self.loop_settings["min_repeats"]) - 2)
-        if "min_span" in self.loop_settings:
-            out["min_span"] = int(self.loop_settings["min_span"])
-        return out
+        from ..engine.generation import text_loop_settings
+        return text_loop_settings(self.loop_settings)
 
     def max_positions(self) -> Optional[int]:
         """The language model's context length, to cap max_new_tokens (None: no cap)."""
@@ -755,75 +751,48 @@ class HFBackend(Backend):
 
     def _max_new_within_context(self, params: GenerationParams, prompt_len: int, budget: Optional[int] = None) -> int:
         """New tokens a batch may generate: `budget` (default max_new_tokens) within the context."""
+        from ..engine.generation import max_new_within_context
         max_new = budget if budget is not None else self.max_new_tokens(params)
-        limit = self.max_positions()
-        if limit:
-            max_new = max(1, min(max_new, limit - prompt_len))
-        return max_new
+        return max_new_within_context(max_new, self.max_positions(), prompt_len)
 
     def _new_tracker(self, params: GenerationParams, prompt_len: int, batch: int,
                      row_limits: Optional[list[int]] = None):
         """Stop tracking for a batch; `row_limits`: each row ends ("length") at its own count."""
-        from ..loop_guard import make_tracker
+        from ..engine.generation import new_tracker
 
         stop_ids, stop_strings = self._stops()
-        return make_tracker(prompt_len, batch, stop_ids=stop_ids, stop_strings=stop_strings,
-                            decode=self._decode_raw,   # stop strings; markup-only repeats
-                            loop_guard=params.loop_guard and not self.options.synthetic,
-                            row_limits=row_limits, **self.loop_settings)
+        return new_tracker(prompt_len, batch, stop_ids=stop_ids, stop_strings=stop_strings,
+                           decode_raw=self._decode_raw, loop_guard=params.loop_guard and not self.options.synthetic,
+                           row_limits=row_limits, loop_settings=self.loop_settings)
 
     def _generation_state(self, inputs: dict, task: str, params: GenerationParams, max_new: int, prompt_len: int,
                           row_limits: Optional[list[int]] = None):
         """A fresh tracker, the logits processors and the generate() arguments for a batch."""
-        from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteriaList
-
-        from ..loop_guard import PaddingSafeRepetitionPenalty, as_logits_processor
+        from ..engine.generation import generation_state
 
         attention = inputs["attention_mask"]
-        batch = attention.shape[0]
-        pad_lengths = [prompt_len - int(n) for n in attention.sum(dim=1).tolist()]
-        synthetic = self.options.synthetic
         stop_ids, _stop_strings = self._stops()
-        tracker = self._new_tracker(params, prompt_len, batch, row_limits)
-        processors = [as_logits_processor(p) for p in self.logits_processors(task, params, inputs)]
+        tracker = self._new_tracker(params, prompt_len, attention.shape[0], row_limits)
+        model_processors = self.logits_processors(task, params, inputs)
         penalty = self.repetition_penalty(params)
-        if penalty != 1.0:
-            processors.insert(0, as_logits_processor(PaddingSafeRepetitionPenalty(penalty, pad_lengths)))
         self._facts["repetition_penalty"] = penalty
-        # A fresh config: only what chatvlm decides (greedy, stops, budget), nothing inherited
-        # from the checkpoint's generation_config.json (sampling defaults, penalties).
-        generation_config = GenerationConfig(
-            max_new_tokens=max_new, min_new_tokens=max_new if synthetic else None,
-            do_sample=bool(params.do_sample), num_beams=1,
-            pad_token_id=self.pad_token_id(), eos_token_id=stop_ids or None,
-            bos_token_id=self.generation_config_value("bos_token_id"),
-        )
-        gen_kwargs: dict[str, Any] = dict(
-            generation_config=generation_config, logits_processor=LogitsProcessorList(processors),
-            stopping_criteria=StoppingCriteriaList([tracker]),
-        )
+        processors, gen_kwargs = generation_state(
+            attention, prompt_len, tracker, model_processors, penalty=penalty, max_new=max_new,
+            exact_length=self.options.synthetic, do_sample=bool(params.do_sample),
+            pad_token_id=self.pad_token_id(), stop_ids=stop_ids,
+            bos_token_id=self.generation_config_value("bos_token_id"))
         return tracker, processors, gen_kwargs
 
     def _raw_output(self, ids: list[int], reason: str, params: GenerationParams, input_tokens: int,
                     generate_s: float, preprocess_s: float, extra: dict) -> RawOutput:
         """One page's generated ids (up to its end) as text, with its finish reason."""
-        from ..loop_guard import trim_repetition
+        from ..engine.generation import raw_output
 
         stop_ids, stop_strings = self._stops()
-        text_ids = ids[:-1] if (reason == "stop" and ids and ids[-1] in stop_ids) else ids
-        text = self.decode(text_ids)
-        if reason == "stop":
-            for s in stop_strings:
-                cut = text.find(s)
-                if cut >= 0:
-                    text = text[:cut]
-        trimmed = False
-        if params.loop_guard and not self.options.synthetic and reason in ("loop", "length"):
-            text, trimmed = trim_repetition(text, **self.text_loop_settings())
-            if trimmed:
-                reason = "loop"
-        return RawOutput(text=text, input_tokens=input_tokens, output_tokens=len(ids), finish_reason=reason,
-                         generate_s=generate_s, preprocess_s=preprocess_s, extra={**extra, "loop_trimmed": trimmed})
+        return raw_output(ids, reason, decode=self.decode, stop_ids=stop_ids, stop_strings=stop_strings,
+                          trim_loops=bool(params.loop_guard and not self.options.synthetic),
+                          loop_settings=self.loop_settings, input_tokens=input_tokens,
+                          generate_s=generate_s, preprocess_s=preprocess_s, extra=extra)
 
     def static_decoder(self, params: GenerationParams):
         """The chatvlm static decoder for this request, or None for transformers `generate`.
