@@ -687,7 +687,7 @@ class HFBackend(Backend):
         if inputs.get("attention_mask") is None:
             inputs["attention_mask"] = torch.ones_like(input_ids)
         attention = inputs["attention_mask"]
-        batch, prompt_len = input_ids.shape
+        prompt_len = input_ids.shape[1]
         input_counts = attention.sum(dim=1).tolist()
         # bench --synthetic --tokens A-B: the batch runs as long as its longest row's target
         max_new = self._max_new_within_context(params, prompt_len, budget=max(row_targets) if row_targets else None)
@@ -698,50 +698,27 @@ class HFBackend(Backend):
             a retry gets new ones."""
             return self._generation_state(inputs, task, params, max_new, prompt_len, row_limits=row_limits)
 
-        tracker, processors, gen_kwargs = fresh_generation_state()
+        from ..engine.batch import batch_outputs, decode_batch
+
+        state = fresh_generation_state()
         on_cuda = self.device.startswith("cuda") and torch.cuda.is_available()
         if on_cuda:
             torch.cuda.synchronize()
         t1 = time.perf_counter()
         decoder = self.static_decoder(params)
-        with torch.inference_mode():
-            out = None
-            if decoder is not None:
-                try:
-                    out = decoder.generate(inputs, gen_kwargs, max_new_tokens=max_new, tracker=tracker,
-                                           processors=processors, pad_token_id=self.pad_token_id())
-                    self._facts.update(decoder.facts())
-                except Exception as exc:
-                    from ..decode import HF, Unsupported
-                    from ..scheduler import is_out_of_memory
-                    # The decoder has freed its cache, graphs and pool before raising.
-                    if is_out_of_memory(exc):
-                        raise   # the scheduler splits the batch
-                    if isinstance(exc, Unsupported):
-                        # This request only (e.g. too long for the decoder): this batch goes to generate.
-                        reason = f"static decoder declined this batch: {exc}"[:300]
-                    else:
-                        # Our decoder is an optimisation: if it breaks on this model or library
-                        # version, say so in the report and use transformers for the rest of the run.
-                        reason = self._decode_disabled = f"static decoder failed: {exc.__class__.__name__}: {exc}"[:300]
-                    self._facts["decode"], self._facts["decode_reason"] = HF, reason
-                    tracker, processors, gen_kwargs = fresh_generation_state()
-            if out is None:
-                out = self.model.generate(**inputs, **gen_kwargs)
+        out, tracker = decode_batch(inputs, state, decoder=decoder, fresh_state=fresh_generation_state,
+                                    generate=self.model.generate, max_new=max_new, pad_token_id=self.pad_token_id(),
+                                    facts=self._facts, disable=lambda reason: setattr(self, "_decode_disabled", reason))
         if on_cuda:
             torch.cuda.synchronize()
             self.peak_memory_bytes = max(self.peak_memory_bytes,
                                          int(torch.cuda.max_memory_allocated(torch.device(self.device))))
         generate_s = time.perf_counter() - t1
 
-        generated = out[:, prompt_len:].tolist()
-        results: list[RawOutput] = []
-        for row in range(batch):
-            n, reason = tracker.result(row, len(generated[row]))
-            results.append(self._raw_output(generated[row][:n], reason, params, int(input_counts[row]),
-                                            generate_s / batch, preprocess_s / batch,
-                                            {"batch_size": batch, "batch_generate_s": generate_s}))
-        return results
+        def to_raw(ids, reason, input_tokens, generate_s, preprocess_s, extra):
+            return self._raw_output(ids, reason, params, input_tokens, generate_s, preprocess_s, extra)
+
+        return batch_outputs(out, prompt_len, tracker, input_counts, to_raw, generate_s, preprocess_s)
 
     def _stops(self) -> tuple[list[int], list[str]]:
         """Stop token ids and stop strings (none for bench --synthetic: exactly max_new tokens)."""
