@@ -346,15 +346,11 @@ class HFBackend(Backend):
         known = getattr(self, "_auto_batch", {})
         if key in known:
             return known[key]
-        try:
-            size = self.measure_batch_size(params, meter)
-        except Exception as exc:
-            from ..scheduler import free_memory, is_out_of_memory
-            exc.__traceback__ = None
-            free_memory(self.release_memory)
-            self._facts["auto_batch_probe"] = f"failed: {exc.__class__.__name__}: {exc}"[:300]
-            # Two small pages did not fit: one at a time. Any other failure: the estimate.
-            size = 1 if is_out_of_memory(exc) else self.estimated_batch_size(params, meter)
+        from ..engine.memory import probed_batch_size
+        size, failure = probed_batch_size(lambda: self.measure_batch_size(params, meter),
+                                          lambda: self.estimated_batch_size(params, meter), self.release_memory)
+        if failure:
+            self._facts["auto_batch_probe"] = failure
         self._facts["auto_batch_size"] = size
         self._auto_batch = {**known, key: size}
         return size

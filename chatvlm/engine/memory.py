@@ -110,3 +110,19 @@ def measure_batch_size(run_probe: Callable[[list[Page], int], Any], meter: Memor
              "free_mb": round(free / 2**20, 1), "kv_kb_per_token": round(kv / 1024, 1), "margin": margin,
              "seconds": round(probe_s, 3)}
     return size, facts
+
+
+def probed_batch_size(measure: Callable[[], int], estimate: Callable[[], int],
+                      release: Callable[[], None]) -> tuple[int, Optional[str]]:
+    """(batch size, why the probe failed or None): the measured size; where the probe
+    fails, its memory goes back first, then an out-of-memory error means even the probe's
+    small batch did not fit (one page at a time) and any other failure the estimate."""
+    from ..scheduler import free_memory, is_out_of_memory
+
+    try:
+        return measure(), None
+    except Exception as exc:
+        exc.__traceback__ = None
+        free_memory(release)
+        failure = f"failed: {exc.__class__.__name__}: {exc}"[:300]
+        return (1 if is_out_of_memory(exc) else estimate()), failure
