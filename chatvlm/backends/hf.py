@@ -778,7 +778,7 @@ class HFBackend(Backend):
 
         mode = str(self.options.extra.get("decode", "auto")).lower()
         if mode not in ("auto", "fast", "hf"):
-            raise ChatVLMError(f"unknown decode mode {mode!r}; use auto, fast or hf")
+            raise ChatVLMError(_("unknown decode mode {mode!r}; use auto, fast or hf").format(mode=mode))
         reason = None
         if mode == "hf":
             reason = "requested (--decode hf)"
