@@ -50,6 +50,20 @@ def noise_page(width: int, height: int, seed: int):
     return Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
 
 
+def noise_page_records(sizes, seed: int):
+    """Page records p0.png, p1.png, ... of random pixels of the given (width, height) sizes,
+    drawn from one generator seeded with `seed` (different sizes: different image-token counts)."""
+    import numpy as np
+    from PIL import Image
+
+    from chatvlm.records import Page
+
+    rng = np.random.default_rng(seed)
+    return [Page(source=Path(f"p{i}.png"), doc_key="d", page=1, index=i,
+                 image=Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)))
+            for i, (w, h) in enumerate(sizes)]
+
+
 def write_noise_pages(folder: Path, sizes) -> list[Path]:
     """scan1.png, scan2.png, ... of the given (width, height) sizes, seeds 0, 1, ..."""
     paths = []

@@ -7,19 +7,17 @@ both paths run the real model.
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from chatvlm import decode
 from chatvlm.config import BackendOptions, GenerationParams
 from chatvlm.loop_guard import make_tracker
-from chatvlm.records import Page
 from chatvlm.registry import get_spec
 from chatvlm.testing import build_tiny_checkpoint
+from tests.conftest import noise_page_records
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -27,10 +25,7 @@ SIZES = [(120, 90), (64, 200), (300, 160)]          # different image-token coun
 
 
 def _pages(sizes=SIZES, seed=0):
-    rng = np.random.default_rng(seed)
-    return [Page(source=Path(f"p{i}.png"), doc_key="d", page=1, index=i,
-                 image=Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)))
-            for i, (w, h) in enumerate(sizes)]
+    return noise_page_records(sizes, seed)
 
 
 @pytest.fixture(scope="module")
@@ -147,6 +142,18 @@ def test_one_decoder_many_batches_of_every_size(backends, name, order):
         for dec in (eager, bucketed):
             assert _generated(be.model, dec, inputs, 12, be.stop_token_ids(), be.pad_token_id()) == ref, (n, dec.bucketed)
     assert bucketed.k.shape[1] == 9 and bucketed.stats.steps > 0
+
+
+def assert_backend_decodes_like_generate(be, pages, max_new: int) -> None:
+    """A loaded backend gives the same pages through our decoder (decode=auto) as through
+    transformers `generate` (decode=hf), and auto really took our decoder."""
+    be.options.extra["decode"] = "hf"
+    ref = be.generate_batch(pages, "text", GenerationParams(max_new_tokens=max_new))
+    be.options.extra["decode"] = "auto"
+    got = be.generate_batch(pages, "text", GenerationParams(max_new_tokens=max_new))
+    facts = be.describe()
+    assert facts["decode"] == decode.STATIC, facts.get("decode_reason")
+    assert [(r.text, r.output_tokens) for r in got] == [(r.text, r.output_tokens) for r in ref]
 
 
 def _generated(model, dec, inputs, max_new, stop_ids, pad_id):

@@ -12,7 +12,7 @@ from chatvlm.config import BackendOptions, GenerationParams
 from chatvlm.decode_moe import StaticMoE, moe_unsupported
 from chatvlm.registry import get_spec
 from chatvlm.testing import build_tiny_checkpoint
-from tests.test_decode import _generated, _pages
+from tests.test_decode import _generated, _pages, assert_backend_decodes_like_generate
 from tests.test_decode_graphs import FakeGraphs, _text_batch
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -140,12 +140,5 @@ def test_deepseek_ocr_backend_uses_the_static_decoder(tmp_path):
     spec = get_spec("deepseek_ocr")
     be = spec.backend_class()(spec, BackendOptions(model_path=tmp_path, device="cpu", extra={}))
     be.load()
-    pages = _pages()[:2]
-    be.options.extra["decode"] = "hf"
-    ref = be.generate_batch(pages, "text", GenerationParams(max_new_tokens=16))
-    be.options.extra["decode"] = "auto"
-    got = be.generate_batch(pages, "text", GenerationParams(max_new_tokens=16))
-    facts = be.describe()
-    assert facts["decode"] == decode.STATIC, facts.get("decode_reason")
-    assert [(r.text, r.output_tokens) for r in got] == [(r.text, r.output_tokens) for r in ref]
+    assert_backend_decodes_like_generate(be, _pages()[:2], max_new=16)
     be.close()

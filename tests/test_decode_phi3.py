@@ -81,9 +81,9 @@ def test_sliding_window_longer_requests_are_declined():
 
 def test_phi3_vision_backend_uses_the_static_decoder(tmp_path):
     """Phi-3.5-vision through its backend (images, HD crops): the static decoder, generate's pages."""
-    from chatvlm.config import BackendOptions, GenerationParams
+    from chatvlm.config import BackendOptions
     from chatvlm.registry import get_spec
-    from tests.test_decode import _pages
+    from tests.test_decode import _pages, assert_backend_decodes_like_generate
     from tests.test_phi3_backend import FIXTURE, copy_checkpoint
 
     if not (FIXTURE / "model.safetensors").exists():
@@ -92,12 +92,5 @@ def test_phi3_vision_backend_uses_the_static_decoder(tmp_path):
     be = spec.backend_class()(spec, BackendOptions(model_path=copy_checkpoint(tmp_path / "ckpt"), device="cpu",
                                                    extra={"num_crops": 2}))
     be.load()
-    pages = _pages()[:2]
-    be.options.extra["decode"] = "hf"
-    ref = be.generate_batch(pages, "text", GenerationParams(max_new_tokens=12))
-    be.options.extra["decode"] = "auto"
-    got = be.generate_batch(pages, "text", GenerationParams(max_new_tokens=12))
-    facts = be.describe()
-    assert facts["decode"] == decode.STATIC, facts.get("decode_reason")
-    assert [(r.text, r.output_tokens) for r in got] == [(r.text, r.output_tokens) for r in ref]
+    assert_backend_decodes_like_generate(be, _pages()[:2], max_new=12)
     be.close()

@@ -12,16 +12,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from chatvlm import decode
 from chatvlm.config import BackendOptions, GenerationParams
-from chatvlm.records import Page
 from chatvlm.registry import get_spec
 from chatvlm.testing import build_tiny_checkpoint
+from tests.conftest import noise_page_records
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -29,10 +27,7 @@ SIZES = [(120, 90), (64, 200), (300, 160), (90, 90), (200, 64), (150, 150), (70,
 
 
 def _pages(sizes=SIZES, seed=3):
-    rng = np.random.default_rng(seed)
-    return [Page(source=Path(f"p{i}.png"), doc_key="d", page=1, index=i,
-                 image=Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)))
-            for i, (w, h) in enumerate(sizes)]
+    return noise_page_records(sizes, seed)
 
 
 @pytest.fixture(scope="module")
