@@ -18,9 +18,9 @@ import torch
 
 from chatvlm import decode
 from chatvlm.config import BackendOptions
-from chatvlm.loop_guard import make_tracker
 from chatvlm.registry import get_spec
 from chatvlm.testing import build_tiny_checkpoint
+from tests.test_decode import _generated
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -113,27 +113,6 @@ def _text_batch(batch: int, seed: int, pad_id: int, lengths=(3, 17)):
     return {"input_ids": ids, "attention_mask": mask}
 
 
-def _tokens(model, dec, inputs, max_new, stop_ids, pad_id):
-    """Per row (generated ids, finish reason): from `generate` when dec is None, else from dec."""
-    from transformers import GenerationConfig, StoppingCriteriaList
-
-    batch, prompt_len = inputs["input_ids"].shape
-    tracker = make_tracker(prompt_len, batch, stop_ids=stop_ids)
-    config = GenerationConfig(max_new_tokens=max_new, do_sample=False, num_beams=1, pad_token_id=pad_id,
-                              eos_token_id=stop_ids or None)
-    kwargs = dict(generation_config=config, stopping_criteria=StoppingCriteriaList([tracker]))
-    with torch.inference_mode():
-        if dec is None:
-            out = model.generate(**inputs, **kwargs)
-        else:
-            out = dec.generate(dict(inputs), kwargs, max_new_tokens=max_new, tracker=tracker, pad_token_id=pad_id)
-    rows = []
-    for r in range(batch):
-        n, reason = tracker.result(r, out.shape[1] - prompt_len)
-        rows.append((out[r, prompt_len:prompt_len + n].tolist(), reason))
-    return rows
-
-
 def test_pool_lifecycle_batch_1_then_64_then_growth_then_many(qwen):
     """One decoder for a whole run: warm-up at batch 1, a batch of 64, a longer batch (the
     cache grows), then many batches of mixed sizes. Tokens equal generate's every time; no
@@ -146,8 +125,8 @@ def test_pool_lifecycle_batch_1_then_64_then_growth_then_many(qwen):
     plan = [(1, 0, 6), (64, 1, 10), (5, 2, 40), (64, 3, 8)] + [(n, 10 + i, 7) for i, n in enumerate((3, 9, 1, 17, 2, 33))]
     for batch, seed, max_new in plan:
         inputs = _text_batch(batch, seed, pad)
-        got = _tokens(model, dec, inputs, max_new, stops, pad)
-        assert got == _tokens(model, None, inputs, max_new, stops, pad), (batch, seed)
+        got = _generated(model, dec, inputs, max_new, stops, pad)
+        assert got == _generated(model, None, inputs, max_new, stops, pad), (batch, seed)
     assert dec.stats.graph_replays > 0 and dec.stats.graphs_captured > 0
     # the cache grew for 64 rows and for the longer batch: each growth minted a new handle
     assert len(api.handles) == 3
@@ -162,7 +141,7 @@ def test_pool_lifecycle_batch_1_then_64_then_growth_then_many(qwen):
     dec.release()
     assert dec.graph_set is None and dec.k is None and api.live_graphs() == 0
     inputs = _text_batch(4, 99, pad)
-    assert _tokens(model, dec, inputs, 5, stops, pad) == _tokens(model, None, inputs, 5, stops, pad)
+    assert _generated(model, dec, inputs, 5, stops, pad) == _generated(model, None, inputs, 5, stops, pad)
     assert dec.graph_set.pool == api.handles[-1] != live_pool
 
 
@@ -171,10 +150,10 @@ def test_smaller_batches_reuse_graphs_without_rebuild(qwen):
     model, pad, stops = qwen.model, qwen.pad_token_id(), qwen.stop_token_ids()
     api = FakeGraphs()
     dec = decode.StaticDecoder(model, graph_api=api, len_bucket=64)
-    _tokens(model, dec, _text_batch(16, 0, pad), 6, stops, pad)
+    _generated(model, dec, _text_batch(16, 0, pad), 6, stops, pad)
     handles, captured = len(api.handles), dec.stats.graphs_captured
     for i in range(6):
-        _tokens(model, dec, _text_batch(16, 0, pad), 6, stops, pad)
+        _generated(model, dec, _text_batch(16, 0, pad), 6, stops, pad)
     assert len(api.handles) == handles
     assert dec.stats.graphs_captured == captured        # same keys: replayed, never recaptured
 
@@ -184,21 +163,21 @@ def test_rope_table_growth_drops_graphs_with_their_pool(qwen):
     api = FakeGraphs()
     dec = decode.StaticDecoder(model, graph_api=api, len_bucket=16)
     inputs = _text_batch(2, 5, pad)
-    _tokens(model, dec, inputs, 4, stops, pad)
+    _generated(model, dec, inputs, 4, stops, pad)
     first_pool = dec.graph_set.pool
     assert api.use_count[first_pool] > 0
     size = dec.rope_cos.shape[0]
     dec._ensure_rope(size + 1, mrope=True)                # a longer run: the table grows
     assert dec.graph_set is None and api.use_count[first_pool] == 0
     assert dec.rope_cos.shape[0] > size
-    assert _tokens(model, dec, inputs, 4, stops, pad) == _tokens(model, None, inputs, 4, stops, pad)
+    assert _generated(model, dec, inputs, 4, stops, pad) == _generated(model, None, inputs, 4, stops, pad)
     assert dec.graph_set.pool != first_pool
 
 
 def test_capture_against_moved_buffers_is_refused(qwen):
     model, pad, stops = qwen.model, qwen.pad_token_id(), qwen.stop_token_ids()
     dec = decode.StaticDecoder(model, graph_api=FakeGraphs(), len_bucket=16)
-    _tokens(model, dec, _text_batch(2, 5, pad), 4, stops, pad)
+    _generated(model, dec, _text_batch(2, 5, pad), 4, stops, pad)
     dec.logits = dec.logits.clone()                       # a buffer reassigned behind the graphs' back
     with pytest.raises(AssertionError, match="buffers moved"):
         dec.graph_set.capture(dec.graph_api, (999, 16), lambda: None, dec._buffers())
