@@ -16,7 +16,8 @@ from chatvlm import decode
 from chatvlm.config import BackendOptions
 from chatvlm.registry import get_spec
 from chatvlm.testing import build_tiny_checkpoint
-from tests.test_decode_graphs import _text_batch, _tokens
+from tests.test_decode import _generated
+from tests.test_decode_graphs import _text_batch
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -33,8 +34,8 @@ def test_real_cuda_graphs_across_pool_growth_and_many_batches(tmp_path):
     plan = [(1, 0, 6), (64, 1, 10), (5, 2, 40), (64, 3, 8)] + [(n, 10 + i, 7) for i, n in enumerate((3, 9, 1, 17, 2, 33))]
     for batch, seed, max_new in plan:
         inputs = {k: v.cuda() for k, v in _text_batch(batch, seed, pad).items()}
-        got = _tokens(model, dec, inputs, max_new, stops, pad)
-        assert got == _tokens(model, None, inputs, max_new, stops, pad), (batch, seed)
+        got = _generated(model, dec, inputs, max_new, stops, pad)
+        assert got == _generated(model, None, inputs, max_new, stops, pad), (batch, seed)
         if dec.graph_set is not None and (not pools or pools[-1] != dec.graph_set.pool):
             pools.append(dec.graph_set.pool)
     assert len(pools) == 3 and len(set(pools)) == 3          # one fresh pool per growth
@@ -42,5 +43,5 @@ def test_real_cuda_graphs_across_pool_growth_and_many_batches(tmp_path):
     dec.release()
     assert dec.graph_set is None and dec.k is None
     inputs = {k: v.cuda() for k, v in _text_batch(4, 99, pad).items()}
-    assert _tokens(model, dec, inputs, 5, stops, pad) == _tokens(model, None, inputs, 5, stops, pad)
+    assert _generated(model, dec, inputs, 5, stops, pad) == _generated(model, None, inputs, 5, stops, pad)
     be.close()
