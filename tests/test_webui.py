@@ -20,6 +20,7 @@ from streamlit.testing.v1 import AppTest  # noqa: E402
 
 import chatvlm  # noqa: E402
 from chatvlm.web import ENV_MODEL, ENV_MODEL_PATH, PAGE, page_environment, streamlit_command, work  # noqa: E402
+from tests.headless_browser import HeadlessBrowser  # noqa: E402
 from tests.api_helpers import ENGLISH, RUSSIAN, cer, english_interface, render_page, tiny_checkpoint  # noqa: E402,F401
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -173,8 +174,7 @@ def test_running_page_in_headless_chromium(tmp_path):
     process = subprocess.Popen(streamlit_command("127.0.0.1", port), cwd=tmp_path, env=env,
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/"
-    flags = [chrome, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--hide-scrollbars",
-             f"--user-data-dir={tmp_path / 'chromium'}", "--virtual-time-budget=10000", "--window-size=1280,900"]
+    tab = None
     try:
         deadline = time.monotonic() + 40
         while True:
@@ -186,32 +186,25 @@ def test_running_page_in_headless_chromium(tmp_path):
                         break
             except OSError:
                 time.sleep(0.2)
-        # The page is built over a websocket, which Chromium's virtual time does not wait
-        # for; the first sessions also warm Streamlit up (imports). So look again, for a while.
-        dom = ""
-        deadline = time.monotonic() + 45
-        while time.monotonic() < deadline:
-            dom = subprocess.run(flags + ["--dump-dom", url], capture_output=True, text=True, timeout=60).stdout
-            if 'data-testid="stFileUploader"' in dom:
-                break
-            time.sleep(1)
-        assert 'data-testid="stFileUploader"' in dom, dom[-2000:]
-        assert "chatvlm: try a model on your pages" in dom
-        # Likewise a shot can show the page still loading: take up to five.
-        image = None
-        for attempt in range(5):
-            shot = tmp_path / f"page-{attempt}.png"
-            subprocess.run(flags + [f"--screenshot={shot}", url], capture_output=True, timeout=60, check=True)
-            image = Image.open(shot).convert("L")
-            low, high = image.getextrema()
-            if high - low > 100 and sum(image.histogram()[:128]) > 500:
-                break
+        # The page is built over a websocket after load (and the first session warms Streamlit
+        # up), so wait in the tab itself until the uploader and the title are drawn, then
+        # shoot that same tab.
+        tab = HeadlessBrowser(chrome, tmp_path / "chromium")
+        tab.open(url)
+        drawn = ('!!document.querySelector(\'[data-testid="stFileUploader"]\') && '
+                 'document.body.innerText.includes("chatvlm: try a model on your pages")')
+        assert tab.wait_for(drawn, timeout=90), tab.evaluate("document.body.innerText")
+        assert tab.wait_for('document.fonts.status === "loaded"', timeout=10)
+        time.sleep(1)                                    # let the last frame paint
+        image = Image.open(io.BytesIO(tab.screenshot())).convert("L")
         assert image.size == (1280, 900)
         low, high = image.getextrema()
         assert high - low > 100                          # not one flat colour
         dark = sum(image.histogram()[:128])
         assert dark > 500                                # text and widgets were drawn
     finally:
+        if tab is not None:
+            tab.close()
         process.terminate()
         try:
             process.wait(15)
