@@ -70,6 +70,12 @@ def is_synthetic(folder: Path) -> bool:
     return (Path(folder) / SYNTHETIC_MARKER).is_file()
 
 
+def checkpoint_facts(folder: Path) -> dict[str, Any]:
+    """What the report says about a checkpoint's origin: {"synthetic": True} where its
+    weights are random (bench --synthetic), else nothing."""
+    return {"synthetic": True} if is_synthetic(folder) else {}
+
+
 def release(folder: Optional[Path]) -> None:
     """Remove `folder` if it is a temporary synthetic checkpoint made here; anything else
     (a cache snapshot, a --model-path folder) is never touched."""

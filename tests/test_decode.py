@@ -137,7 +137,7 @@ def test_one_decoder_many_batches_of_every_size(backends, name, order):
     eager = decode.StaticDecoder(be.model)
     bucketed = decode.StaticDecoder(be.model, bucketed=True, len_bucket=32)
     for i, n in enumerate(order):
-        inputs = be._to_device(be.build_inputs(_small_pages(n, seed=100 + i), "text", GenerationParams()))
+        inputs = be.to_device(be.build_inputs(_small_pages(n, seed=100 + i), "text", GenerationParams()))
         ref = _generated(be.model, None, inputs, 12, be.stop_token_ids(), be.pad_token_id())
         for dec in (eager, bucketed):
             assert _generated(be.model, dec, inputs, 12, be.stop_token_ids(), be.pad_token_id()) == ref, (n, dec.bucketed)
@@ -180,7 +180,7 @@ def _generated(model, dec, inputs, max_new, stop_ids, pad_id):
 def test_bucketed_reads_same_tokens(backends):
     """The CUDA-graph read mode (fixed-length bucket + key mask), run eagerly on CPU."""
     be = backends("qwen3_vl_2b")
-    inputs = be._to_device(be.build_inputs(_pages(), "text", GenerationParams()))
+    inputs = be.to_device(be.build_inputs(_pages(), "text", GenerationParams()))
     ref, got = _both(be.model, inputs, 16, be.stop_token_ids(), be.pad_token_id(), bucketed=True, len_bucket=64)
     assert got == ref
 

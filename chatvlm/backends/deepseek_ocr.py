@@ -102,8 +102,8 @@ class DeepseekOcrBackend(DeepseekGroundingMixin, HFBackend):
     def build_inputs(self, pages: list[Page], task: str, params: GenerationParams) -> dict:
         return self.processor.batch([p.image for p in pages], self.prompt_for(task), mode=self.mode)
 
-    def _to_device(self, inputs) -> dict:
-        data = super()._to_device({k: v for k, v in inputs.items() if k != "images"})
+    def to_device(self, inputs) -> dict:
+        data = super().to_device({k: v for k, v in inputs.items() if k != "images"})
         images = []
         for item in inputs.get("images") or []:
             if item is None:

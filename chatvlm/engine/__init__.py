@@ -1,15 +1,31 @@
 """The model-agnostic generation engine: continuous batching over the static decoder.
 
-Nothing here knows a model family: the backend hands the engine a `prepare` callable
-(a group of requests -> model inputs and arguments for the model's own prefill, plus
-logits processors), a stop-tracker factory and the token budget.
+Nothing here knows a model family: a model adapter (`runner.ModelAdapter`) hands the
+engine its inputs for a group of requests, stop tokens, logits processors and the token
+budget, as data and callables.
 
+    runner      which path a batch takes (continuous / batch / generate), its RawOutputs
     continuous  continuous batching over the static decoder's slots
     batch       one batch through the static decoder, generate as the fallback
     generation  stop tracking, logits processors, generate() arguments, ids -> RawOutput
     memory      batch sizing: the measured probe, the KV-cache estimate
+
+The package itself imports no torch: importing an adapter's module (`chatvlm models` reads
+class attributes) stays cheap; the names below load their module on first use.
 """
 
-from .continuous import ContinuousEngine, Finished, Prepared, continuous_unsupported
+from __future__ import annotations
 
-__all__ = ["ContinuousEngine", "Finished", "Prepared", "continuous_unsupported"]
+import importlib
+from typing import Any
+
+_EXPORTS = {"ContinuousEngine": "continuous", "Finished": "continuous", "Prepared": "continuous",
+            "continuous_unsupported": "continuous", "GenerationRunner": "runner", "ModelAdapter": "runner"}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -126,3 +126,62 @@ def probed_batch_size(measure: Callable[[], int], estimate: Callable[[], int],
         free_memory(release)
         failure = f"failed: {exc.__class__.__name__}: {exc}"[:300]
         return (1 if is_out_of_memory(exc) else estimate()), failure
+
+
+def kv_bytes_per_token(config: Any, dtype_bytes: int) -> int:
+    """Keys and values of one token of one page across the language model's layers, from a
+    transformers config (its text config where it has one)."""
+    from ..scheduler import kv_cache_bytes_per_token
+
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    heads = int(getattr(text, "num_attention_heads"))
+    kv_heads = int(getattr(text, "num_key_value_heads", None) or heads)
+    head_dim = int(getattr(text, "head_dim", None) or text.hidden_size // heads)
+    return kv_cache_bytes_per_token(int(text.num_hidden_layers), kv_heads, head_dim, dtype_bytes)
+
+
+class BatchSizer:
+    """The run's batch size: --batch-size, else on an accelerator the measured probe (once
+    per token budget), else one page. The probe's facts (or why it failed) and the size go
+    into `facts` for the report."""
+
+    def __init__(self, facts: dict[str, Any]):
+        self.facts = facts
+        self._known: dict[int, int] = {}     # token budget -> measured size
+
+    def choose(self, requested: Optional[int], budget: int, meter: Optional[MemoryMeter],
+               measure: Callable[[], int], estimate: Callable[[], int], release: Callable[[], None]) -> int:
+        """`measure()`: the probe's size; `estimate()`: the KV-cache estimate where the probe
+        fails for another reason than memory; `release()` frees the caches."""
+        if requested:
+            return requested
+        if meter is None:
+            return 1
+        if budget in self._known:
+            return self._known[budget]
+        size, failure = probed_batch_size(measure, estimate, release)
+        if failure:
+            self.facts["auto_batch_probe"] = failure
+        self.facts["auto_batch_size"] = size
+        self._known[budget] = size
+        return size
+
+    def estimate(self, meter: MemoryMeter, page_bytes: Callable[[], int], fallback: int) -> int:
+        """The batch size from the free memory and the per-page estimate (`fallback` where
+        either cannot be read); the estimate goes into the facts."""
+        size, per_page = estimated_batch_size(meter, page_bytes, fallback)
+        if per_page is not None:
+            self.facts["estimated_page_memory_mb"] = round(per_page / 2**20, 1)
+        return size
+
+    def measure(self, run_batch: Callable[[list[Page], int], Any], meter: MemoryMeter, release: Callable[[], None],
+                *, max_new_tokens: int, kv_bytes_per_token: Callable[[], int], settings: dict[str, Any]) -> int:
+        """The measured probe (`measure_batch_size`): `run_batch(pages, tokens)` generates
+        `tokens` new tokens for a batch of pages; `settings` (options.extra) may set
+        probe_pages, probe_tokens and probe_margin."""
+        size, facts = measure_batch_size(
+            run_batch, meter, release, max_new_tokens=max_new_tokens, kv_bytes_per_token=kv_bytes_per_token,
+            probe_pages=int(settings.get("probe_pages", 2)), probe_tokens=int(settings.get("probe_tokens", 8)),
+            margin=float(settings.get("probe_margin", 0.8)))
+        self.facts["auto_batch_probe"] = facts
+        return size
