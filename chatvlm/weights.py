@@ -122,6 +122,19 @@ def load_transformers_model(cls: Any, folder: Path, device: str, **kwargs: Any):
     return model
 
 
+def decode_tokenizer(folder: Path):
+    """The tokenizer that only decodes generated ids, for a checkpoint that carries no
+    tokenizer of the model's own (folder `decode_tokenizer/`: the synthetic DeepSeek-OCR
+    recipe writes one, its processor knowing the official prompts' ids); None where the
+    folder has none."""
+    sub = Path(folder) / "decode_tokenizer"
+    if not (sub / "tokenizer.json").is_file():
+        return None
+    from transformers import PreTrainedTokenizerFast
+
+    return PreTrainedTokenizerFast.from_pretrained(str(sub))
+
+
 # --------------------------------------------------------------------------- real weights
 
 def short_reason(exc: BaseException) -> str:

@@ -31,7 +31,7 @@ from ..errors import ModelUnavailableError, UsageError
 from ..records import Page, PageResult, RawOutput
 from ..registry import ModelSpec
 from .deepseek_common import EOS, PAD, DeepseekGroundingMixin, grounded_result
-from ..weights import load_port_model
+from ..weights import decode_tokenizer, load_port_model
 from .hf import HFBackend
 
 MODE_NAMES = ("tiny", "small", "base", "large", "gundam")
@@ -60,17 +60,13 @@ class DeepseekOcrBackend(DeepseekGroundingMixin, HFBackend):
     # ------------------------------------------------------------------ loading
     def load_processor(self, path: Path):
         """The processor knows the official prompts' token ids without a tokenizer, so a
-        checkpoint may carry only a decode tokenizer (folder decode_tokenizer/, as the
-        synthetic recipe writes: byte-level, official special ids) for the generated tokens."""
+        checkpoint may carry only a tokenizer for the generated tokens (weights.decode_tokenizer)."""
         from ..models.deepseek_ocr import processor_from_pretrained
 
         proc = processor_from_pretrained(path, max_crops=self.max_crops)
-        decode_only = path / "decode_tokenizer"
-        if proc.tokenizer is None and (decode_only / "tokenizer.json").is_file():
-            from transformers import PreTrainedTokenizerFast
-
-            self._decode_tokenizer = PreTrainedTokenizerFast.from_pretrained(str(decode_only))
-        elif proc.tokenizer is None:
+        if proc.tokenizer is None:
+            self._decode_tokenizer = decode_tokenizer(path)
+        if proc.tokenizer is None and self._decode_tokenizer is None:
             raise ModelUnavailableError(
                 f"model '{self.spec.name}': {path} has no tokenizer files (tokenizer.json); "
                 f"expected a full copy of {self.spec.repo_id}")
