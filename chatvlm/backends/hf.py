@@ -100,10 +100,11 @@ class HFBackend(Backend):
         to_device(inputs) -> dict                      tensors onto the model's device and dtype
         stop_token_ids() -> list[int]                 default: generation_config / tokenizer EOS
         stop_strings() -> list[str]                   default: none
-        pad_token_id() -> int
+        pad_token_id() -> int / bos_token_id() -> int | None
         logits_processors(task, params, inputs) -> list   model-specific anti-repetition, etc.
         repetition_penalty(params) -> float            default: params, else spec.extra, else 1.0
         decode(ids) -> str                             default: tokenizer decode + strip
+        decode_raw(ids) -> str                         specials kept (stop strings, loop guard)
         attn_argument(kind) -> str | dict              what from_pretrained gets for attn_implementation
         load_processor(path) / load_model(path, dtype, attn)
         after_load()                                   e.g. set the pixel budget on the processor

@@ -22,7 +22,7 @@ and with `synthetic_tokens` = [A, B, seed] each request its own count.
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Optional, Protocol, Sequence
+from typing import Any, Optional, Protocol
 
 from ..config import BackendOptions, GenerationParams
 from ..errors import ChatVLMError
