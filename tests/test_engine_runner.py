@@ -231,3 +231,16 @@ def test_the_synthetic_scan_sees_a_branch_but_not_a_docstring():
            "if self.options.synthetic:\n    model = cls.from_config(config)\n")
     hits = _synthetic_mentions(bad)
     assert len(hits) == 3 and not any("random" in hit for hit in hits), hits
+
+
+def test_importing_an_adapter_module_loads_no_framework():
+    # `chatvlm models` reads backend class attributes: the engine package loads torch only when used
+    import subprocess
+    import sys
+
+    code = ("import sys, chatvlm.backends.hf, chatvlm.backends.qwen2_vl, chatvlm.engine; "
+            "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         cwd=Path(__file__).resolve().parents[1])
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
