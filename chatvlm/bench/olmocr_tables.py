@@ -206,15 +206,12 @@ def html_tables(page: str) -> list[Table]:
     parser.close()
     tables = []
     for rows in parser.tables:
-        rows = [row for row in rows]
-        total = len(rows)
-        specs = []
-        for r, row in enumerate(rows):
-            specs.append([CellSpec(cell["text"], colspan=_span(cell["colspan"]), heading=cell["heading"],
-                                   # rowspan="0" reaches the end of the table
-                                   rowspan=max(1, total - r) if str(cell["rowspan"]).strip() == "0" else _span(cell["rowspan"]))
-                          for cell in row])
-        table = build_table([row for row in specs]) if any(specs) else None
+        specs = [[CellSpec(cell["text"], colspan=_span(cell["colspan"]), heading=cell["heading"],
+                           # rowspan="0" reaches the end of the table
+                           rowspan=len(rows) - r if str(cell["rowspan"]).strip() == "0" else _span(cell["rowspan"]))
+                  for cell in row]
+                 for r, row in enumerate(rows)]
+        table = build_table(specs)
         if table is not None:
             tables.append(table)
     return tables
