@@ -158,6 +158,27 @@ def test_corpus_rules_files_parse():
             assert status in ("fail", "unsupported", "pass")
 
 
+def test_bench_row_is_typed_and_keeps_bench_json_keys(tmp_path):
+    row = bench.BenchRow(model="m")
+    assert row.ok and row.pages.total == 0 and row.to_dict()["pages"] == {
+        "total": 0, "ok": 0, "failed": 0, "looped": 0, "truncated": 0, "unreadable_inputs": 0}
+    assert list(row.to_dict()) == [
+        "model", "status", "error", "engine", "device", "dtype", "attention", "load_s", "warmup_s",
+        "time_to_first_page_s", "pages", "pages_per_s", "input_tokens", "output_tokens", "output_tokens_per_s",
+        "output_tokens_per_page", "page_latency_p50_s", "page_latency_p90_s", "peak_gpu_memory_gb", "accuracy",
+        "roofline", "runs", "outputs", "pages_detail"]          # "cluster" only on a Ray cluster
+    records = [_record(tmp_path / "a.png", "x"), _record(tmp_path / "a.png", None, page=2, page_count=2, status="error"),
+               _record(tmp_path / "junk.png", None, page=None, status="error")]
+    records[0].output_tokens = 7
+    row.runs = [{"repeat": 1, "out": "o", "report": {"wall_s": 2.0, "recognise_busy_s": 1.0, "input_tokens": 5}}]
+    row.fill_speed([records], {"device": "cpu", "dtype": "float32", "attention": "sdpa"})
+    assert row.pages == bench.PageCounts(total=2, ok=1, failed=1, unreadable_inputs=1)
+    assert (row.pages_per_s, row.output_tokens, row.output_tokens_per_s, row.output_tokens_per_page) == (0.5, 7, 7.0, 7.0)
+    assert [d["page"] for d in row.pages_detail] == [1, 2, None] and row.device == "cpu"
+    failed = row.fail("failed", "boom")
+    assert failed is row and not row.ok and row.to_dict()["error"] == "boom"
+
+
 # =========================================================================== runs
 
 class CrashingBackend(Backend):

@@ -297,6 +297,8 @@ def test_baseline():
     assert passes(rule("baseline", max_length=10, max_length_skips_image_alt_tags=True), image)
     assert not passes(rule("baseline", max_length=10), image)
     assert tail_repeats("xyabab") == [1, 2, 1, 1, 1]
+    assert tail_repeats("ab \n\t ab ") == [1, 1, 2, 1, 1]      # whitespace runs are one space
+    assert tail_repeats("ab") == [1, 1, 0, 0, 0]
 
 
 # --------------------------------------------------------------------------- corpus rule files

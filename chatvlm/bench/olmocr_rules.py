@@ -239,11 +239,13 @@ _DISALLOWED = re.compile("[\u4e00-\u9fff\u3040-\u309f\u30a0-\u30ff\U0001f600-\U0
 
 def tail_repeats(text: str, longest: int = 5) -> list[int]:
     """For n = 1..longest: how many times the last n characters repeat back to back at the
-    end of the text (a generation stuck in a loop ends in a long run)."""
+    end of the text, whitespace runs counted as one space (a generation stuck in a loop
+    ends in a long run). 0 where the text is shorter than n."""
+    text = re.sub(r"\s+", " ", text)
     counts = []
     for n in range(1, longest + 1):
         tail, count, end = text[-n:], 0, len(text)
-        while n and end - n >= 0 and text[end - n:end] == tail:
+        while len(text) >= n and end - n >= 0 and text[end - n:end] == tail:
             count, end = count + 1, end - n
         counts.append(count)
     return counts

@@ -97,10 +97,12 @@ def run_bench(config: BenchConfig, models: list[str], reporter: Optional[Reporte
     if config.roofline and warmup_page is not None and neural and cuda_in_use(config):
         # The card's limits before any model: its buffers then never count in a model's peak memory.
         _measure_card(config, get_spec(neural[0]), report["peaks"], reporter)
+    rows: list[BenchRow] = []
     with _cluster(config.base.ray):   # one cluster connection for every model
         for name in models:
             reporter.message(_("benchmarking {name}").format(name=name), "info")
             row = bench_model(config, name, warmup_page, reporter, report["peaks"])
+            rows.append(row)
             report["models"].append(row.to_dict())
             if not row.ok:
                 reporter.message(_("{name}: {reason}").format(name=name, reason=row.error), "error")
@@ -109,10 +111,9 @@ def run_bench(config: BenchConfig, models: list[str], reporter: Optional[Reporte
     if not models:
         report["hardware"] = hardware_info()
         write_outputs(out, report)
-    rows = report["models"]
-    if rows and not any(r["status"] == "ok" for r in rows):
+    if rows and not any(row.ok for row in rows):
         code = EXIT_ABORTED
-    elif any(r["status"] != "ok" or r["pages"]["failed"] for r in rows):
+    elif any(not row.ok or row.pages.failed for row in rows):
         code = EXIT_PAGES_FAILED
     else:
         code = EXIT_OK
