@@ -22,6 +22,7 @@ from collections import Counter
 from typing import Any, Iterable, Optional
 
 from .records import LayoutBlock
+from .textnorm import markdown_to_text  # noqa: F401  (the "page" style; kept importable from here)
 
 CATEGORIES = (
     "Caption", "Footnote", "Formula", "List-item", "Page-footer", "Page-header",
@@ -363,20 +364,6 @@ def blocks_to_markdown(blocks: list[LayoutBlock], skip_headers: bool = False,
         else:
             parts.append(_clean_text(block.text))
     return "\n\n".join(parts) + ("\n" if parts else "")
-
-
-def markdown_to_text(markdown: str) -> str:
-    """Plain text from markdown: drop heading marks, emphasis, image links and HTML tags."""
-    text = re.sub(r"!\[[^\]]*\]\([^)]*\)", "", markdown)
-    text = re.sub(r"</t[dh]>\s*<t[dh][^>]*>", "\t", text)
-    text = re.sub(r"</tr>", "\n", text)
-    text = re.sub(r"<br\s*/?>", "\n", text)
-    text = re.sub(r"<[^>]+>", "", text)
-    text = re.sub(r"^\s{0,3}#{1,6}\s+", "", text, flags=re.MULTILINE)
-    text = re.sub(r"(\*\*|__)(.+?)\1", r"\2", text)
-    text = re.sub(r"^\s*\$\$\s*$", "", text, flags=re.MULTILINE)
-    text = re.sub(r"\n{3,}", "\n\n", text)
-    return text.strip() + "\n" if text.strip() else ""
 
 
 def picture_crops(image, blocks: list[LayoutBlock], stem: str) -> tuple[dict[int, str], dict[str, Any]]:

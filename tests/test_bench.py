@@ -123,14 +123,9 @@ def test_rules_present_absent_order_and_fuzzy_options():
     assert ok({"type": "order", "before": "brown fox", "after": "Report"}) == "fail"
     assert ok({"type": "order", "before": "Reprot", "after": "brown fox"}) == "fail"
     assert ok({"type": "order", "before": "Reprot", "after": "brown fox", "max_diffs": 2}) == "pass"
-    assert ok({"type": "math", "math": "a^2"}) == "unsupported"
+    assert ok({"type": "math", "math": "a^2"}) == "fail"                          # no formula on the page
+    assert ok({"type": "chart", "text": "x"}) == "unsupported"
     assert bench.check_rule({"type": "present", "text": "“quoted” – text"}, 'a "quoted" - text')[0] == "pass"
-
-
-def test_approximate_starts():
-    assert bench.approximate_starts("abc", "xxabcxxabc", 0) == [2, 7]
-    assert bench.approximate_starts("abcd", "xxabxdxx", 1) == [2]
-    assert bench.approximate_starts("abcd", "xxxxxxxx", 1) == []
 
 
 def test_rules_scored_per_page(tmp_path):
@@ -139,7 +134,7 @@ def test_rules_scored_per_page(tmp_path):
         {"pdf": "d.pdf", "page": 2, "id": "p2", "type": "present", "text": "alpha"},
         {"pdf": "d.pdf", "page": 2, "id": "p3", "type": "absent", "text": "alpha"},
         {"pdf": "d.pdf", "page": 3, "id": "p4", "type": "present", "text": "never ran"},
-        {"pdf": "d.pdf", "page": 1, "id": "m", "type": "math", "math": "x"},
+        {"pdf": "d.pdf", "page": 1, "id": "m", "type": "math", "math": ""},      # olmOCR-bench would reject it
     ]
     (tmp_path / "d.rules.jsonl").write_text("\n".join(json.dumps(r) for r in rules) + "\n")
     records = [_record(tmp_path / "d.pdf", "alpha", page=1, page_count=3, markdown="alpha"),
@@ -161,6 +156,27 @@ def test_corpus_rules_files_parse():
             assert rule["type"] != "invalid", rule
             status, _why = bench.check_rule(rule, "")
             assert status in ("fail", "unsupported", "pass")
+
+
+def test_bench_row_is_typed_and_keeps_bench_json_keys(tmp_path):
+    row = bench.BenchRow(model="m")
+    assert row.ok and row.pages.total == 0 and row.to_dict()["pages"] == {
+        "total": 0, "ok": 0, "failed": 0, "looped": 0, "truncated": 0, "unreadable_inputs": 0}
+    assert list(row.to_dict()) == [
+        "model", "status", "error", "engine", "device", "dtype", "attention", "load_s", "warmup_s",
+        "time_to_first_page_s", "pages", "pages_per_s", "input_tokens", "output_tokens", "output_tokens_per_s",
+        "output_tokens_per_page", "page_latency_p50_s", "page_latency_p90_s", "peak_gpu_memory_gb", "accuracy",
+        "roofline", "runs", "outputs", "pages_detail"]          # "cluster" only on a Ray cluster
+    records = [_record(tmp_path / "a.png", "x"), _record(tmp_path / "a.png", None, page=2, page_count=2, status="error"),
+               _record(tmp_path / "junk.png", None, page=None, status="error")]
+    records[0].output_tokens = 7
+    row.runs = [{"repeat": 1, "out": "o", "report": {"wall_s": 2.0, "recognise_busy_s": 1.0, "input_tokens": 5}}]
+    row.fill_speed([records], {"device": "cpu", "dtype": "float32", "attention": "sdpa"})
+    assert row.pages == bench.PageCounts(total=2, ok=1, failed=1, unreadable_inputs=1)
+    assert (row.pages_per_s, row.output_tokens, row.output_tokens_per_s, row.output_tokens_per_page) == (0.5, 7, 7.0, 7.0)
+    assert [d["page"] for d in row.pages_detail] == [1, 2, None] and row.device == "cpu"
+    failed = row.fail("failed", "boom")
+    assert failed is row and not row.ok and row.to_dict()["error"] == "boom"
 
 
 # =========================================================================== runs
@@ -203,6 +219,7 @@ def _inputs(tmp_path: Path) -> Path:
         {"pdf": "phototest.pdf", "page": 1, "id": "r2", "type": "absent", "text": "zebra crossing"},
         {"pdf": "phototest.pdf", "page": 1, "id": "r3", "type": "order", "before": "12 point", "after": "10 point"},
         {"pdf": "phototest.pdf", "page": 1, "id": "r4", "type": "math", "math": "x^2"},
+        {"pdf": "phototest.pdf", "page": 1, "id": "r5", "type": "order", "before": "12", "after": "10", "max_diffs": 2},
     ]
     (folder / "phototest.rules.jsonl").write_text("\n".join(json.dumps(r) for r in rules) + "\n")
     return folder
@@ -259,8 +276,8 @@ def test_bench_tesseract_and_failing_models(tmp_path, fake_models):
     checks = {c["id"]: c["status"] for c in acc["repeats"][0]["rules"]["checks"]}
     for rule in bench.load_rules(folder / "phototest.rules.jsonl"):
         assert checks[rule["id"]] == bench.check_rule(rule, md)[0]
-    assert checks["r2"] == "pass" and checks["r4"] == "unsupported"
-    assert acc["rules_not_scored"] == 1 and acc["rules_passed"] + acc["rules_failed"] == 3
+    assert checks["r2"] == "pass" and checks["r4"] == "fail" and checks["r5"] == "unsupported"
+    assert acc["rules_not_scored"] == 1 and acc["rules_passed"] + acc["rules_failed"] == 4
 
     # outputs: per-model pages, olmOCR-bench layout, markdown table, hardware and versions
     assert (out / "tesseract" / "komi" / "page-0001.txt").exists()

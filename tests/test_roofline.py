@@ -97,6 +97,7 @@ def test_flash_attn_formulas_agree_with_pytorch_attention():
 
 def test_bench_measures_the_card_once_for_the_run(tmp_path, monkeypatch):
     from chatvlm import bench
+    from chatvlm.bench.runner import _measure_card
     from chatvlm.config import RunConfig
     from chatvlm.pipeline import Reporter
     from chatvlm.registry import get_spec
@@ -105,5 +106,5 @@ def test_bench_measures_the_card_once_for_the_run(tmp_path, monkeypatch):
     monkeypatch.setattr(roofline, "CPU_COPY_BYTES", 1 << 20)
     config = bench.BenchConfig(base=RunConfig(inputs=[], out=tmp_path, backend=BackendOptions(device="cpu")))
     peaks: list = []
-    bench._measure_card(config, get_spec("qwen_vl_2b"), peaks, Reporter())
+    _measure_card(config, get_spec("qwen_vl_2b"), peaks, Reporter())
     assert [(p["device"], p["dtype"], p["matmul_n"]) for p in peaks] == [("cpu", "float32", 128)]
