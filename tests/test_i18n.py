@@ -96,9 +96,18 @@ def test_po_round_trips(tmp_path):
     ("ru", {}, "ru"),
     ("ru_RU", {}, "ru"),
     ("de", {"CHATVLM_LANG": "ru"}, "en"),
+    # LANGUAGE, as gettext reads it: first, and a colon-separated list of preferences
+    (None, {"LANGUAGE": "ru", "LANG": "en_US.UTF-8"}, "ru"),
+    (None, {"LANGUAGE": "en", "LC_ALL": "ru_RU.UTF-8"}, "en"),
+    (None, {"LANGUAGE": "de:ru_RU:en", "LANG": "en_US.UTF-8"}, "ru"),
+    (None, {"LANGUAGE": "de:fr", "LANG": "ru_RU.UTF-8"}, "en"),
+    (None, {"LANGUAGE": "", "LANG": "ru_RU.UTF-8"}, "ru"),
+    (None, {"LANGUAGE": "ru", "CHATVLM_LANG": "en"}, "en"),
+    (None, {"LC_MESSAGES": "ru_RU.UTF-8", "LANG": "en_US.UTF-8"}, "ru"),
+    (None, {"LC_ALL": "POSIX", "LC_MESSAGES": "ru_RU.UTF-8"}, "ru"),
 ])
 def test_language_precedence(monkeypatch, explicit, env, expected):
-    for key in ("CHATVLM_LANG", "LC_ALL", "LC_MESSAGES", "LANG"):
+    for key in ("CHATVLM_LANG", "LANGUAGE", "LC_ALL", "LC_MESSAGES", "LANG"):
         monkeypatch.delenv(key, raising=False)
     for key, value in env.items():
         monkeypatch.setenv(key, value)
@@ -167,11 +176,12 @@ def test_errors_in_russian(runner, tmp_path):
     assert result.exit_code == 2 and "--ui-lang must be en or ru" in flat(result.output)
 
 
-def test_russian_help_as_a_user_runs_it():
-    """A real process: the language is chosen before Typer builds the help texts."""
-    env = {**os.environ, "LANG": "ru_RU.UTF-8", "PYTHONPATH": str(ROOT)}
-    env.pop("CHATVLM_LANG", None)
-    env.pop("LC_ALL", None)
+@pytest.mark.parametrize("locale", [{"LANG": "ru_RU.UTF-8"}, {"LANGUAGE": "de:ru", "LANG": "C.UTF-8"}])
+def test_russian_help_as_a_user_runs_it(locale):
+    """A real process, in a Russian locale (LANG, or gettext's LANGUAGE list)."""
+    env = {key: value for key, value in os.environ.items()
+           if key not in ("CHATVLM_LANG", "LANGUAGE", "LC_ALL", "LC_MESSAGES", "LANG")}
+    env.update(locale, PYTHONPATH=str(ROOT))
     env["COLUMNS"] = "200"
     out = subprocess.run([sys.executable, "-m", "chatvlm", "ask", "--help"], cwd=ROOT, env=env,
                          capture_output=True, text=True, check=True).stdout
