@@ -7,6 +7,7 @@ LocalizedGroup, so a program that imports `app` keeps its own settings.
 
 from __future__ import annotations
 
+import importlib
 import sys
 from pathlib import Path
 from typing import Any, List, Optional
@@ -53,13 +54,12 @@ def _localize(command: Any) -> Any:
 
 
 class LocalizedGroup(TyperGroup):
-    """The `chatvlm` group: re-decides the language per invocation (--ui-lang, CHATVLM_LANG)
-    and translates help texts that were built at import time in another language."""
+    """The `chatvlm` group: decides the language per invocation (--ui-lang, CHATVLM_LANG, the
+    locale) and shows the help texts, declared in English, in it."""
 
     context_class = _LocalizedContext
 
     def make_context(self, info_name, args, parent=None, **extra):
-        import importlib
         importlib.import_module("typer.rich_utils")   # loaded now, so set_language translates its panel titles
 
         args = normalize_ray_flag(list(args))
