@@ -75,10 +75,10 @@ def to_image(image: ImageInput, max_pixels: int = 100_000_000):
     """
     from PIL import Image
 
-    from .sources import _bound_pixels, _to_rgb, open_document, sniff
+    from .sources import bound_pixels, open_document, sniff, to_rgb
 
     if isinstance(image, Image.Image):
-        return _to_rgb(image)
+        return to_rgb(image)
     if isinstance(image, (str, Path)):
         path = Path(image).expanduser()
         if not path.is_file():
@@ -102,9 +102,9 @@ def to_image(image: ImageInput, max_pixels: int = 100_000_000):
             img.load()
         except Exception as exc:
             raise InputError(_("corrupt or truncated image: {reason}").format(reason=exc)) from None
-        return _to_rgb(_bound_pixels(ImageOps.exif_transpose(img), max_pixels))
+        return to_rgb(bound_pixels(ImageOps.exif_transpose(img), max_pixels))
     if hasattr(image, "__array_interface__"):
-        return _to_rgb(Image.fromarray(image))
+        return to_rgb(Image.fromarray(image))
     raise UsageError(_("unsupported image type {type}: pass a PIL image, a path or bytes").format(type=type(image).__name__))
 
 

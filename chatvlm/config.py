@@ -7,6 +7,10 @@ from pathlib import Path
 from typing import Optional
 
 OUTPUT_FORMATS = ("text", "markdown", "json")
+# Spellings of one dtype (`--dtype bf16` and `--dtype bfloat16` give the same pages).
+DTYPE_ALIASES = {"bf16": "bfloat16", "fp16": "float16", "half": "float16", "fp32": "float32", "float": "float32"}
+# BackendOptions.extra keys that decide how fast pages are made, not what they say.
+RUN_ONLY_EXTRA = frozenset({"workers"})
 
 
 @dataclass
@@ -59,19 +63,29 @@ class RunConfig:
     model_options: tuple[str, ...] = ()      # keys the user gave with -O, checked against the chosen backend
 
     def options_key(self) -> dict:
-        """The options that change a page's output; resume only trusts a page done with the same."""
+        """Every setting that changes what a page's files say: resume only trusts a page done
+        with the same. Settings that change only speed or placement (device, attention kernel,
+        batch size, workers, Ray, prefetch, page selection) are left out on purpose."""
+        gen = self.generation
         return {
             "task": self.task,
             "formats": sorted(self.formats),
-            "dpi": self.dpi,
-            "lang": self.backend.lang,
-            "max_new_tokens": self.generation.max_new_tokens,
-            "max_pixels": self.generation.max_pixels,
-            "extra": {k: self.backend.extra[k] for k in sorted(self.backend.extra)},
-            "synthetic": self.backend.synthetic,
+            "overlay": self.overlay,                  # page-NNNN.layout.png is an output too
             "skip_headers": self.skip_headers,
+            "dpi": self.dpi,
+            "max_image_pixels": self.max_image_pixels,   # larger pages are downscaled to it
+            "model_path": str(self.backend.model_path) if self.backend.model_path is not None else None,
+            "dtype": DTYPE_ALIASES.get((self.backend.dtype or "").lower(), self.backend.dtype),
+            "lang": self.backend.lang,
+            "synthetic": self.backend.synthetic,
+            "max_new_tokens": gen.max_new_tokens,
+            "do_sample": gen.do_sample,
+            "repetition_penalty": gen.repetition_penalty,
+            "loop_guard": gen.loop_guard,
+            "min_pixels": gen.min_pixels,
+            "max_pixels": gen.max_pixels,
+            "extra": {k: self.backend.extra[k] for k in sorted(self.backend.extra) if k not in RUN_ONLY_EXTRA},
         }
-
 
 def task_for_formats(formats: tuple[str, ...], command: str) -> str:
     """Pick the one generation task that serves every requested output format.

@@ -3,7 +3,8 @@
 Every message shown to a user goes through `_()`; catalogues live in
 chatvlm/locale/<lang>/LC_MESSAGES/chatvlm.po (compiled to .mo) and are read with the
 standard gettext machinery. English is the source language (the msgids). The language
-is chosen by --ui-lang, CHATVLM_LANG, or the locale (LC_ALL, LC_MESSAGES, LANG).
+is chosen by --ui-lang, CHATVLM_LANG, or the locale as gettext reads it (LANGUAGE,
+LC_ALL, LC_MESSAGES, LANG).
 
 `N_()` marks a string for the catalogue without translating it (for names translated
 later, e.g. report stage names). `python tools/i18n.py check|update|compile` keeps the
@@ -28,19 +29,28 @@ def _code(value: str) -> str:
     return value.split(".")[0].split("@")[0].replace("-", "_").split("_")[0].lower()
 
 
+# Where gettext looks for the language, in its order; LANGUAGE is a colon-separated list
+# of preferences (`LANGUAGE=de:ru`: German if there is a catalogue, else Russian).
+LOCALE_VARIABLES = ("LANGUAGE", "LC_ALL", "LC_MESSAGES", "LANG")
+
+
+def _is_c_locale(value: str) -> bool:
+    return value.split(".")[0] in ("C", "POSIX")
+
+
 def detect_language(explicit: Optional[str] = None) -> str:
-    """--ui-lang beats CHATVLM_LANG beats the locale (LC_ALL, LC_MESSAGES, LANG)."""
+    """--ui-lang beats CHATVLM_LANG beats the locale, read as gettext reads it (LANGUAGE,
+    LC_ALL, LC_MESSAGES, LANG). The first variable naming a real language decides: its
+    first language we have a catalogue for, else English. C and POSIX name none."""
     if explicit:
         code = _code(explicit)
         return code if code in SUPPORTED else "en"
-    for value in (os.environ.get("CHATVLM_LANG"), os.environ.get("LC_ALL"),
-                  os.environ.get("LC_MESSAGES"), os.environ.get("LANG")):
-        if value:
-            code = _code(value)
-            if code in SUPPORTED:
-                return code
-            if value not in ("C", "POSIX", "C.UTF-8", "C.utf8"):
-                return "en"
+    for variable in ("CHATVLM_LANG", *LOCALE_VARIABLES):
+        value = os.environ.get(variable, "")
+        wanted = [v for v in (value.split(":") if variable == "LANGUAGE" else [value]) if v and not _is_c_locale(v)]
+        if not wanted:
+            continue
+        return next((_code(v) for v in wanted if _code(v) in SUPPORTED), "en")
     return "en"
 
 

@@ -11,13 +11,13 @@ from __future__ import annotations
 import glob
 import hashlib
 import re
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator, Optional
 
 from .errors import InputError, UsageError
 from .i18n import _
+from .image_files import REFUSE_FACTOR, bound_pixels, image_frame_count, load_image_frame, to_rgb
 from .paths import readable_name, source_id
 
 if TYPE_CHECKING:
@@ -33,7 +33,6 @@ DOCUMENT_EXTENSIONS = {".pdf", ".png", ".jpg", ".jpeg", ".jpe", ".tif", ".tiff",
 # Pages above this many pixels are rendered or scaled down to it; images declaring more
 # than REFUSE_FACTOR times it are refused outright (decompression bombs).
 DEFAULT_MAX_PIXELS = 50_000_000
-REFUSE_FACTOR = 8
 
 
 @dataclass
@@ -58,7 +57,7 @@ class Document:
         """Return page `page` (1-based) as an RGB PIL image, at most max_pixels large."""
         if self.kind == "pdf":
             return _render_pdf_page(self, page, dpi, max_pixels)
-        return _load_image_frame(self.path, page - 1, max_pixels)
+        return load_image_frame(self.path, self.kind, page - 1, max_pixels)
 
 
 # --------------------------------------------------------------------------- inputs
@@ -280,7 +279,7 @@ def open_document(path: Path, doc_key: str, max_pixels: int = DEFAULT_MAX_PIXELS
     if kind == "pdf":
         count, sizes = _pdf_info(path)
         return Document(path, doc_key, kind, digest, count, sizes)
-    count = _image_frame_count(path, kind, max_pixels)
+    count = image_frame_count(path, kind, max_pixels)
     return Document(path, doc_key, kind, digest, count)
 
 
@@ -365,104 +364,7 @@ def _render_pdf_page(doc: Document, page: int, dpi: int, max_pixels: int):
     if not images:
         raise InputError(_("cannot render page {page}: poppler returned no image").format(page=page))
     image = images[0]
-    return _to_rgb(_bound_pixels(image, max_pixels))
-
-
-# --------------------------------------------------------------------------- images
-
-def _open_image(path: Path, max_pixels: int):
-    from PIL import Image
-
-    # Pillow's own bomb check uses a global; raise it to our refusal limit for this
-    # open so that legitimate large scans pass and bombs still fail before decoding.
-    Image.MAX_IMAGE_PIXELS = max_pixels * REFUSE_FACTOR // 2
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            img = Image.open(path)
-    except Image.DecompressionBombError as exc:
-        raise InputError(_("image too large ({detail}); refusing to decode it").format(detail=_bomb_detail(str(exc)))) from None
-    except Exception as exc:
-        if "cannot identify image file" in str(exc):
-            raise InputError(_("corrupt image: its header cannot be decoded")) from None
-        raise InputError(_("cannot read image: {reason}").format(reason=_clean(exc))) from None
-    w, h = img.size
-    if w <= 0 or h <= 0:
-        raise InputError(_("image has invalid dimensions {w}x{h}").format(w=w, h=h))
-    if w * h > max_pixels * REFUSE_FACTOR:
-        raise InputError(_("image too large ({w}x{h} = {mp:.0f} MP, limit {limit:.0f} MP); refusing to decode it").format(
-            w=w, h=h, mp=w * h / 1e6, limit=max_pixels * REFUSE_FACTOR / 1e6))
-    return img
-
-
-def _bomb_detail(message: str) -> str:
-    m = re.search(r"\((\d+) pixels\)", message)
-    return f"{int(m.group(1)) / 1e6:.0f} MP" if m else message
-
-
-def _clean(exc: Exception) -> str:
-    text = str(exc) or exc.__class__.__name__
-    return text.splitlines()[0][:200]
-
-
-def _image_frame_count(path: Path, kind: str, max_pixels: int) -> int:
-    img = _open_image(path, max_pixels)
-    try:
-        # Multi-page TIFFs (and animated GIF/WebP) are documents of several pages.
-        count = int(getattr(img, "n_frames", 1) or 1) if kind in ("tiff", "gif", "webp") else 1
-        # Decode the first frame now so a truncated or corrupt file fails here, with its name.
-        try:
-            img.load()
-        except Exception as exc:
-            raise InputError(_("corrupt or truncated image: {reason}").format(reason=_clean(exc))) from None
-        return max(count, 1)
-    finally:
-        img.close()
-
-
-def _load_image_frame(path: Path, frame: int, max_pixels: int):
-    from PIL import ImageOps
-
-    img = _open_image(path, max_pixels)
-    try:
-        if frame:
-            img.seek(frame)
-        img.load()
-        img = ImageOps.exif_transpose(img)
-        return _to_rgb(_bound_pixels(img, max_pixels))
-    except InputError:
-        raise
-    except Exception as exc:
-        raise InputError(_("corrupt or truncated image: {reason}").format(reason=_clean(exc))) from None
-
-
-def _bound_pixels(img, max_pixels: int):
-    w, h = img.size
-    if w * h <= max_pixels:
-        return img
-    scale = (max_pixels / (w * h)) ** 0.5
-    from PIL import Image
-    return img.resize((max(1, int(w * scale)), max(1, int(h * scale))), Image.LANCZOS if img.mode not in ("1", "P") else Image.NEAREST)
-
-
-def _to_rgb(img):
-    from PIL import Image
-
-    if img.mode == "RGB":
-        return img
-    if img.mode in ("RGBA", "LA") or (img.mode == "P" and "transparency" in img.info):
-        # Transparent pixels become white paper, not black.
-        rgba = img.convert("RGBA")
-        background = Image.new("RGB", rgba.size, (255, 255, 255))
-        background.paste(rgba, mask=rgba.getchannel("A"))
-        return background
-    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
-        import numpy as np
-        arr = np.asarray(img, dtype=np.float64)
-        lo, hi = float(arr.min()), float(arr.max())
-        arr = (arr - lo) / (hi - lo or 1.0) * 255.0
-        return Image.fromarray(arr.astype("uint8")).convert("RGB")
-    return img.convert("RGB")
+    return to_rgb(bound_pixels(image, max_pixels))
 
 
 # --------------------------------------------------------------------------- convenience

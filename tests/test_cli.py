@@ -1,6 +1,7 @@
 """The command line as a user runs it."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -54,6 +55,29 @@ def test_ocr_exit_codes_and_outputs(tmp_path):
 def test_global_flags_anywhere():
     assert hoist_global_options(["ocr", "in", "-q", "--ui-lang", "ru"]) == ["-q", "--ui-lang", "ru", "ocr", "in"]
     assert hoist_global_options(["ocr", "--", "-q"]) == ["ocr", "--", "-q"]
+
+
+def test_importing_the_cli_sets_nothing_up():
+    """A program that imports the CLI (tests, a wrapper script) keeps its own language, Click
+    and logging: the interface is set up when a command line runs, not at import."""
+    code = """
+import logging, sys
+handlers = list(logging.getLogger().handlers)
+import chatvlm.cli
+from chatvlm import i18n
+assert i18n.current_language() == "en" and i18n._("Output folder.") == "Output folder.", i18n.current_language()
+for name in ("click.exceptions", "typer._click.exceptions"):
+    module = sys.modules.get(name)
+    if module is not None:
+        assert not getattr(module.ClickException.format_message, "_chatvlm_wrapped", False), name
+rich_utils = sys.modules.get("typer.rich_utils")
+assert rich_utils is None or rich_utils.OPTIONS_PANEL_TITLE == "Options"
+assert logging.getLogger().handlers == handlers
+print("untouched")
+"""
+    env = {**os.environ, "CHATVLM_LANG": "ru", "PYTHONPATH": str(ROOT)}
+    result = subprocess.run([sys.executable, "-c", code, "--ui-lang", "ru"], capture_output=True, text=True, cwd=ROOT, env=env)
+    assert result.returncode == 0 and "untouched" in result.stdout, result.stderr
 
 
 def test_models_lists_every_model():

@@ -110,3 +110,24 @@ def test_shared_options_exist_on_every_command(command, options):
 def test_ask_checks_the_shared_options_too(page, args, says):
     result = runner.invoke(app, ["--ui-lang", "en", "ask", str(page), "what?", "--model", "qwen_vl_2b", *args])
     assert result.exit_code == 2 and says in flat(result.output)
+
+
+def test_shared_options_read_the_same_on_every_command():
+    """An option several commands take has one declaration: the same help and default."""
+    import typer.main
+
+    group = typer.main.get_command(app)
+    seen: dict[str, tuple] = {}
+    shared = 0
+    for command in ("ocr", "layout", "bench", "ask", "serve"):
+        for param in group.commands[command].params:
+            name = max(param.opts, key=len)
+            if name in ("--out", "--model", "--model-path", "--model-option", "--max-image-pixels", "--max-pages") \
+                    and command in ("bench", "ask", "serve", "layout"):
+                continue   # these say something else on purpose (NAME=DIR, a chat model, a server limit...)
+            facts = (getattr(param, "help", None), param.default, type(param.default).__name__)
+            if name in seen:
+                shared += 1
+                assert seen[name] == facts, (command, name)
+            seen[name] = facts
+    assert shared >= 30

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import gettext
 import importlib.util
+import io
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -62,26 +64,54 @@ def test_extraction_flags_formatted_strings(tmp_path):
 
 
 def test_mo_compiler_round_trips():
-    entries = tool.read_po(tool.po_path("ru"))
-    data = tool.compile_mo(entries)
-    path = ROOT / "build-test.mo"
-    try:
-        path.write_bytes(data)
-        with open(path, "rb") as fh:
-            catalogue = gettext.GNUTranslations(fh)
-    finally:
-        path.unlink(missing_ok=True)
-    for msgid, entry in entries.items():
-        if msgid:
-            assert catalogue.gettext(msgid) == entry.msgstr
-    assert catalogue.info()["content-type"] == "text/plain; charset=UTF-8"
+    catalogue = tool.read_po(tool.po_path("ru"))
+    catalogue_file = gettext.GNUTranslations(io.BytesIO(tool.compile_mo(catalogue)))
+    translated = tool.translations(catalogue)[1]
+    assert len(translated) > 100
+    for msgid, msgstr in translated.items():
+        assert catalogue_file.gettext(msgid) == msgstr
+    assert catalogue_file.info()["content-type"] == "text/plain; charset=UTF-8"
 
 
-def test_po_round_trips(tmp_path):
-    entries = tool.read_po(tool.po_path("ru"))
-    copy = tmp_path / "copy.po"
-    tool.write_po(copy, entries.values())
-    assert copy.read_text(encoding="utf-8") == tool.po_path("ru").read_text(encoding="utf-8")
+@pytest.fixture()
+def locale_copy(tmp_path, monkeypatch):
+    """The tool working on a copy of the catalogues."""
+    shutil.copytree(tool.LOCALE, tmp_path / "locale")
+    monkeypatch.setattr(tool, "LOCALE", tmp_path / "locale")
+    monkeypatch.setattr(tool, "ROOT", tmp_path)
+    return tmp_path / "locale"
+
+
+def test_update_keeps_translations_adds_new_and_drops_stale(locale_copy):
+    path = tool.po_path("ru")
+    before = tool.read_po(path)
+    gone = before.find("Output folder.")
+    before.remove(gone)                                     # as if the message were new in the code
+    before.append(tool.polib.POEntry(msgid="a message the code no longer has", msgstr="старое"))
+    before.find("pages/s").tcomment = "a translator's note"
+    tool.write_po(path, before)
+
+    assert tool.update("ru") == (1, 1)
+    after = tool.read_po(path)
+    assert after.find("Output folder.").msgstr == "" and after.find("a message the code no longer has") is None
+    assert after.find("pages/s").tcomment == "a translator's note" and after.find("pages/s").msgstr == "стр./с"
+    assert after.metadata["Plural-Forms"].startswith("nplurals=3")
+    assert "python-brace-format" in after.find("{path}: no such file or folder").flags
+    written = path.read_bytes()
+    assert tool.update("ru") == (0, 0) and path.read_bytes() == written    # a second update changes nothing
+
+
+def test_check_and_compile_from_the_command_line(locale_copy, capsys):
+    assert tool.main(["check"]) == 0
+    path = tool.po_path("ru")
+    catalogue = tool.read_po(path)
+    catalogue.find("pages/s").msgstr = "страниц/с"
+    tool.write_po(path, catalogue)
+    assert tool.main(["check"]) == 1
+    assert "chatvlm.mo: out of date" in capsys.readouterr().out
+    assert tool.main(["compile"]) == 0 and tool.main(["check"]) == 0
+    with open(tool.mo_path("ru"), "rb") as fh:
+        assert gettext.GNUTranslations(fh).gettext("pages/s") == "страниц/с"
 
 
 # --------------------------------------------------------------------------- language choice
@@ -96,9 +126,18 @@ def test_po_round_trips(tmp_path):
     ("ru", {}, "ru"),
     ("ru_RU", {}, "ru"),
     ("de", {"CHATVLM_LANG": "ru"}, "en"),
+    # LANGUAGE, as gettext reads it: first, and a colon-separated list of preferences
+    (None, {"LANGUAGE": "ru", "LANG": "en_US.UTF-8"}, "ru"),
+    (None, {"LANGUAGE": "en", "LC_ALL": "ru_RU.UTF-8"}, "en"),
+    (None, {"LANGUAGE": "de:ru_RU:en", "LANG": "en_US.UTF-8"}, "ru"),
+    (None, {"LANGUAGE": "de:fr", "LANG": "ru_RU.UTF-8"}, "en"),
+    (None, {"LANGUAGE": "", "LANG": "ru_RU.UTF-8"}, "ru"),
+    (None, {"LANGUAGE": "ru", "CHATVLM_LANG": "en"}, "en"),
+    (None, {"LC_MESSAGES": "ru_RU.UTF-8", "LANG": "en_US.UTF-8"}, "ru"),
+    (None, {"LC_ALL": "POSIX", "LC_MESSAGES": "ru_RU.UTF-8"}, "ru"),
 ])
 def test_language_precedence(monkeypatch, explicit, env, expected):
-    for key in ("CHATVLM_LANG", "LC_ALL", "LC_MESSAGES", "LANG"):
+    for key in ("CHATVLM_LANG", "LANGUAGE", "LC_ALL", "LC_MESSAGES", "LANG"):
         monkeypatch.delenv(key, raising=False)
     for key, value in env.items():
         monkeypatch.setenv(key, value)
@@ -167,11 +206,12 @@ def test_errors_in_russian(runner, tmp_path):
     assert result.exit_code == 2 and "--ui-lang must be en or ru" in flat(result.output)
 
 
-def test_russian_help_as_a_user_runs_it():
-    """A real process: the language is chosen before Typer builds the help texts."""
-    env = {**os.environ, "LANG": "ru_RU.UTF-8", "PYTHONPATH": str(ROOT)}
-    env.pop("CHATVLM_LANG", None)
-    env.pop("LC_ALL", None)
+@pytest.mark.parametrize("locale", [{"LANG": "ru_RU.UTF-8"}, {"LANGUAGE": "de:ru", "LANG": "C.UTF-8"}])
+def test_russian_help_as_a_user_runs_it(locale):
+    """A real process, in a Russian locale (LANG, or gettext's LANGUAGE list)."""
+    env = {key: value for key, value in os.environ.items()
+           if key not in ("CHATVLM_LANG", "LANGUAGE", "LC_ALL", "LC_MESSAGES", "LANG")}
+    env.update(locale, PYTHONPATH=str(ROOT))
     env["COLUMNS"] = "200"
     out = subprocess.run([sys.executable, "-m", "chatvlm", "ask", "--help"], cwd=ROOT, env=env,
                          capture_output=True, text=True, check=True).stdout

@@ -108,6 +108,49 @@ def test_large_pages_are_downscaled_and_bombs_refused(tmp_path):
         open_document(big, "big", max_pixels=500_000)   # 6 MP > 8 x 0.5 MP: refused
 
 
+def png_header_only(path: Path, width: int, height: int) -> None:
+    """A PNG that declares `width` x `height` pixels but holds none (a decompression bomb's header)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+                     + chunk(b"IEND", b""))
+
+
+def test_large_images_leave_pillows_global_limit_alone(tmp_path, monkeypatch):
+    """Our limit is checked per call: Pillow's process-wide MAX_IMAGE_PIXELS is neither
+    changed (it would leak into the caller's code and race between render threads) nor
+    in the way of a page our own limit allows."""
+    from PIL import Image
+
+    big = tmp_path / "big.png"
+    Image.new("1", (4000, 3000), 1).save(big)          # 12 MP, 1 bit: a small file
+    default = Image.MAX_IMAGE_PIXELS
+    open_document(big, "big").render(1)
+    assert Image.MAX_IMAGE_PIXELS == default
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1_000_000)   # Pillow alone refuses 12 MP now
+    img = open_document(big, "big", max_pixels=20_000_000).render(1, max_pixels=20_000_000)
+    assert img.size == (4000, 3000) and img.mode == "RGB"
+    assert Image.MAX_IMAGE_PIXELS == 1_000_000
+
+
+def test_too_large_image_is_refused_before_decoding_and_named(tmp_path):
+    from chatvlm.api import pages
+    from chatvlm.sources import plan_pages
+
+    bomb = tmp_path / "bomb.png"
+    png_header_only(bomb, 100_000, 100_000)           # 10 gigapixels declared, none there
+    [(page, doc)] = list(plan_pages([str(bomb)]))
+    assert doc is None and page.source == bomb
+    assert "too large (100000x100000 = 10000 MP, limit 400 MP)" in page.error
+    with pytest.raises(InputError, match=r"bomb\.png: image too large"):
+        next(pages(bomb))
+
+
 def test_transparent_png_becomes_white_paper(tmp_path):
     from PIL import Image
 

@@ -6,8 +6,9 @@
     python tools/i18n.py compile    # write the .mo files from the .po files
 
 Messages are found with `ast`: every `_("...")` and `N_("...")` call in the chatvlm package
-whose argument is a string literal. The .mo writer follows CPython's Tools/i18n/msgfmt.py
-(GNU gettext binary format, little endian, keys sorted), so no external tool is needed.
+whose argument is a string literal (and `_()` on anything else is reported, since it can
+never match a catalogue entry). The .po and .mo files are read and written with polib
+(the `test` extra); chatvlm itself needs only the standard gettext module to read the .mo.
 """
 
 from __future__ import annotations
@@ -15,11 +16,15 @@ from __future__ import annotations
 import argparse
 import ast
 import re
-import struct
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Optional
+from typing import Optional
+
+try:
+    import polib
+except ImportError:   # pragma: no cover - said plainly instead of a traceback
+    sys.exit("tools/i18n.py needs polib: python3 -m pip install polib (or the project's [test] extra)")
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "chatvlm"
@@ -28,16 +33,20 @@ DOMAIN = "chatvlm"
 LANGUAGES = ("ru",)
 MARKERS = ("_", "N_")
 
-HEADER = {
-    "ru": (
-        "Project-Id-Version: chatvlm\n"
-        "Language: ru\n"
-        "MIME-Version: 1.0\n"
-        "Content-Type: text/plain; charset=UTF-8\n"
-        "Content-Transfer-Encoding: 8bit\n"
-        "Plural-Forms: nplurals=3; plural=(n%10==1 && n%100!=11 ? 0 : n%10>=2 && n%10<=4 && (n%100<10 || n%100>=20) ? 1 : 2);\n"
-    ),
+# The header of a new catalogue (an existing one keeps its own).
+METADATA = {
+    "ru": {
+        "Project-Id-Version": "chatvlm",
+        "Language": "ru",
+        "MIME-Version": "1.0",
+        "Content-Type": "text/plain; charset=UTF-8",
+        "Content-Transfer-Encoding": "8bit",
+        "Plural-Forms": "nplurals=3; plural=(n%10==1 && n%100!=11 ? 0 : n%10>=2 && n%10<=4 && (n%100<10 || n%100>=20) ? 1 : 2);",
+    },
 }
+HEADER_COMMENT = "chatvlm interface messages ({lang}); python3 tools/i18n.py update keeps them in step with the code"
+WRAP = 78   # polib's and GNU msgmerge's line width
+BRACE_FLAG = "python-brace-format"
 
 PLACEHOLDER = re.compile(r"\{([a-zA-Z_][a-zA-Z0-9_]*)?(?:[:!][^{}]*)?\}")
 MARKUP = re.compile(r"\[/?[a-z][a-z ]*\]|\[/\]")
@@ -87,130 +96,7 @@ def extract(package: Path = PACKAGE) -> tuple[dict[str, Message], list[Problem]]
     return messages, problems
 
 
-# --------------------------------------------------------------------------- .po files
-
-@dataclass
-class Entry:
-    msgid: str
-    msgstr: str = ""
-    comments: list[str] = field(default_factory=list)   # translator comments ("# ...")
-    flags: list[str] = field(default_factory=list)
-    refs: list[str] = field(default_factory=list)
-
-    @property
-    def fuzzy(self) -> bool:
-        return "fuzzy" in self.flags
-
-
-def _unquote(text: str) -> str:
-    text = text.strip()
-    if not (text.startswith('"') and text.endswith('"')):
-        raise ValueError(f"not a quoted string: {text!r}")
-    body = text[1:-1]
-    out = []
-    i = 0
-    escapes = {"n": "\n", "t": "\t", '"': '"', "\\": "\\", "r": "\r"}
-    while i < len(body):
-        ch = body[i]
-        if ch == "\\" and i + 1 < len(body):
-            out.append(escapes.get(body[i + 1], "\\" + body[i + 1]))
-            i += 2
-        else:
-            out.append(ch)
-            i += 1
-    return "".join(out)
-
-
-def _quote(text: str) -> str:
-    return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\t", "\\t").replace("\n", "\\n") + '"'
-
-
-def read_po(path: Path) -> dict[str, Entry]:
-    """msgid -> Entry; the header is the entry with msgid ''."""
-    entries: dict[str, Entry] = {}
-    current: Optional[Entry] = None
-    section: Optional[str] = None
-    pending = Entry("")
-
-    def flush() -> None:
-        nonlocal current
-        if current is not None:
-            entries[current.msgid] = current
-        current = None
-
-    for lineno, raw in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        line = raw.strip()
-        if not line:
-            flush()
-            section = None
-            continue
-        if line.startswith("#~"):
-            continue   # obsolete entries are not read back
-        if line.startswith("#"):
-            if current is not None and section == "msgstr":
-                flush()
-                section = None
-            if line.startswith("#:"):
-                pending.refs.extend(line[2:].split())
-            elif line.startswith("#,"):
-                pending.flags.extend(f.strip() for f in line[2:].split(","))
-            elif line.startswith("# ") or line == "#":
-                pending.comments.append(line[2:])
-            continue
-        if line.startswith("msgid "):
-            flush()
-            current = Entry(_unquote(line[6:]), comments=pending.comments, flags=pending.flags, refs=pending.refs)
-            pending = Entry("")
-            section = "msgid"
-        elif line.startswith("msgstr "):
-            if current is None:
-                raise ValueError(f"{path}:{lineno}: msgstr without msgid")
-            current.msgstr = _unquote(line[7:])
-            section = "msgstr"
-        elif line.startswith('"'):
-            if current is None or section is None:
-                raise ValueError(f"{path}:{lineno}: stray string")
-            if section == "msgid":
-                current.msgid += _unquote(line)
-            else:
-                current.msgstr += _unquote(line)
-        else:
-            raise ValueError(f"{path}:{lineno}: cannot parse {raw!r}")
-    flush()
-    return entries
-
-
-def _po_string(keyword: str, text: str) -> list[str]:
-    if "\n" in text[:-1] or len(text) > 70:
-        parts = re.findall(r".*?\n|.+$", text) if "\n" in text else [text]
-        lines = [f'{keyword} ""']
-        for part in parts:
-            while len(part) > 76:
-                cut = part.rfind(" ", 0, 76)
-                cut = cut + 1 if cut > 0 else 76
-                lines.append(_quote(part[:cut]))
-                part = part[cut:]
-            if part:
-                lines.append(_quote(part))
-        return lines
-    return [f"{keyword} {_quote(text)}"]
-
-
-def write_po(path: Path, entries: Iterable[Entry]) -> None:
-    lines: list[str] = []
-    for entry in entries:
-        for comment in entry.comments:
-            lines.append(f"# {comment}".rstrip())
-        if entry.refs:
-            lines.append("#: " + " ".join(entry.refs))
-        if entry.flags:
-            lines.append("#, " + ", ".join(entry.flags))
-        lines.extend(_po_string("msgid", entry.msgid))
-        lines.extend(_po_string("msgstr", entry.msgstr))
-        lines.append("")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(lines), encoding="utf-8")
-
+# --------------------------------------------------------------------------- .po and .mo files
 
 def po_path(lang: str) -> Path:
     return LOCALE / lang / "LC_MESSAGES" / f"{DOMAIN}.po"
@@ -220,56 +106,57 @@ def mo_path(lang: str) -> Path:
     return LOCALE / lang / "LC_MESSAGES" / f"{DOMAIN}.mo"
 
 
-# --------------------------------------------------------------------------- .mo files
+def read_po(path: Path) -> polib.POFile:
+    return polib.pofile(str(path), wrapwidth=WRAP)
 
-def compile_mo(entries: dict[str, Entry]) -> bytes:
-    """GNU .mo bytes, as CPython's msgfmt.py writes them (fuzzy and empty entries left out)."""
-    catalog = {e.msgid: e.msgstr for e in entries.values() if e.msgstr and (not e.fuzzy or e.msgid == "")}
-    keys = sorted(catalog)
-    ids = strs = b""
-    offsets = []
-    for key in keys:
-        kid, kstr = key.encode("utf-8"), catalog[key].encode("utf-8")
-        offsets.append((len(ids), len(kid), len(strs), len(kstr)))
-        ids += kid + b"\0"
-        strs += kstr + b"\0"
-    keystart = 7 * 4 + 16 * len(keys)
-    valuestart = keystart + len(ids)
-    koffsets: list[int] = []
-    voffsets: list[int] = []
-    for o1, l1, o2, l2 in offsets:
-        koffsets += [l1, o1 + keystart]
-        voffsets += [l2, o2 + valuestart]
-    output = struct.pack("Iiiiiii", 0x950412DE, 0, len(keys), 7 * 4, 7 * 4 + len(keys) * 8, 0, 0)
-    output += struct.pack(f"{len(koffsets)}i", *koffsets) if koffsets else b""
-    output += struct.pack(f"{len(voffsets)}i", *voffsets) if voffsets else b""
-    return output + ids + strs
+
+def write_po(path: Path, catalogue: polib.POFile) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    catalogue.wrapwidth = WRAP
+    catalogue.save(str(path))
+
+
+def compile_mo(catalogue: polib.POFile) -> bytes:
+    """GNU .mo bytes: the translated entries (not fuzzy, not empty) and the header."""
+    return catalogue.to_binary()
+
+
+def translations(catalogue: polib.POFile) -> tuple[dict[str, str], dict[str, str]]:
+    """(header, msgid -> msgstr): what a .mo compiled from `catalogue` holds."""
+    return dict(catalogue.metadata), {entry.msgid: entry.msgstr for entry in catalogue.translated_entries()}
+
+
+def mo_translations(path: Path) -> tuple[dict[str, str], dict[str, str]]:
+    """(header, msgid -> msgstr) of a compiled .mo."""
+    compiled = polib.mofile(str(path))
+    return dict(compiled.metadata), {entry.msgid: entry.msgstr for entry in compiled if entry.msgid}
 
 
 # --------------------------------------------------------------------------- operations
 
 def update(lang: str) -> tuple[int, int]:
-    """Bring a .po in line with the code: (added, dropped)."""
+    """Bring a .po in line with the code: (added, dropped). Entries follow the code's order;
+    translations, translator comments and flags of known messages are kept."""
     messages, _problems = extract()
     path = po_path(lang)
-    old = read_po(path) if path.exists() else {}
-    header = old.get("") or Entry("", HEADER.get(lang, ""))
-    entries = [header]
+    old = read_po(path) if path.exists() else None
+    known = {entry.msgid: entry for entry in old or [] if not entry.obsolete}
+    new = polib.POFile(wrapwidth=WRAP)
+    new.header = (old.header if old is not None else "") or HEADER_COMMENT.format(lang=lang)
+    new.metadata = old.metadata if old is not None else dict(METADATA.get(lang, {}))
+    new.metadata_is_fuzzy = old.metadata_is_fuzzy if old is not None else False
     added = 0
     for msgid, message in messages.items():
-        entry = old.get(msgid)
+        entry = known.get(msgid)
         if entry is None:
-            entry = Entry(msgid)
+            entry = polib.POEntry(msgid=msgid, msgstr="")
             added += 1
         # File names only: line numbers would change the catalogue on every edit.
-        entry.refs = list(dict.fromkeys(ref.rsplit(":", 1)[0] for ref in message.refs))
-        flags = [f for f in entry.flags if f != "python-brace-format"]
-        if PLACEHOLDER.search(msgid):
-            flags.append("python-brace-format")
-        entry.flags = flags
-        entries.append(entry)
-    dropped = len([k for k in old if k and k not in messages])
-    write_po(path, entries)
+        entry.occurrences = [(name, "") for name in dict.fromkeys(ref.rsplit(":", 1)[0] for ref in message.refs)]
+        entry.flags = [f for f in entry.flags if f != BRACE_FLAG] + ([BRACE_FLAG] if PLACEHOLDER.search(msgid) else [])
+        new.append(entry)
+    dropped = len([msgid for msgid in known if msgid not in messages])
+    write_po(path, new)
     return added, dropped
 
 
@@ -279,7 +166,8 @@ def check(lang: str) -> list[Problem]:
     path = po_path(lang)
     if not path.exists():
         return problems + [Problem(str(path), "catalogue missing")]
-    entries = read_po(path)
+    catalogue = read_po(path)
+    entries = {entry.msgid: entry for entry in catalogue if not entry.obsolete}
     rel = path.relative_to(ROOT).as_posix()
     for msgid, message in messages.items():
         entry = entries.get(msgid)
@@ -298,8 +186,9 @@ def check(lang: str) -> list[Problem]:
     for msgid in entries:
         if msgid and msgid not in messages:
             problems.append(Problem(rel, f"obsolete (no longer in the code): {msgid!r}"))
+    # The .mo must say what the .po says (compared as catalogues: byte layouts vary by writer).
     mo = mo_path(lang)
-    if not mo.exists() or mo.read_bytes() != compile_mo(entries):
+    if not mo.exists() or mo_translations(mo) != translations(catalogue):
         problems.append(Problem(mo.relative_to(ROOT).as_posix(), "out of date; run: python tools/i18n.py compile"))
     return problems
 
