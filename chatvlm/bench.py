@@ -53,8 +53,7 @@ from typing import Any, Optional
 from .config import RunConfig
 from .errors import EXIT_ABORTED, EXIT_OK, EXIT_PAGES_FAILED, ChatVLMError, UsageError
 from .i18n import _
-from .pipeline import Reporter
-from .records import PageResult
+from .records import PageResult, Reporter
 from .registry import ModelSpec, all_specs, get_spec
 from .timing import percentile
 from .writers import atomic_write_text
