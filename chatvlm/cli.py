@@ -9,10 +9,11 @@ from typing import Any, List, Optional
 
 import typer
 from rich.markup import escape
-import typer.rich_utils  # noqa: F401  (its panel titles are translated by set_language)
+import typer.rich_utils  # noqa: F401  (its panel titles are translated by click_i18n)
 from typer.core import TyperGroup
 
 from . import __version__
+from . import click_i18n  # noqa: F401  (Click's and Typer's own words follow set_language)
 from .config import OUTPUT_FORMATS, BackendOptions, GenerationParams, RunConfig, task_for_formats
 from .errors import EXIT_USAGE, ChatVLMError, UsageError
 from .i18n import HELP_OPTION_TEXT, USAGE_PREFIX, _, language_from_argv, retranslate, set_language
