@@ -17,6 +17,7 @@ import torch
 from PIL import Image
 from transformers import LogitsProcessorList
 
+from chatvlm.loop_guard import WindowedNoRepeatNGram
 from chatvlm.models import deepseek_ocr
 from chatvlm.models.deepseek_ocr.configuration import DeepseekOCRConfig
 from chatvlm.models.deepseek_ocr.loading import _build_meta
@@ -184,7 +185,7 @@ def test_batched_left_padded_generation_equals_single_pages(model, fixture_dir):
                proc(images=[page], prompt=deepseek_ocr.PROMPT_MARKDOWN, mode="small")]
     batch = deepseek_ocr.collate(singles, pad_token_id=proc.pad_token_id)
     assert batch["attention_mask"][0].sum() < batch["attention_mask"].shape[1]  # really padded
-    guard = deepseek_ocr.WindowedNoRepeatNGramLogitsProcessor(20, 50, prompt_len=batch["input_ids"].shape[1])
+    guard = WindowedNoRepeatNGram(20, 50, prompt_len=batch["input_ids"].shape[1])   # the official PDF runner's setting
     with torch.no_grad():
         batched = model.generate(**batch, max_new_tokens=8, do_sample=False,
                                  logits_processor=LogitsProcessorList([guard]))
