@@ -37,12 +37,12 @@ SIZES = [(300, 200), (700, 300)]
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
     """The fixture checkpoint plus a tiny tokenizer built here (the fixture ships none)."""
-    from chatvlm.models.deepseek_ocr.testing import build_tiny_tokenizer
+    from chatvlm.models.deepseek_ocr.synthetic import build_byte_tokenizer
 
     folder = tmp_path_factory.mktemp("dsocr_ckpt")
     for name in ("config.json", "model.safetensors", "processor_config.json"):
         shutil.copy(FIXTURE / name, folder / name)
-    build_tiny_tokenizer(folder, vocab_size=json.loads((FIXTURE / "config.json").read_text())["vocab_size"])
+    build_byte_tokenizer(folder, vocab_size=json.loads((FIXTURE / "config.json").read_text())["vocab_size"])
     return folder
 
 
@@ -327,13 +327,13 @@ def test_ngram_guard_exempts_table_cells_at_the_tokenizers_ids(tmp_path):
     import torch
 
     from chatvlm.backends.deepseek_common import DeepseekGroundingMixin
-    from chatvlm.models.deepseek_ocr.testing import build_tiny_tokenizer
+    from chatvlm.models.deepseek_ocr.synthetic import build_byte_tokenizer
 
     class Guarded(DeepseekGroundingMixin):
         def __init__(self, tokenizer):
             self.tokenizer, self._facts = tokenizer, {}
 
-    guarded = Guarded(build_tiny_tokenizer(tmp_path, vocab_size=1024))
+    guarded = Guarded(build_byte_tokenizer(tmp_path, vocab_size=1024))
     (guard,) = guarded.ngram_processors(2, 10, {"input_ids": torch.zeros(1, 3, dtype=torch.long)})
     assert guard.whitelist == {821, 822}          # <td>, </td> in the tiny vocabulary (real id % 1024)
     assert guard.prompt_len == 3 and guarded._facts["no_repeat_ngram"] == {"ngram_size": 2, "window_size": 10}
