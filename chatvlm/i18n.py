@@ -56,10 +56,9 @@ def set_language(lang: Optional[str] = None) -> str:
 
 
 def on_language_switch(callback: Callable[[], None]) -> None:
-    """Call `callback` now and after every later `set_language` (chatvlm.click_i18n uses it to
+    """Call `callback` after every later `set_language` (chatvlm.click_i18n uses it to
     re-translate Click's and Typer's own words; this module knows nothing of the CLI)."""
     _on_switch.append(callback)
-    callback()
 
 
 def current_language() -> str:

@@ -6,8 +6,9 @@ module A names module B in an import statement anywhere in its file:
 
 - module-level imports and imports inside functions (lazy imports) count alike. A lazy
   import defers loading, often to keep torch out of `chatvlm models`; it does not remove the
-  dependency, and a lazy import of a higher module is how cycles hide. Imports under
-  `if TYPE_CHECKING:` count too (they name a module the code relies on).
+  dependency, and a lazy import of a higher module is how cycles hide.
+- imports under `if TYPE_CHECKING:` do not count: they never run, and exist only so that
+  an annotation (a string under `from __future__ import annotations`) can name a class.
 - `from pkg import name` is an edge to `pkg.name` when that is a module, else to `pkg`
   (the package's __init__); `import a.b.c` is an edge to the deepest module of a.b.c.
   Importing a submodule also runs its parents' __init__ files; that is not counted, or
@@ -21,7 +22,7 @@ from __future__ import annotations
 
 import ast
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Iterator
 
 import chatvlm
 
@@ -38,14 +39,16 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
                     "chatvlm.interrupt", "chatvlm.config", "chatvlm.model_spec", "chatvlm.model_table",
                     "chatvlm.registry", "chatvlm.timing", "chatvlm.roofline", "chatvlm.out_lock")),
     # work on pages without a model: inputs, batching, postprocessing, output files
-    ("pages", ("chatvlm.sources", "chatvlm.scheduler", "chatvlm.layout", "chatvlm.grounding", "chatvlm.latex",
-               "chatvlm.loop_guard", "chatvlm.writers")),
-    # our PyTorch ports of the remote-code models: they know nothing of chatvlm around them
+    ("pages", ("chatvlm.sources", "chatvlm.image_files", "chatvlm.scheduler", "chatvlm.collate", "chatvlm.layout",
+               "chatvlm.grounding", "chatvlm.latex", "chatvlm.textnorm", "chatvlm.loop_guard", "chatvlm.writers")),
+    # our PyTorch ports of the remote-code models: they know nothing of the engine, the
+    # backends or a run
     ("model ports", ("chatvlm.models",)),
-    # the generation engine (model-agnostic, see test_engine_imports) and where weights come
-    # from: hub, --model-path, or synthetic checkpoints, whose recipes build on the ports
-    ("engine and weights", ("chatvlm.decode", "chatvlm.decode_moe", "chatvlm.engine", "chatvlm.byte_tokenizer",
-                            "chatvlm.synthetic", "chatvlm.weights")),
+    # the generation engine (model-agnostic, see test_engine_imports), the device and dtype
+    # choice, and where weights come from: hub, --model-path, or synthetic checkpoints, whose
+    # recipes build on the ports
+    ("engine and weights", ("chatvlm.decode", "chatvlm.decode_moe", "chatvlm.engine", "chatvlm.devices",
+                            "chatvlm.byte_tokenizer", "chatvlm.synthetic", "chatvlm.weights")),
     # one adapter per model family, on the engine
     ("backends", ("chatvlm.backends",)),
     # one run: pages through a backend into files, here or on a Ray cluster
@@ -53,9 +56,9 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     # what users call: the Python API (chatvlm/__init__.py is its lazy façade), chat, bench,
     # the console display, model listings, the GPU check
     ("front ends", ("chatvlm", "chatvlm.api", "chatvlm.chat", "chatvlm.bench", "chatvlm.ui", "chatvlm.model_info",
-                    "chatvlm.gpucheck")),
+                    "chatvlm.gpucheck", "chatvlm.gpucheck_report")),
     # processes: the command line, the HTTP server, the web page
-    ("entry points", ("chatvlm.cli", "chatvlm.__main__", "chatvlm.server", "chatvlm.web")),
+    ("entry points", ("chatvlm.cli", "chatvlm.cli_options", "chatvlm.__main__", "chatvlm.server", "chatvlm.web")),
     # tiny random-weight checkpoints for tests and demos: nothing in the package uses them
     ("test builders", ()),
 ]
@@ -82,11 +85,28 @@ def _deepest_module(name: str, modules: Iterable[str]) -> str | None:
     return name or None
 
 
+def _is_type_checking(test: ast.expr) -> bool:
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or \
+        (isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+
+
+def _runtime_nodes(tree: ast.AST) -> Iterator[ast.AST]:
+    """Every node of `tree`, at any depth, except the bodies of `if TYPE_CHECKING:`."""
+    pending = [tree]
+    while pending:
+        node = pending.pop()
+        yield node
+        if isinstance(node, ast.If) and _is_type_checking(node.test):
+            pending.extend(node.orelse)
+            continue
+        pending.extend(ast.iter_child_nodes(node))
+
+
 def imports_of(module: str, path: Path, modules: dict[str, Path], package: str) -> set[str]:
     """The package's modules that `module` imports (module-level and lazy imports alike)."""
     is_package = path.name == "__init__.py"
     found: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), filename=str(path))):
+    for node in _runtime_nodes(ast.parse(path.read_text(encoding="utf-8"), filename=str(path))):
         if isinstance(node, ast.Import):
             targets = [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom):
@@ -214,9 +234,11 @@ def test_a_lazy_import_that_closes_a_loop_is_a_cycle(tmp_path):
         "low.py": "def later():\n    from .high import thing\n",
         "high.py": "from .low import later\n",
         "alone.py": "import pkg.low\n",
+        "typed.py": "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from .alone import X\nelse:\n    import pkg.high\n",
     })
     graph = import_graph(root, "pkg")
     assert graph["pkg.low"] == {"pkg.high"} and graph["pkg.alone"] == {"pkg.low"}
+    assert graph["pkg.typed"] == {"pkg.high"}                        # annotations only: no edge
     assert cycles(graph) == [["pkg.high", "pkg.low"]]
 
 
