@@ -5,8 +5,8 @@ the model's full config (as given, e.g. `ModelSpec.full_config`) and a processor
 real preprocessing (the model's own image-processor class and parameters, so a page
 becomes as many image tokens as the real model would see). The real tokenizer is not
 available offline, so the text side uses a byte-level tokenizer carrying the model's
-special tokens (chatvlm.byte_tokenizer), and the config's special-token ids are pointed at that tokenizer's ids
-(vocabulary size unchanged, so the compute is the real model's). Prompts therefore
+special tokens (chatvlm.byte_tokenizer), and the config's special-token ids are pointed
+at that tokenizer's ids (vocabulary size unchanged, so the compute is the real model's). Prompts therefore
 tokenise to a few dozen more tokens than with the real tokenizer; image tokens, which
 dominate, are exact.
 
@@ -17,7 +17,8 @@ weights initialised directly on the target device.
 The models chatvlm ports itself (dots_ocr, phi3_vision, deepseek_ocr) have no transformers
 config or processor class: their recipes write the files the port's own loaders read
 (config.json as the hub ships it, and from the port's synthetic module the preprocessor
-settings and a byte-level tokenizer with the official special-token ids), and chatvlm.weights builds the port with its `build_from_config`.
+settings and a byte-level tokenizer with the official special-token ids), and
+chatvlm.weights builds the port with its `build_from_config`.
 """
 
 from __future__ import annotations
