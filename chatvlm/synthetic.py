@@ -6,9 +6,9 @@ real preprocessing (the model's own image-processor class and parameters, so a p
 becomes as many image tokens as the real model would see). The real tokenizer is not
 available offline, so the text side uses a byte-level tokenizer carrying the model's
 special tokens (chatvlm.byte_tokenizer), and the config's special-token ids are pointed
-at that tokenizer's ids (vocabulary size unchanged, so the compute is the real model's). Prompts therefore
-tokenise to a few dozen more tokens than with the real tokenizer; image tokens, which
-dominate, are exact.
+at that tokenizer's ids (vocabulary size unchanged, so the compute is the real model's).
+Prompts therefore tokenise to a few dozen more tokens than with the real tokenizer; image
+tokens, which dominate, are exact.
 
 Every folder carries SYNTHETIC_MARKER; `chatvlm.weights` makes the folder (`locate` with
 `BackendOptions.synthetic`) and, seeing the marker, builds the model from it with random
