@@ -26,7 +26,7 @@ from .config import BackendOptions, GenerationParams
 from .errors import ChatVLMError, InputError, UsageError
 from .i18n import _
 from .records import LayoutBlock, Page, PageResult
-from .registry import ModelSpec
+from .registry import ModelSpec, cannot_chat_message
 
 __all__ = ["ImageInput", "Model", "ModelLoader", "RecognitionError", "load_model", "pages"]
 
@@ -258,7 +258,7 @@ class Model:
         return result.markdown if result.markdown is not None else (result.text or "")
 
     def _run(self, images: list[ImageInput], task: str) -> list[PageResult]:
-        from .pipeline import has_no_text
+        from .page_steps import has_no_text
         from .scheduler import failure_reason, generate_with_backoff
 
         def make_page(index: int, image: ImageInput) -> Page:
@@ -296,14 +296,6 @@ class Model:
             detail = "; ".join(_("image {n}: {reason}").format(n=i + 1, reason=r) for i, r in sorted(errors.items()))
             raise RecognitionError(_("recognition failed: {reason}").format(reason=detail), results, errors)
         return results  # type: ignore[return-value]
-
-
-def cannot_chat_message(spec: ModelSpec) -> str:
-    from .registry import all_specs
-
-    chat = ", ".join(s.name for s in all_specs() if s.can_chat)
-    return _("model '{name}' cannot answer questions: it only transcribes pages. Chat-capable models: {models}").format(
-        name=spec.name, models=chat)
 
 
 # --------------------------------------------------------------------------- loading

@@ -29,7 +29,7 @@ def chat_models() -> list[ModelSpec]:
 
 def choose_chat_model(name: Optional[str], model_path: Optional[Path] = None) -> ModelSpec:
     """The named model if it can chat; with no name, the best chat model whose weights are here."""
-    from .api import cannot_chat_message
+    from .registry import cannot_chat_message
 
     if name and name != "auto":
         spec = get_spec(name)

@@ -17,6 +17,7 @@ from rich.markup import escape
 from typer.core import TyperGroup
 
 from . import __version__
+from . import click_i18n  # noqa: F401  (Click's and Typer's own words follow set_language)
 from .cli_options import (DEFAULT_DPI, DEFAULT_MAX_IMAGE_PIXELS, MIN_IMAGE_PIXELS, Attn, BatchSize, Device, Dpi, Dtype,
                           Force, Formats, GpusPerWorker, Host, Inputs, MaxImagePixels, MaxNewTokens, MaxPixels,
                           ModelName, ModelOptions, ModelPath, OcrLanguages, OutFolder, Overlay, PageRanges, Port, Ray,

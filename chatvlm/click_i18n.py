@@ -6,7 +6,9 @@ way serves both: the finished message is matched against the English templates b
 rebuilt from our catalogue's translation of the template, with the parts that were
 filled in (names, values) kept as they are. The hook wraps `format_message` of Click's
 exception classes, which is what both Typer's rich error panel and Click's plain output
-print; `install()` is called by `i18n.set_language`.
+print. Typer's panel titles and hints are module attributes of `typer.rich_utils`, set
+here in the current language. Both follow every `i18n.set_language` once this module is
+imported (the CLI imports it), through `i18n.on_language_switch`.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import sys
 from functools import lru_cache
 from typing import Callable
 
-from .i18n import N_
+from .i18n import N_, _, on_language_switch
 
 # English templates as Click (8.1-8.3, and Typer's copy) writes them, most specific first.
 CLICK_MESSAGES = (
@@ -118,3 +120,32 @@ def _wrapped(original, translate: Callable[[str], str]):
 
     format_message._chatvlm_wrapped = True
     return format_message
+
+
+# Typer's own words in help screens (they use gettext's default domain, which has no
+# Russian catalogue); ours translate them.
+TYPER_STRINGS = {
+    "ARGUMENTS_PANEL_TITLE": N_("Arguments"),
+    "OPTIONS_PANEL_TITLE": N_("Options"),
+    "COMMANDS_PANEL_TITLE": N_("Commands"),
+    "ERRORS_PANEL_TITLE": N_("Error"),
+    "ABORTED_TEXT": N_("Aborted."),
+    "DEFAULT_STRING": N_("[default: {}]"),
+    "REQUIRED_LONG_STRING": N_("[required]"),
+    "ENVVAR_STRING": N_("[env var: {}]"),
+    "DEPRECATED_STRING": N_("(deprecated) "),
+    "RICH_HELP": N_("Try [blue]'{command_path} {help_option}'[/] for help."),
+}
+
+
+def localize_click_and_typer() -> None:
+    """Click's usage errors and Typer's help-screen words in the current language."""
+    install(_)
+    rich_utils = sys.modules.get("typer.rich_utils")
+    if rich_utils is None:
+        return
+    for name, msgid in TYPER_STRINGS.items():
+        setattr(rich_utils, name, _(msgid))
+
+
+on_language_switch(localize_click_and_typer)

@@ -33,7 +33,7 @@ from typing import Any, Iterator, Optional
 from .config import RunConfig
 from .errors import ChatVLMError, ModelUnavailableError, UsageError
 from .i18n import _, current_language, set_language
-from .pipeline import postprocess_page, recognise_batch, write_result
+from .page_steps import postprocess_page, recognise_batch, write_result
 from .records import Page, PageResult
 from .registry import ModelSpec
 

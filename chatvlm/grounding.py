@@ -7,7 +7,7 @@ With `<|grounding|>` in the prompt, DeepSeek-OCR (v1 and 2) emits each block as
 
 with coordinates normalised to 0-999 over the page (the official code maps back with
 `int(x / 999 * W)`). This module is pure string work (no torch, no PIL): it parses
-the blocks (labels mapped onto dots.ocr's 11 layout categories), strips the tags from
+the blocks (labels mapped onto dots.ocr's 11 layout categories by layout.normalize_category), strips the tags from
 the text, applies the official clean-ups, and survives truncated output (a generation
 cut mid-tag by the token budget or the loop guard): complete blocks are kept, a
 partial trailing tag is dropped, and `repaired` says so.
@@ -19,48 +19,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Optional
 
+from .layout import normalize_category
 from .records import LayoutBlock
-
-CATEGORIES = ("Caption", "Footnote", "Formula", "List-item", "Page-footer", "Page-header", "Picture",
-              "Section-header", "Table", "Text", "Title")
-
-# DeepSeek labels (as seen in real output and the official runners) -> dots.ocr categories.
-LABEL_TO_CATEGORY = {
-    "title": "Title",
-    "doc_title": "Title",
-    "sub_title": "Section-header",
-    "subtitle": "Section-header",
-    "section_title": "Section-header",
-    "section_header": "Section-header",
-    "header": "Page-header",
-    "page_header": "Page-header",
-    "footer": "Page-footer",
-    "page_footer": "Page-footer",
-    "page_number": "Page-footer",
-    "text": "Text",
-    "paragraph": "Text",
-    "plain_text": "Text",
-    "abstract": "Text",
-    "reference": "Text",
-    "code": "Text",
-    "list": "List-item",
-    "list_item": "List-item",
-    "image": "Picture",
-    "figure": "Picture",
-    "picture": "Picture",
-    "chart": "Picture",
-    "image_caption": "Caption",
-    "figure_caption": "Caption",
-    "table_caption": "Caption",
-    "caption": "Caption",
-    "table": "Table",
-    "table_footnote": "Footnote",
-    "footnote": "Footnote",
-    "image_footnote": "Footnote",
-    "equation": "Formula",
-    "formula": "Formula",
-    "interline_equation": "Formula",
-}
 
 REF_OPEN, REF_CLOSE, DET_OPEN, DET_CLOSE = "<|ref|>", "<|/ref|>", "<|det|>", "<|/det|>"
 GROUNDING = "<|grounding|>"
@@ -78,16 +38,6 @@ class GroundedPage:
     markdown: str = ""
     text: str = ""
     repaired: bool = False       # the output was truncated or malformed and salvaged
-
-
-def category_for(label: str) -> str:
-    key = label.strip().lower().replace("-", "_").replace(" ", "_")
-    if key in LABEL_TO_CATEGORY:
-        return LABEL_TO_CATEGORY[key]
-    for cat in CATEGORIES:                       # already a dots.ocr category name
-        if cat.lower().replace("-", "_") == key:
-            return cat
-    return "Text"
 
 
 def parse_boxes(det: str) -> list[tuple[float, float, float, float]]:
@@ -165,7 +115,7 @@ def parse_grounding(raw: str, width: int, height: int, normaliser: int = NORMALI
                 page.repaired = True
                 content = stripped
         content = clean_content(_ANY_TAG.sub("", content)).strip()
-        category = category_for(label)
+        category = normalize_category(label)
         if boxes:
             bbox = _union([to_pixels(b, width, height, normaliser) for b in boxes])
             page.blocks.append(LayoutBlock(bbox=bbox, category=category,
@@ -193,7 +143,7 @@ def _salvage_header(tail: str, width: int, height: int, normaliser: int) -> Opti
     if not boxes:
         return None
     return LayoutBlock(bbox=_union([to_pixels(b, width, height, normaliser) for b in boxes]),
-                       category=category_for(m.group(1)), text="")
+                       category=normalize_category(m.group(1)), text="")
 
 
 def _union(boxes: list[list[int]]) -> list[int]:

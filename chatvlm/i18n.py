@@ -16,13 +16,14 @@ from __future__ import annotations
 import gettext as _gettext
 import os
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 LOCALE_DIR = Path(__file__).with_name("locale")
 SUPPORTED = ("en", "ru")
 
 _translation: _gettext.NullTranslations = _gettext.NullTranslations()
 _current = "en"
+_on_switch: list[Callable[[], None]] = []
 
 
 def _code(value: str) -> str:
@@ -59,8 +60,15 @@ def set_language(lang: Optional[str] = None) -> str:
     global _translation, _current
     _current = detect_language(lang)
     _translation = _gettext.translation("chatvlm", localedir=str(LOCALE_DIR), languages=[_current], fallback=True)
-    _localize_typer()
+    for callback in _on_switch:
+        callback()
     return _current
+
+
+def on_language_switch(callback: Callable[[], None]) -> None:
+    """Call `callback` after every later `set_language` (chatvlm.click_i18n uses it to
+    re-translate Click's and Typer's own words; this module knows nothing of the CLI)."""
+    _on_switch.append(callback)
 
 
 def current_language() -> str:
@@ -118,32 +126,6 @@ def retranslate(text: Optional[str]) -> Optional[str]:
     return _(_reverse.get(text, text))
 
 
-# Typer's and Click's own words in help screens (they use gettext's default domain,
-# which has no Russian catalogue); ours translate them.
-TYPER_STRINGS = {
-    "ARGUMENTS_PANEL_TITLE": N_("Arguments"),
-    "OPTIONS_PANEL_TITLE": N_("Options"),
-    "COMMANDS_PANEL_TITLE": N_("Commands"),
-    "ERRORS_PANEL_TITLE": N_("Error"),
-    "ABORTED_TEXT": N_("Aborted."),
-    "DEFAULT_STRING": N_("[default: {}]"),
-    "REQUIRED_LONG_STRING": N_("[required]"),
-    "ENVVAR_STRING": N_("[env var: {}]"),
-    "DEPRECATED_STRING": N_("(deprecated) "),
-    "RICH_HELP": N_("Try [blue]'{command_path} {help_option}'[/] for help."),
-}
+# Click's words that chatvlm's CLI writes itself (help option, usage line).
 HELP_OPTION_TEXT = N_("Show this message and exit.")
 USAGE_PREFIX = N_("Usage:")
-
-
-def _localize_typer() -> None:
-    import sys
-
-    from .click_i18n import install
-
-    install(_)   # Click's own usage errors ("Missing argument ...") through our catalogue
-    rich_utils = sys.modules.get("typer.rich_utils")
-    if rich_utils is None:
-        return
-    for name, msgid in TYPER_STRINGS.items():
-        setattr(rich_utils, name, _(msgid))

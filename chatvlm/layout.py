@@ -39,26 +39,35 @@ COLOURS = {
 }
 DEFAULT_COLOUR = (0, 128, 0)
 
-# Labels other models use, lower-cased, onto the schema's categories.
-_ALIASES = {
-    "text": "Text", "paragraph": "Text", "plain text": "Text", "abstract": "Text", "reference": "Text",
-    "title": "Title", "doc_title": "Title",
-    "sub_title": "Section-header", "subtitle": "Section-header", "section-header": "Section-header",
-    "section_header": "Section-header", "heading": "Section-header", "header_text": "Section-header",
-    "table": "Table", "table_caption": "Caption", "figure_caption": "Caption", "caption": "Caption",
-    "image_caption": "Caption", "table_footnote": "Footnote", "footnote": "Footnote",
-    "image": "Picture", "figure": "Picture", "picture": "Picture", "chart": "Picture", "seal": "Picture",
-    "equation": "Formula", "formula": "Formula", "isolate_formula": "Formula", "interline_equation": "Formula",
-    "list": "List-item", "list-item": "List-item", "list_item": "List-item",
-    "header": "Page-header", "page-header": "Page-header", "page_header": "Page-header",
-    "footer": "Page-footer", "page-footer": "Page-footer", "page_footer": "Page-footer",
-    "page_number": "Page-footer",
+# Every label a model gives a block, as a key (lower case, "-" and " " read as "_"), onto the
+# schema's categories: the 11 names themselves, dots.ocr's variants, DeepSeek-OCR's grounding
+# labels (<|ref|>sub_title<|/ref|>, ...), and what other layout models and Tesseract say.
+LABEL_TO_CATEGORY = {
+    # the categories' own names, however they are spelled
+    **{name.lower().replace("-", "_"): name for name in CATEGORIES},
+    "paragraph": "Text", "plain_text": "Text", "abstract": "Text", "reference": "Text", "code": "Text",
+    "doc_title": "Title",
+    "sub_title": "Section-header", "subtitle": "Section-header", "section_title": "Section-header",
+    "heading": "Section-header", "header_text": "Section-header",
+    "image_caption": "Caption", "figure_caption": "Caption", "table_caption": "Caption",
+    "table_footnote": "Footnote", "image_footnote": "Footnote",
+    "image": "Picture", "figure": "Picture", "chart": "Picture", "seal": "Picture",
+    "equation": "Formula", "isolate_formula": "Formula", "interline_equation": "Formula",
+    "list": "List-item",
+    "header": "Page-header", "footer": "Page-footer", "page_number": "Page-footer",
 }
 
 
 def normalize_category(label: Optional[str]) -> str:
-    """One of the 11 categories when the label is one or has a known alias; "Text" when
-    empty; any other label is kept as it is (dots.ocr treats it as unknown, never drops it)."""
+    """The schema category of a block's label, for every model that gives blocks.
+
+    One of the 11 categories when the label is one or has a known alias; "Text" when it is
+    empty (dots.ocr's own salvage default). Any other label is kept as it is, never turned
+    into Text and never dropped: dots.ocr's post-processing treats an unknown category as
+    unknown and keeps the cell (reference: dots_ocr.md §7), and DeepSeek-OCR's official
+    runners keep every grounding label as written (reference: deepseek_ocr.md §4-5). So a
+    label we do not know yet stays visible in the layout JSON instead of being mislabelled.
+    """
     if label is None:
         return "Text"
     label = str(label).strip()
@@ -66,8 +75,7 @@ def normalize_category(label: Optional[str]) -> str:
         return "Text"
     if label in CATEGORIES or label in COLOURS:
         return label
-    key = label.lower()
-    return _ALIASES.get(key) or _ALIASES.get(key.replace(" ", "_")) or label
+    return LABEL_TO_CATEGORY.get(label.lower().replace("-", "_").replace(" ", "_"), label)
 
 
 # --------------------------------------------------------------------------- boxes

@@ -129,3 +129,21 @@ class PageResult:
     @classmethod
     def failed(cls, page: Page, model: str, error: str) -> "PageResult":
         return cls(page=page, model=model, status="error", error=error, timings=dict(page.timings))
+
+
+class Reporter:
+    """Receives a run's progress events (pipeline, bench); the base class ignores them.
+
+    The CLI's rich progress bar (ui.RichReporter), the Python API's logging and the tests
+    subclass it; it sits here, beside the records it carries, so that every layer can
+    name it without importing the pipeline.
+    """
+
+    def start(self, total: int, model: str) -> None: ...
+    def advance(self, result: PageResult) -> None: ...
+    def message(self, text: str, level: str = "info") -> None: ...
+    def summary(self, report: dict[str, Any]) -> None:
+        """The run's report, just before finish() (not called when the run broke off)."""
+    def finish(self) -> None: ...
+    def workers(self, rows: list[dict[str, Any]]) -> None:
+        """Cluster runs: one row per model worker (node, pages, pages/s), updated as pages finish."""

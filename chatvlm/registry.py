@@ -1,44 +1,14 @@
-"""The table of known models: name -> ModelSpec.
+"""The table of known models: name -> ModelSpec (chatvlm.model_spec).
 
-A spec names everything a backend needs that is a fact about the model rather than
-about the run: checkpoint and pinned revision, backend class, prompts per task, pixel
-budget, generation defaults. Backend classes are imported lazily (by dotted path) so
-`chatvlm models` and the tesseract engine never import torch.
+The built-in models (chatvlm.model_table) are registered on first use; tests and plugins
+add their own with `register`.
 """
 
 from __future__ import annotations
 
-import importlib
-from dataclasses import dataclass, field
-from typing import Any, Optional
-
 from .errors import UnknownModelError
-
-
-@dataclass
-class ModelSpec:
-    name: str
-    backend: str                                  # "package.module:ClassName"
-    description: str = ""
-    repo_id: Optional[str] = None                 # Hugging Face repo (None: no weights, e.g. tesseract)
-    revision: Optional[str] = None                # pinned commit of repo_id
-    download_gb: Optional[float] = None           # size of the weights, for hints
-    tasks: tuple[str, ...] = ("text", "markdown")
-    prompts: dict[str, str] = field(default_factory=dict)   # task -> prompt text
-    min_pixels: Optional[int] = None
-    max_pixels: Optional[int] = None
-    max_new_tokens: int = 4096
-    dtype: str = "bfloat16"                       # dtype on GPU; CPU always runs float32
-    can_chat: bool = False                        # supports `chatvlm ask`
-    auto_rank: Optional[int] = None               # order for --model auto (lower first); None = never auto
-    full_config: Optional[dict[str, Any]] = None  # real-size config for bench --synthetic
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def backend_class(self):
-        module_name, _, class_name = self.backend.partition(":")
-        module = importlib.import_module(module_name)
-        return getattr(module, class_name)
-
+from .i18n import _
+from .model_spec import ModelSpec
 
 _REGISTRY: dict[str, ModelSpec] = {}
 
@@ -72,6 +42,14 @@ def all_specs() -> list[ModelSpec]:
     return list(_REGISTRY.values())
 
 
+def cannot_chat_message(spec: ModelSpec) -> str:
+    """Why `spec` cannot answer a question, naming the models that can (`chatvlm ask`,
+    the Python API's `ask`, the HTTP API)."""
+    chat = ", ".join(s.name for s in all_specs() if s.can_chat)
+    return _("model '{name}' cannot answer questions: it only transcribes pages. Chat-capable models: {models}").format(
+        name=spec.name, models=chat)
+
+
 _loaded = False
 
 
@@ -79,4 +57,7 @@ def _ensure_builtin() -> None:
     global _loaded
     if not _loaded:
         _loaded = True
-        from . import model_table  # noqa: F401  (registers the built-in models)
+        from .model_table import BUILTIN_SPECS
+
+        for spec in BUILTIN_SPECS:
+            register(spec)

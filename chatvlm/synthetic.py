@@ -5,10 +5,10 @@ the model's full config (as given, e.g. `ModelSpec.full_config`) and a processor
 real preprocessing (the model's own image-processor class and parameters, so a page
 becomes as many image tokens as the real model would see). The real tokenizer is not
 available offline, so the text side uses a byte-level tokenizer carrying the model's
-special tokens, and the config's special-token ids are pointed at that tokenizer's ids
-(vocabulary size unchanged, so the compute is the real model's). Prompts therefore
-tokenise to a few dozen more tokens than with the real tokenizer; image tokens, which
-dominate, are exact.
+special tokens (chatvlm.byte_tokenizer), and the config's special-token ids are pointed
+at that tokenizer's ids (vocabulary size unchanged, so the compute is the real model's).
+Prompts therefore tokenise to a few dozen more tokens than with the real tokenizer; image
+tokens, which dominate, are exact.
 
 Every folder carries SYNTHETIC_MARKER; `chatvlm.weights` makes the folder (`locate` with
 `BackendOptions.synthetic`) and, seeing the marker, builds the model from it with random
@@ -16,8 +16,9 @@ weights initialised directly on the target device.
 
 The models chatvlm ports itself (dots_ocr, phi3_vision, deepseek_ocr) have no transformers
 config or processor class: their recipes write the files the port's own loaders read
-(config.json as the hub ships it, the preprocessor settings, a byte-level tokenizer with the
-official special-token ids), and chatvlm.weights builds the port with its `build_from_config`.
+(config.json as the hub ships it, and from the port's synthetic module the preprocessor
+settings and a byte-level tokenizer with the official special-token ids), and
+chatvlm.weights builds the port with its `build_from_config`.
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ def _qwen(config: dict[str, Any], version: int):
     import transformers
     from transformers import Qwen2VLImageProcessor
 
-    from .testing import QWEN2_VL_CHAT_TEMPLATE, QWEN3_VL_CHAT_TEMPLATE, QWEN_SPECIALS, byte_level_tokenizer
+    from .byte_tokenizer import QWEN2_VL_CHAT_TEMPLATE, QWEN3_VL_CHAT_TEMPLATE, QWEN_SPECIALS, byte_level_tokenizer
 
     tokenizer = byte_level_tokenizer([], QWEN_SPECIALS, eos="<|im_end|>", pad="<|endoftext|>")
     tid = tokenizer.convert_tokens_to_ids
@@ -74,7 +75,7 @@ def _qwen(config: dict[str, Any], version: int):
 def _got(config: dict[str, Any]):
     from transformers import GotOcr2ImageProcessor, GotOcr2Processor
 
-    from .testing import GOT_SPECIALS, byte_level_tokenizer
+    from .byte_tokenizer import GOT_SPECIALS, byte_level_tokenizer
 
     tokenizer = byte_level_tokenizer([], GOT_SPECIALS, eos="<|endoftext|>", pad="<|endoftext|>")
     tid = tokenizer.convert_tokens_to_ids
@@ -89,7 +90,7 @@ def _got(config: dict[str, Any]):
 def _deepseek_ocr2(config: dict[str, Any]):
     from transformers import DeepseekOcr2ImageProcessor, DeepseekOcr2Processor
 
-    from .testing import DEEPSEEK_HEAD, DEEPSEEK_SPECIALS, byte_level_tokenizer
+    from .byte_tokenizer import DEEPSEEK_HEAD, DEEPSEEK_SPECIALS, byte_level_tokenizer
 
     tokenizer = byte_level_tokenizer(DEEPSEEK_HEAD, DEEPSEEK_SPECIALS, bos=DEEPSEEK_HEAD[0], eos=DEEPSEEK_HEAD[1],
                                      pad=DEEPSEEK_HEAD[2], add_bos=True)
@@ -106,24 +107,20 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
 def _dots_ocr(config: dict[str, Any], folder: Path) -> None:
     """config.json as given; the official preprocessor settings (pixel budget 3136..11,289,600,
     14-px patches merged 2x2, CLIP normalisation); dots' special tokens at their official ids."""
-    from .models.dots_ocr.processing import MAX_PIXELS, MIN_PIXELS
-    from .models.dots_ocr.testing import build_tiny_tokenizer
+    from .models.dots_ocr.synthetic import build_byte_tokenizer, preprocessor_config
 
     _write_json(folder / "config.json", config)
-    _write_json(folder / "preprocessor_config.json", {
-        "min_pixels": MIN_PIXELS, "max_pixels": MAX_PIXELS, "patch_size": 14, "temporal_patch_size": 1,
-        "merge_size": 2, "image_mean": CLIP_MEAN, "image_std": CLIP_STD,
-        "image_processor_type": "Qwen2VLImageProcessor", "processor_class": "DotsVLProcessor"})
-    build_tiny_tokenizer(folder)   # reads config.json's vocab size: official ids at full size
+    _write_json(folder / "preprocessor_config.json", preprocessor_config())
+    build_byte_tokenizer(folder)   # reads config.json's vocab size: official ids at full size
 
 
 def _phi3_vision(config: dict[str, Any], folder: Path) -> None:
     """config.json as given; the official image processor (HD transform, 336-px crops); a
     byte-level tokenizer with the official special ids (at vocab 32064 they are the real ones)."""
     from .models.phi3_vision import Phi3VImageProcessor
-    from .models.phi3_vision.testing import build_tiny_tokenizer
+    from .models.phi3_vision.synthetic import build_byte_tokenizer
 
-    build_tiny_tokenizer(folder, vocab_size=int(config.get("vocab_size", 32064)))
+    build_byte_tokenizer(folder, vocab_size=int(config.get("vocab_size", 32064)))
     _write_json(folder / "config.json", config)
     _write_json(folder / "preprocessor_config.json", Phi3VImageProcessor().to_dict())
 
@@ -132,14 +129,12 @@ def _deepseek_ocr(config: dict[str, Any], folder: Path) -> None:
     """config.json as given; the processor settings (16-px patches, 4x downsampling, mean/std
     0.5); the official prompts keep their real ids without a tokenizer, so a byte-level one
     (folder decode_tokenizer/) only decodes the random tokens."""
-    from .models.deepseek_ocr.testing import build_tiny_tokenizer
+    from .models.deepseek_ocr.synthetic import PROCESSOR_CONFIG, build_byte_tokenizer
 
     _write_json(folder / "config.json", config)
-    _write_json(folder / "processor_config.json", {
-        "image_token": "<image>", "patch_size": 16, "downsample_ratio": 4,
-        "image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5]})
+    _write_json(folder / "processor_config.json", PROCESSOR_CONFIG)
     vocab = int(config.get("vocab_size") or (config.get("language_config") or {}).get("vocab_size") or 129280)
-    build_tiny_tokenizer(folder / "decode_tokenizer", vocab_size=vocab)
+    build_byte_tokenizer(folder / "decode_tokenizer", vocab_size=vocab)
 
 
 # Models chatvlm ports itself: the recipe writes the checkpoint folder (no weights) directly.

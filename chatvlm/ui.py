@@ -12,8 +12,7 @@ from rich.text import Text
 
 from .i18n import N_, _
 from .paths import path_text
-from .pipeline import Reporter
-from .records import PageResult
+from .records import PageResult, Reporter
 
 stdout = Console(highlight=False)
 stderr = Console(stderr=True, highlight=False)

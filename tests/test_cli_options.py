@@ -82,7 +82,8 @@ def test_layout_defaults_to_the_best_layout_model_here(page, tmp_path, monkeypat
 
 def test_layout_picks_a_layout_model_whose_weights_are_here(monkeypatch):
     from chatvlm import weights
-    from chatvlm.pipeline import Reporter, resolve_model
+    from chatvlm.pipeline import resolve_model
+    from chatvlm.records import Reporter
 
     # qwen_vl_2b ranks first for `ocr` but gives no boxes; deepseek_ocr2 does.
     monkeypatch.setattr(weights, "weights_available", lambda spec, *a, **k: spec.name in ("qwen_vl_2b", "deepseek_ocr2"))

@@ -128,7 +128,7 @@ def test_deepseek_ocr_backend_uses_the_static_decoder(tmp_path):
     import json
     import shutil
 
-    from chatvlm.models.deepseek_ocr.testing import build_tiny_tokenizer
+    from chatvlm.models.deepseek_ocr.synthetic import build_byte_tokenizer
     from tests.conftest import FIXTURES
 
     fixture = FIXTURES / "deepseek_ocr"
@@ -136,7 +136,7 @@ def test_deepseek_ocr_backend_uses_the_static_decoder(tmp_path):
         pytest.skip(f"DeepSeek-OCR fixture checkpoint not found at {fixture} (../shared beside the checkout)")
     for name in ("config.json", "model.safetensors", "processor_config.json"):
         shutil.copy(fixture / name, tmp_path / name)
-    build_tiny_tokenizer(tmp_path, vocab_size=json.loads((fixture / "config.json").read_text())["vocab_size"])
+    build_byte_tokenizer(tmp_path, vocab_size=json.loads((fixture / "config.json").read_text())["vocab_size"])
     spec = get_spec("deepseek_ocr")
     be = spec.backend_class()(spec, BackendOptions(model_path=tmp_path, device="cpu", extra={}))
     be.load()

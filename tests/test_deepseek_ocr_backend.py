@@ -11,7 +11,6 @@ import json
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pytest
 from PIL import Image
 
@@ -38,12 +37,12 @@ SIZES = [(300, 200), (700, 300)]
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
     """The fixture checkpoint plus a tiny tokenizer built here (the fixture ships none)."""
-    from chatvlm.models.deepseek_ocr.testing import build_tiny_tokenizer
+    from chatvlm.models.deepseek_ocr.synthetic import build_byte_tokenizer
 
     folder = tmp_path_factory.mktemp("dsocr_ckpt")
     for name in ("config.json", "model.safetensors", "processor_config.json"):
         shutil.copy(FIXTURE / name, folder / name)
-    build_tiny_tokenizer(folder, vocab_size=json.loads((FIXTURE / "config.json").read_text())["vocab_size"])
+    build_byte_tokenizer(folder, vocab_size=json.loads((FIXTURE / "config.json").read_text())["vocab_size"])
     return folder
 
 
@@ -323,21 +322,19 @@ def test_postprocess_batch_error_stays_an_error(pure):
     assert r.status == "error" and "out of memory" in r.error and (r.width, r.height) == (10, 20)
 
 
-def test_ngram_guard_matches_the_port_rule():
-    """The batch-safe guard the backend uses bans exactly what the port's official rule bans."""
+def test_ngram_guard_exempts_table_cells_at_the_tokenizers_ids(tmp_path):
+    """The official whitelist (<td>, </td>) is looked up by name, so it follows the tokenizer."""
     import torch
 
-    from chatvlm.loop_guard import WindowedNoRepeatNGram
-    from chatvlm.models.deepseek_ocr.ngram import WindowedNoRepeatNGramLogitsProcessor
+    from chatvlm.backends.deepseek_common import DeepseekGroundingMixin
+    from chatvlm.models.deepseek_ocr.synthetic import build_byte_tokenizer
 
-    rng = np.random.default_rng(0)
-    prompt = 5
-    ids = torch.tensor(rng.integers(0, 6, (3, prompt + 200)))
-    ids[:, :prompt] = 2
-    for n, w in [(3, 20), (4, 50), (2, 7)]:
-        for step in (prompt + 3, prompt + 60, prompt + 200):
-            scores = torch.zeros(3, 8)
-            ours = WindowedNoRepeatNGram(n, w, prompt, whitelist=[4])(ids[:, :step], scores.clone())
-            port = WindowedNoRepeatNGramLogitsProcessor(n, w, prompt, whitelist_token_ids=[4])(ids[:, :step],
-                                                                                               scores.clone())
-            assert torch.equal(ours, port)
+    class Guarded(DeepseekGroundingMixin):
+        def __init__(self, tokenizer):
+            self.tokenizer, self._facts = tokenizer, {}
+
+    guarded = Guarded(build_byte_tokenizer(tmp_path, vocab_size=1024))
+    (guard,) = guarded.ngram_processors(2, 10, {"input_ids": torch.zeros(1, 3, dtype=torch.long)})
+    assert guard.whitelist == {821, 822}          # <td>, </td> in the tiny vocabulary (real id % 1024)
+    assert guard.prompt_len == 3 and guarded._facts["no_repeat_ngram"] == {"ngram_size": 2, "window_size": 10}
+    assert guarded.ngram_processors(0, 10, {"input_ids": torch.zeros(1, 3)}) == []

@@ -17,11 +17,13 @@ import torch
 from PIL import Image
 from transformers import LogitsProcessorList
 
+from chatvlm.loop_guard import WindowedNoRepeatNGram
 from chatvlm.models import deepseek_ocr
 from chatvlm.models.deepseek_ocr.configuration import DeepseekOCRConfig
 from chatvlm.models.deepseek_ocr.loading import _build_meta
 from chatvlm.models.deepseek_ocr.processing import choose_grid
-from chatvlm.models.deepseek_ocr.testing import build_tiny_tokenizer, write_random_checkpoint
+from chatvlm.models.deepseek_ocr.synthetic import build_byte_tokenizer
+from chatvlm.models.deepseek_ocr.testing import write_random_checkpoint
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 FIXTURE = SHARED / "fixtures" / "deepseek_ocr"
@@ -184,7 +186,7 @@ def test_batched_left_padded_generation_equals_single_pages(model, fixture_dir):
                proc(images=[page], prompt=deepseek_ocr.PROMPT_MARKDOWN, mode="small")]
     batch = deepseek_ocr.collate(singles, pad_token_id=proc.pad_token_id)
     assert batch["attention_mask"][0].sum() < batch["attention_mask"].shape[1]  # really padded
-    guard = deepseek_ocr.WindowedNoRepeatNGramLogitsProcessor(20, 50, prompt_len=batch["input_ids"].shape[1])
+    guard = WindowedNoRepeatNGram(20, 50, prompt_len=batch["input_ids"].shape[1])   # the official PDF runner's setting
     with torch.no_grad():
         batched = model.generate(**batch, max_new_tokens=8, do_sample=False,
                                  logits_processor=LogitsProcessorList([guard]))
@@ -287,7 +289,7 @@ def test_token_counts_per_mode():
 
 
 def test_tiny_tokenizer_has_official_specials_inside_the_vocab(tmp_path):
-    tok = build_tiny_tokenizer(tmp_path, vocab_size=1024)
+    tok = build_byte_tokenizer(tmp_path, vocab_size=1024)
     ids = tok.convert_tokens_to_ids(["<image>", "<|grounding|>", "<|ref|>", "<|/ref|>", "<|det|>", "<|/det|>"])
     assert ids == [815, 820, 816, 817, 818, 819]
     assert (tok.bos_token_id, tok.eos_token_id, tok.pad_token_id) == (0, 1, 2)

@@ -18,7 +18,8 @@ import pytest
 
 from chatvlm.config import BackendOptions, GenerationParams, RunConfig
 from chatvlm.out_lock import LOCK_NAME
-from chatvlm.pipeline import Reporter, run
+from chatvlm.pipeline import run
+from chatvlm.records import Reporter
 from tests.conftest import ROOT, text_page, write_noise_pages
 from tests.fake_backend import NAME as FAKE, ensure_registered
 

@@ -30,12 +30,12 @@ MAX_NEW = 6
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
     """The fixture checkpoint plus a tokenizer built here (the fixture ships none)."""
-    from chatvlm.models.dots_ocr.testing import build_tiny_tokenizer
+    from chatvlm.models.dots_ocr.synthetic import build_byte_tokenizer
 
     folder = tmp_path_factory.mktemp("dots_ckpt")
     for name in ("config.json", "model.safetensors", "preprocessor_config.json"):
         shutil.copy(FIXTURE / name, folder / name)
-    build_tiny_tokenizer(folder)
+    build_byte_tokenizer(folder)
     return folder
 
 

@@ -185,11 +185,12 @@ PHI3_ORIGINAL = 900      # the tiny Phi-3's original context: prompts here are 6
 def phi3_backend(tmp_path_factory):
     """Phi-3.5-vision's backend on the tiny random checkpoint (LongRoPE, fused projections,
     HD crops: pages of different shapes give prompts of different lengths)."""
-    from chatvlm.models.phi3_vision.testing import build_tiny_tokenizer, write_random_checkpoint
+    from chatvlm.models.phi3_vision.synthetic import build_byte_tokenizer
+    from chatvlm.models.phi3_vision.testing import write_random_checkpoint
 
     folder = tmp_path_factory.mktemp("phi3")
     write_random_checkpoint(folder, num_crops=4, original_max_position_embeddings=PHI3_ORIGINAL)
-    build_tiny_tokenizer(folder, vocab_size=512)
+    build_byte_tokenizer(folder, vocab_size=512)
     spec = get_spec("phi3_vision")
     be = spec.backend_class()(spec, BackendOptions(model_path=folder, device="cpu", extra={"num_crops": 4}))
     be.load()

@@ -1,6 +1,7 @@
 """DeepSeek grounding output -> layout blocks (page pixels), clean markdown; truncated outputs."""
 
-from chatvlm.grounding import CATEGORIES, category_for, parse_grounding, strip_tags, to_pixels
+from chatvlm.grounding import parse_grounding, strip_tags, to_pixels
+from chatvlm.layout import CATEGORIES
 
 SAMPLE = (
     "<|ref|>title<|/ref|><|det|>[[330, 198, 558, 230]]<|/det|>\n# R&D QUALITY\n\n"
@@ -68,9 +69,21 @@ def test_text_before_the_first_block_is_kept():
     assert page.blocks[0].bbox == [0, 0, 10, 10]
 
 
-def test_category_mapping_and_pixel_clamping():
-    assert category_for("sub_title") == "Section-header"
-    assert category_for("table_caption") == "Caption"
-    assert category_for("Page-footer") == "Page-footer"
-    assert category_for("something new") == "Text"
+def test_labels_map_like_every_other_models_and_unknown_ones_are_kept():
+    """Grounding labels go through the one label table (layout.normalize_category): known
+    labels become the schema's categories; a label nobody knows keeps its name (the
+    official runners keep every label as written), with its text."""
+    raw = ("<|ref|>sub_title<|/ref|><|det|>[[0, 0, 10, 10]]<|/det|>\n## Head\n"
+           "<|ref|>table_caption<|/ref|><|det|>[[0, 10, 10, 20]]<|/det|>\nCap\n"
+           "<|ref|>Page-footer<|/ref|><|det|>[[0, 20, 10, 30]]<|/det|>\n3\n"
+           "<|ref|>code<|/ref|><|det|>[[0, 30, 10, 40]]<|/det|>\nx = 1\n"
+           "<|ref|>seal<|/ref|><|det|>[[0, 40, 10, 50]]<|/det|>\n"
+           "<|ref|>stamp_text<|/ref|><|det|>[[0, 50, 10, 60]]<|/det|>\nAPPROVED")
+    page = parse_grounding(raw, 999, 999)
+    assert [(b.category, b.text) for b in page.blocks] == [
+        ("Section-header", "## Head"), ("Caption", "Cap"), ("Page-footer", "3"), ("Text", "x = 1"),
+        ("Picture", ""), ("stamp_text", "APPROVED")]
+
+
+def test_pixel_clamping():
     assert to_pixels((900, 950, 100, 1200), 100, 100) == [10, 95, 90, 100]     # sorted, clamped

@@ -90,7 +90,7 @@ def test_qwen3_coordinate_comments_become_boxed_blocks():
     assert r.layout[2].text.startswith("| Region | Q3 | Q4 |")
     assert r.layout[1].problem is None and r.layout[3].text.startswith("The total is")
     # The pipeline's crop step links the picture from the markdown, the rest unchanged.
-    from chatvlm.pipeline import _add_page_images
+    from chatvlm.page_steps import _add_page_images
 
     config = RunConfig(inputs=[], out=Path("out"), formats=("text", "markdown"))
     _add_page_images(config, page(), r)

@@ -213,6 +213,13 @@ def test_categories():
     assert layout.normalize_category("equation") == "Formula"
     assert layout.normalize_category("Other") == "Other"
     assert layout.normalize_category("Stamp") == "Stamp"               # unknown: kept, never dropped
+    # one table for every model: dots.ocr's spellings and DeepSeek-OCR's grounding labels alike
+    assert layout.normalize_category("section-header") == "Section-header"
+    assert layout.normalize_category("LIST ITEM") == "List-item"
+    assert layout.normalize_category("sub_title") == "Section-header"
+    assert layout.normalize_category("seal") == "Picture" and layout.normalize_category("code") == "Text"
+    assert layout.normalize_category("image_footnote") == "Footnote"
+    assert layout.normalize_category("  something new ") == "something new"
     blocks = layout.cells_to_blocks([{"bbox": [0, 0, 5, 5], "category": "Stamp", "text": "ok"}], (10, 10), (10, 10))
     assert blocks[0].category == "Stamp"
 

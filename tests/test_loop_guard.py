@@ -125,6 +125,30 @@ def test_windowed_ngram_bans_per_row_after_the_prompt_only():
     assert torch.isfinite(scores[1]).all()                                           # prompt "1 2" does not count
 
 
+def test_windowed_ngram_bans_the_token_that_would_repeat_an_ngram():
+    guard = WindowedNoRepeatNGram(3, 100, prompt_len=0)
+    assert guard.banned_tokens([5, 6, 7, 5, 6]) == {7}          # "5 6 7" would repeat
+    assert guard.banned_tokens([5, 6, 7, 5, 8]) == set()
+    assert guard.banned_tokens([5, 6]) == set()                 # shorter than n
+
+
+def test_windowed_ngram_window_limits_where_an_earlier_ngram_may_start():
+    seq = [5, 6, 7] + [9] * 10 + [1, 2, 3, 5, 6]
+    assert WindowedNoRepeatNGram(3, 100, prompt_len=0).banned_tokens(seq) == {7}
+    # window 10: the search starts at len - 10 = 8, after the early "5 6 7"
+    assert WindowedNoRepeatNGram(3, 10, prompt_len=0).banned_tokens(seq) == set()
+    assert WindowedNoRepeatNGram(2, 2, prompt_len=0).banned_tokens([9, 9, 9, 9]) == {9}
+
+
+def test_windowed_ngram_exempts_the_official_table_cell_tags():
+    from chatvlm.models.deepseek_ocr.processing import OFFICIAL_TOKEN_IDS
+
+    td, td_end = OFFICIAL_TOKEN_IDS["<td>"], OFFICIAL_TOKEN_IDS["</td>"]
+    seq = [td, 4, td_end, td, 4]
+    assert WindowedNoRepeatNGram(3, 100, prompt_len=0).banned_tokens(seq) == {td_end}
+    assert WindowedNoRepeatNGram(3, 100, prompt_len=0, whitelist=[td, td_end]).banned_tokens(seq) == set()
+
+
 def test_repetition_penalty_ignores_left_padding():
     proc = PaddingSafeRepetitionPenalty(1.5, pad_lengths=[2, 0])
     scores = torch.tensor([[1.0, 2.0, -1.0, 3.0, 0.5]] * 2)

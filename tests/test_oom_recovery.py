@@ -20,8 +20,8 @@ from chatvlm import decode
 from chatvlm.backends import hf
 from chatvlm.config import BackendOptions, GenerationParams, RunConfig
 from chatvlm.engine.memory import PROBE_PAGE_SIZE, MemoryMeter
-from chatvlm.pipeline import Reporter, run
-from chatvlm.records import Page
+from chatvlm.pipeline import run
+from chatvlm.records import Page, Reporter
 from chatvlm.registry import get_spec
 from chatvlm.scheduler import generate_with_backoff, probe_batch_size
 from chatvlm.testing import build_tiny_checkpoint

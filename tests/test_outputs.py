@@ -10,7 +10,8 @@ import pytest
 
 from chatvlm.config import BackendOptions, GenerationParams, RunConfig
 from chatvlm.errors import UsageError
-from chatvlm.pipeline import has_no_text, run
+from chatvlm.page_steps import has_no_text
+from chatvlm.pipeline import run
 from tests.conftest import text_page
 from tests.fake_backend import NAME, ensure_registered
 

@@ -32,12 +32,12 @@ SIZES = [(150, 200), (400, 120)]   # portrait and landscape: different crop grid
 
 
 def copy_checkpoint(folder: Path) -> Path:
-    from chatvlm.models.phi3_vision.testing import build_tiny_tokenizer
+    from chatvlm.models.phi3_vision.synthetic import build_byte_tokenizer
 
     folder.mkdir(parents=True, exist_ok=True)
     for name in CKPT_FILES:
         shutil.copy(FIXTURE / name, folder / name)
-    build_tiny_tokenizer(folder)    # the fixture ships no tokenizer
+    build_byte_tokenizer(folder)    # the fixture ships no tokenizer
     return folder
 
 

@@ -14,11 +14,8 @@ from safetensors.torch import load_file, save_file
 
 from chatvlm.models import phi3_vision
 from chatvlm.models.phi3_vision.processing import hd_grid
-from chatvlm.models.phi3_vision.testing import (
-    build_tiny_tokenizer,
-    special_token_ids,
-    write_random_checkpoint,
-)
+from chatvlm.models.phi3_vision.synthetic import build_byte_tokenizer, special_token_ids
+from chatvlm.models.phi3_vision.testing import write_random_checkpoint
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 FIXTURE = SHARED / "fixtures" / "phi3_vision"
@@ -72,7 +69,7 @@ def test_fixture_preprocessing(expected):
 def test_fixture_prompt_layout(tmp_path):
     """Placeholder layout with a tokenizer carrying the official special ids: BOS per text
     chunk, 469 x -1 where <|image_1|> was, the prompt ending on <|assistant|> (rstrip)."""
-    tok = build_tiny_tokenizer(tmp_path / "tok", vocab_size=32064)
+    tok = build_byte_tokenizer(tmp_path / "tok", vocab_size=32064)
     proc = phi3_vision.processor_from_pretrained(FIXTURE, tokenizer=tok)
     inputs = json.loads((FIXTURE / "inputs.json").read_text())
     prompt = phi3_vision.format_prompt("What is written?")
@@ -207,7 +204,7 @@ def test_random_checkpoint_roundtrip_and_batching(tmp_path, case):
     ckpt = tmp_path / "ckpt"
     config = write_random_checkpoint(ckpt, num_crops=2, **spec)
     vocab = config["vocab_size"]
-    tok = build_tiny_tokenizer(ckpt, vocab_size=vocab)
+    tok = build_byte_tokenizer(ckpt, vocab_size=vocab)
     stop = special_token_ids(vocab)
 
     model = phi3_vision.from_pretrained(ckpt, dtype=torch.float32)
@@ -266,7 +263,7 @@ def test_long_rope_switch_keeps_the_image(tmp_path):
     """Crossing original_max_position_embeddings during generation makes Phi-3 drop its KV
     cache and re-run the whole sequence with the long RoPE factors; the image must be
     embedded again for that re-run. Cached generation must equal full recompute."""
-    tok = build_tiny_tokenizer(tmp_path / "tok", vocab_size=384)
+    tok = build_byte_tokenizer(tmp_path / "tok", vocab_size=384)
     proc = phi3_vision.Phi3VImageProcessor(num_crops=1, tokenizer=tok)
     batch = proc.build_batch([phi3_vision.format_prompt("read")], [page_images()[0]])
     n = batch["input_ids"].shape[1]

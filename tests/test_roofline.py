@@ -99,7 +99,7 @@ def test_bench_measures_the_card_once_for_the_run(tmp_path, monkeypatch):
     from chatvlm import bench
     from chatvlm.bench.runner import _measure_card
     from chatvlm.config import RunConfig
-    from chatvlm.pipeline import Reporter
+    from chatvlm.records import Reporter
     from chatvlm.registry import get_spec
 
     monkeypatch.setattr(roofline, "CPU_MATMUL_N", 128)

@@ -94,7 +94,7 @@ def blank_like_pages():
 
 
 def test_pages_without_text_are_empty_not_failures():
-    from chatvlm.pipeline import has_no_text
+    from chatvlm.page_steps import has_no_text
 
     results = recognise(blank_like_pages())
     assert [r.status for r in results] == ["ok"] * 4

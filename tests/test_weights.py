@@ -35,15 +35,17 @@ def test_release_removes_only_the_synthetic_folders_it_made(tmp_path):
 
 
 def _saved_dots(folder, config):
-    from chatvlm.models.dots_ocr.testing import build_random_checkpoint, build_tiny_tokenizer
+    from chatvlm.models.dots_ocr.synthetic import build_byte_tokenizer
+    from chatvlm.models.dots_ocr.testing import build_random_checkpoint
     build_random_checkpoint(folder, config, seed=3)
-    build_tiny_tokenizer(folder)
+    build_byte_tokenizer(folder)
 
 
 def _saved_phi3(folder, config):
-    from chatvlm.models.phi3_vision.testing import build_tiny_tokenizer, write_random_checkpoint
+    from chatvlm.models.phi3_vision.synthetic import build_byte_tokenizer
+    from chatvlm.models.phi3_vision.testing import write_random_checkpoint
     written = write_random_checkpoint(folder, seed=3)
-    build_tiny_tokenizer(folder, vocab_size=int(written["vocab_size"]))
+    build_byte_tokenizer(folder, vocab_size=int(written["vocab_size"]))
 
 
 def _saved_deepseek(folder, config):

@@ -1,7 +1,7 @@
 """Micro-benchmark: per-step decode time, transformers `generate` vs chatvlm.decode.
 
 Builds a Qwen2-1.5B-shaped language model (the text part of qwen_vl_2b's full config in
-chatvlm.model_table: 28 layers, hidden 1536, 12 query / 2 KV heads, vocab 151936) with
+chatvlm/data/qwen_vl_2b.json: 28 layers, hidden 1536, 12 query / 2 KV heads, vocab 151936) with
 RANDOM weights, a prompt of --prompt-len tokens, and times decode steps only (prefill
 subtracted / excluded) at each batch size. Random weights: the speed is honest, the
 tokens are noise. Runs on whatever device is present (CUDA: bf16 + CUDA graphs).

@@ -74,7 +74,7 @@ class Backend(ABC):
     def ask(self, image, question: str, history: Optional[list[tuple[str, str]]] = None,
             params: Optional[GenerationParams] = None) -> str:
         """Answer a free-form question about one page (chat-capable VLMs only)."""
-        from ..api import cannot_chat_message
+        from ..registry import cannot_chat_message
         from ..errors import UsageError
         raise UsageError(cannot_chat_message(self.spec))
 

@@ -36,7 +36,7 @@ from .hf import HFBackend
 
 MODE_NAMES = ("tiny", "small", "base", "large", "gundam")
 # (ngram_size, window_size) of the official image runner / README vLLM recipe
-# (= chatvlm.models.deepseek_ocr.OFFICIAL_SETTINGS["image"]; kept literal so this module stays torch-free).
+# (the official PDF runner uses (20, 50), the eval runner (40, 90)).
 DEFAULT_NGRAM = (30, 90)
 # A4 at 200 DPI, for memory budgeting before any page is seen.
 TYPICAL_PAGE = (1654, 2339)

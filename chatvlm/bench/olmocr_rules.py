@@ -31,30 +31,9 @@ from typing import Any, Callable, Optional
 
 from ..textnorm import markdown_to_text
 from .olmocr_tables import check_table
+from .olmocr_text import RuleError, fuzzy_threshold, normalize_text, rule_max_diffs
 
 SUPPORTED_RULES = ("present", "absent", "order", "table", "math", "format", "footnote", "baseline")
-
-
-class RuleError(ValueError):
-    """A rule olmOCR-bench would reject when loading it."""
-
-
-def normalize_text(text: Optional[str]) -> str:
-    """olmOCR-bench's normal form of a page or a rule's text."""
-    return markdown_to_text(text, style="olmocr")
-
-
-def fuzzy_threshold(max_diffs: int, text: str) -> float:
-    """The similarity a match needs: one minus the share of `text` that may differ."""
-    return 1.0 - (max_diffs / (len(text) if len(text) > 0 else 1))
-
-
-def _max_diffs(rule: dict[str, Any]) -> int:
-    value = rule.get("max_diffs", 0)
-    value = 0 if value is None else value
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise RuleError(f"max_diffs must be a whole number >= 0, got {value!r}")
-    return value
 
 
 def _required_text(rule: dict[str, Any], key: str) -> str:
@@ -73,7 +52,7 @@ def _partial_ratio(query: str, content: str) -> float:
 # --------------------------------------------------------------------------- present / absent / order
 
 def check_presence(rule: dict[str, Any], page: str) -> tuple[bool, str]:
-    query, content, max_diffs = _required_text(rule, "text"), normalize_text(page), _max_diffs(rule)
+    query, content, max_diffs = _required_text(rule, "text"), normalize_text(page), rule_max_diffs(rule)
     present_rule = rule.get("type") == "present"
     if not rule.get("case_sensitive", True):
         query, content = query.lower(), content.lower()
@@ -104,7 +83,7 @@ def check_presence(rule: dict[str, Any], page: str) -> tuple[bool, str]:
 def check_order(rule: dict[str, Any], page: str) -> tuple[bool, str]:
     from fuzzysearch import find_near_matches
 
-    before, after, max_diffs = _required_text(rule, "before"), _required_text(rule, "after"), _max_diffs(rule)
+    before, after, max_diffs = _required_text(rule, "before"), _required_text(rule, "after"), rule_max_diffs(rule)
     if max_diffs > len(before) // 2 or max_diffs > len(after) // 2:
         raise RuleError("max_diffs is more than half of the 'before' or 'after' text")
     content = normalize_text(page)
@@ -181,7 +160,7 @@ _FORMAT_PATTERNS = {
 
 
 def check_format(rule: dict[str, Any], page: str) -> tuple[bool, str]:
-    text, max_diffs, kind = _required_text(rule, "text"), _max_diffs(rule), rule.get("format")
+    text, max_diffs, kind = _required_text(rule, "text"), rule_max_diffs(rule), rule.get("format")
     if kind not in _FORMAT_PATTERNS:
         raise RuleError(f"format must be heading, bold or italic, got {kind!r}")
     spans = [normalize_text(s) for pattern, flags in _FORMAT_PATTERNS[kind] for s in re.findall(pattern, page, flags)]
@@ -201,7 +180,7 @@ def _alnum_lower(text: str) -> str:
 
 
 def check_footnote(rule: dict[str, Any], page: str) -> tuple[bool, str]:
-    marker, max_diffs = str(rule.get("marker") or ""), _max_diffs(rule)
+    marker, max_diffs = str(rule.get("marker") or ""), rule_max_diffs(rule)
     if not marker or " " in marker:
         raise RuleError("'marker' must be given, without spaces")
     spans = [(m.start(), m.end()) for m in re.finditer(rf"\[\^{re.escape(marker)}\](?!:)", page)]

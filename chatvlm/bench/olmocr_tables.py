@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from html.parser import HTMLParser
 from typing import Any, Optional
 
+from .olmocr_text import fuzzy_threshold, normalize_text, rule_max_diffs
+
 Pos = tuple[int, int]
 
 
@@ -225,9 +227,7 @@ _RELATIONS = ("up", "down", "left", "right", "top_heading", "left_heading")
 def check_table(rule: dict[str, Any], page: str) -> tuple[bool, str]:
     from rapidfuzz import fuzz
 
-    from .olmocr_rules import _max_diffs, fuzzy_threshold, normalize_text
-
-    max_diffs = _max_diffs(rule)
+    max_diffs = rule_max_diffs(rule)
     cell = normalize_text(rule.get("cell"))
     wanted = {name: normalize_text(rule.get(name)) for name in _RELATIONS}
     threshold = max(0.5, fuzzy_threshold(max_diffs, cell))

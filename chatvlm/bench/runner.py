@@ -20,7 +20,7 @@ from typing import Any, Optional
 from ..config import RunConfig
 from ..errors import EXIT_ABORTED, EXIT_OK, EXIT_PAGES_FAILED, ChatVLMError, UsageError
 from ..i18n import _
-from ..pipeline import Reporter
+from ..records import Reporter
 from ..records import PageResult
 from ..registry import ModelSpec, get_spec
 from ..writers import atomic_write_text

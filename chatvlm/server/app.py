@@ -27,11 +27,11 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
-from ..api import Model, cannot_chat_message
+from ..api import Model
 from ..i18n import _
 from ..layout import markdown_to_text
 from ..records import PageResult
-from ..registry import all_specs
+from ..registry import all_specs, cannot_chat_message
 from .batcher import Batcher, PageOutcome, QueueFull, Work
 from .uploads import ApiError, Limits, Upload, read_upload, too_large
 

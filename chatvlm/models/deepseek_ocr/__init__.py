@@ -16,7 +16,6 @@ from .configuration import DeepseekOCRConfig, load_config, official_config_dict
 from .loading import (CheckpointMismatchError, build_from_config, default_device, default_dtype, init_random_weights,
                       load_model)
 from .modeling import DeepseekOCRForCausalLM
-from .ngram import OFFICIAL_SETTINGS, OFFICIAL_WHITELIST, WindowedNoRepeatNGramLogitsProcessor
 from .processing import (DEFAULT_MODE, MODES, PROMPT_FREE_OCR, PROMPT_MARKDOWN, PROMPTS, DeepseekOCRProcessor,
                          collate, processor_from_pretrained)
 
@@ -30,8 +29,7 @@ def from_pretrained(path: str | Path, dtype: torch.dtype = torch.float32, device
 
 __all__ = [
     "CheckpointMismatchError", "DEFAULT_MODE", "DeepseekOCRConfig", "DeepseekOCRForCausalLM",
-    "DeepseekOCRProcessor", "MODES", "OFFICIAL_SETTINGS", "OFFICIAL_WHITELIST", "PROMPTS", "PROMPT_FREE_OCR",
-    "PROMPT_MARKDOWN", "WindowedNoRepeatNGramLogitsProcessor", "build_from_config", "collate",
+    "DeepseekOCRProcessor", "MODES", "PROMPTS", "PROMPT_FREE_OCR", "PROMPT_MARKDOWN", "build_from_config", "collate",
     "default_device", "default_dtype", "from_pretrained", "init_random_weights", "load_config", "official_config_dict",
     "processor_from_pretrained",
 ]

@@ -353,7 +353,8 @@ class DeepseekOCRForCausalLM(PreTrainedModel, GenerationMixin):
         if self.generation_config.pad_token_id is None:
             self.generation_config.pad_token_id = 2  # "<｜▁pad▁｜>" of the official tokenizer
 
-    # Weights come from a checkpoint or from testing.init_random_weights; keep the HF init cheap.
+    # Weights come from a checkpoint (the package's from_pretrained, strict on official names)
+    # or from loading.init_random_weights; keep the HF init cheap.
     def _init_weights(self, module: nn.Module) -> None:
         pass
 
@@ -373,12 +374,6 @@ class DeepseekOCRForCausalLM(PreTrainedModel, GenerationMixin):
     @property
     def attention_implementation(self) -> str:
         return self.model.layers[0].self_attn.attn_implementation if len(self.model.layers) else "sdpa"
-
-    @classmethod
-    def from_pretrained(cls, path, *args, **kwargs):  # type: ignore[override]
-        """Our own loader (official names, strict); see :func:`loading.load_model`."""
-        from .loading import load_model
-        return load_model(path, *args, **kwargs)
 
     def forward(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
                 position_ids: torch.Tensor | None = None, past_key_values: Any = None,

@@ -10,7 +10,8 @@ import torch
 
 from .configuration import IMAGE_TOKEN_ID, VIDEO_TOKEN_ID
 from .modeling import build_from_config
-from .processing import CLIP_MEAN, CLIP_STD, MAX_PIXELS, MIN_PIXELS
+from .processing import MAX_PIXELS, MIN_PIXELS
+from .synthetic import preprocessor_config
 
 
 def config_dict(
@@ -97,22 +98,7 @@ def build_random_checkpoint(
     model = build_from_config(config, dtype=dtype, device="cpu", seed=seed)
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     (folder / "config.json").write_text(json.dumps(config, indent=2))
-    (folder / "preprocessor_config.json").write_text(
-        json.dumps(
-            {
-                "min_pixels": min_pixels,
-                "max_pixels": max_pixels,
-                "patch_size": 14,
-                "temporal_patch_size": 1,
-                "merge_size": 2,
-                "image_mean": list(CLIP_MEAN),
-                "image_std": list(CLIP_STD),
-                "image_processor_type": "Qwen2VLImageProcessor",
-                "processor_class": "DotsVLProcessor",
-            },
-            indent=2,
-        )
-    )
+    (folder / "preprocessor_config.json").write_text(json.dumps(preprocessor_config(min_pixels, max_pixels), indent=2))
     if max_shard_bytes is None:
         save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
         return folder
@@ -133,51 +119,4 @@ def build_random_checkpoint(
     total = sum(t.numel() * t.element_size() for t in state.values())
     index = {"metadata": {"total_size": total}, "weight_map": weight_map}
     (folder / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
-    return folder
-
-
-# The official special tokens (reference §3) at their official ids.
-SPECIAL_TOKENS = {
-    "<|endoftext|>": 151643,
-    "<|video_pad|>": 151656,
-    "<|imgpad|>": 151665,
-    "<|img|>": 151666,
-    "<|endofimg|>": 151667,
-    "<|user|>": 151670,
-    "<|endofuser|>": 151671,
-    "<|assistant|>": 151672,
-    "<|endofassistant|>": 151673,
-    "[PAD]": 151680,
-}
-
-
-def build_tiny_tokenizer(folder: str | Path) -> Path:
-    """Write a real (fast, byte-level) tokenizer into a checkpoint folder: Qwen2's byte-level
-    pre-tokenizer and decoder over the 256 byte symbols (no merges, so any text encodes),
-    plus dots.ocr's special tokens. With the official vocabulary size they sit at their
-    official ids; a smaller test vocabulary (config.json in the folder) gets them at its top,
-    with <|imgpad|> at the config's image_token_id. Ids the vocabulary lacks decode to
-    nothing, so random-weight models still decode."""
-    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
-    from tokenizers.pre_tokenizers import ByteLevel
-    from transformers import PreTrainedTokenizerFast
-
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    cfg_path = folder / "config.json"
-    cfg = json.loads(cfg_path.read_text()) if cfg_path.exists() else {}
-    vocab_size = int(cfg.get("vocab_size", 151936))
-    specials = dict(SPECIAL_TOKENS)
-    if vocab_size <= max(specials.values()):
-        image_id = int(cfg.get("image_token_id", vocab_size - 1))
-        free = [i for i in range(vocab_size - 1, 255, -1) if i != image_id]
-        specials = {tok: (image_id if tok == "<|imgpad|>" else free.pop(0)) for tok in specials}
-    vocab = {sym: i for i, sym in enumerate(sorted(ByteLevel.alphabet()))}
-    vocab.update(specials)
-    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
-    tok.decoder = decoders.ByteLevel()
-    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in specials])
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", eos_token="<|endoftext|>")
-    fast.save_pretrained(str(folder))
     return folder
