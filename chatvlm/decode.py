@@ -46,6 +46,15 @@ How (`StaticDecoder.generate`):
    fewer rows (exact count on CPU; the next batch-size bucket on CUDA, padded with
    finished rows). Finish bookkeeping is the backend's own `GenerationTracker`, replayed
    on the host every `sync_every` steps (1 on CPU; 8 on CUDA to avoid a sync per step).
+8. **LongRoPE** (Phi-3): transformers picks the factor set from the largest position of a
+   forward, plus one (short within `original_max_position_embeddings`, long beyond; the
+   same attention scaling for both), and its Phi-3 drops the KV cache and re-runs the whole
+   sequence once, when the sequence first outgrows the original context: from then on
+   every cached key has the long rotation. The RoPE table holds both sets. The batch path
+   does as a batched `generate`: one set for the whole batch (`top_pos`, the batch's
+   largest position) and the recompute at the padded width (`_recompute_and_continue`).
+   The continuous engine does as each page alone: each row its own set (`top_pos` 0) and
+   its own recompute (`chatvlm.engine.continuous`).
 
 If the decoder cannot serve a batch it raises before the batch's decode starts
 (`Unsupported` for a request it does not handle); on any error it first frees its cache,
@@ -372,7 +381,7 @@ class StaticDecoder:
         self.mask = None                  # [B, L] bool: key slot valid
         self.tok = self.pos = None        # [B] long
         self.wpos = None                  # [B] long: each row's cache slot written by the next step
-        self.top_pos = None               # [1] long: the batch's largest position this step (LongRoPE)
+        self.top_pos = None               # [1] long: LongRoPE's batch-wide position (0: per row)
         self.logits = None                # [B, vocab] float32 (graph output)
         self.rope_cos = self.rope_sin = None   # [P, hd]
         self._rope_mrope = None
@@ -506,10 +515,13 @@ class StaticDecoder:
     def _rope_index(self, b: int) -> torch.Tensor:
         if not self.parts.longrope_original:
             return self.pos[:b]
-        # As transformers' LongRoPE in a batch: the short set while the batch's largest
-        # position + 1 stays within the original context, the long set from then on (keys
-        # already cached keep their rotation). A tensor expression: graph-safe.
-        short = (self.top_pos < self.parts.longrope_original).long()     # top_pos + 1 <= original
+        # transformers' LongRoPE picks the set from the largest position of the call, plus one:
+        # the short set while it stays within the original context, the long set beyond. The
+        # batch path keeps `top_pos` at the batch's largest position (one set for all rows, as
+        # in a batched `generate`); the continuous engine keeps it at 0, so each row follows
+        # its own position (as its page alone). A tensor expression: graph-safe.
+        selector = torch.maximum(self.pos[:b], self.top_pos)
+        short = (selector < self.parts.longrope_original).long()         # position + 1 <= original
         return self.pos[:b] + short * self._rope_rows()
 
     def step(self, b: int, length: int) -> torch.Tensor:
