@@ -188,11 +188,12 @@ def test_engine_rows_crossing_longrope_equal_each_request_alone(phi3_48):
 def test_engine_longrope_needs_the_split_prefills(phi3_48, monkeypatch):
     """The check above could fail: a prefill mixing both sides gives the short prompts the
     long factors (transformers picks one set per call), and their tokens change."""
-    from chatvlm.engine.continuous import ContinuousEngine
+    from chatvlm.engine import admission, continuous
 
     requests = _requests()[:3]                      # 30 and 40 tokens within, 52 beyond
     reference = _alone_tokens(phi3_48, requests)
-    monkeypatch.setattr(ContinuousEngine, "_split_longrope", lambda self, group, counts: [])
+    monkeypatch.setattr(continuous, "take_now", lambda counts, budget, original: admission.take_now(
+        counts, budget=budget))
     got, _, groups = _engine_tokens(phi3_48, requests)
     assert groups[0] == [0, 1, 2] and got != reference
 

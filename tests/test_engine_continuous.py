@@ -82,6 +82,78 @@ def test_continuous_batch_equals_each_page_alone(backends, name):
     assert facts["continuous_row_steps"] == facts["continuous_busy_row_steps"]
 
 
+def test_prefills_are_sized_by_prompt_tokens(backends, monkeypatch):
+    """A token budget per prefill (rows x longest prompt, padding included): four free
+    slots, prompts of 346-380 tokens, 800 tokens per prefill: two pages per prefill, the
+    others wait (prepared again on their own), and every page comes out as alone."""
+    from chatvlm.engine import continuous
+
+    be = backends("qwen_vl_2b")
+    pages = _pages()
+    reference = _alone(be, pages)
+    monkeypatch.setattr(continuous, "DEFAULT_PREFILL_TOKENS", 800)
+    got, facts = _run(be, pages, slots=4)
+    assert facts.get("decode_continuous"), facts.get("decode_continuous_reason")
+    assert got == reference
+    assert facts["continuous_prefill_budget"] == 800
+    assert facts["continuous_prefill_rows_max"] == 2 and facts["continuous_prefill_tokens_max"] <= 800
+    assert facts["continuous_prefills"] >= 4 and facts["continuous_prepares"] > facts["continuous_prefills"]
+    assert len({n for _, n, _ in reference}) > 2
+
+
+def _prefills_between_steps(model, requests, budget: int):
+    """(each request's tokens, the prefill sizes before the first step, the prefill sizes
+    between any two later steps) from the engine with 5 slots and `budget` tokens per step."""
+    from chatvlm import decode as static
+    from tests.test_decode_phi3 import _engine_tokens
+
+    decoder = static.StaticDecoder(model)
+    events, real_prefill, real_step = [], decoder._prefill, decoder._run_step
+
+    def prefill(inputs, gen_kwargs):
+        events.append(inputs["input_ids"].numel())       # rows x longest prompt
+        return real_prefill(inputs, gen_kwargs)
+
+    def step(b, filled):
+        events.append("step")
+        return real_step(b, filled)
+
+    decoder._prefill, decoder._run_step = prefill, step
+    got, engine, _ = _engine_tokens(model, requests, slots=5, decoder=decoder, prefill_tokens=budget)
+    first = events.index("step")
+    runs, run = [], []
+    for event in events[first:] + ["step"]:
+        if event == "step":
+            runs += [run] if run else []
+            run = []
+        else:
+            run.append(event)
+    assert [t for _, t in engine.stats.prefill_sizes] == [e for e in events if e != "step"]
+    return got, events[:first], runs
+
+
+def test_refills_do_not_stall_decoding_rows_beyond_the_budget():
+    """Between two steps of decoding rows, the prefills take the budget (the last may go
+    over by one request); with no row decoding, prefills follow one another. Five rows
+    end together and their slots are refilled over several steps; uneven prompts and stop
+    points, every request as alone."""
+    from tests.test_decode_phi3 import _alone_tokens, _phi3, _prompt
+
+    model = _phi3(4096, seed=2)          # LongRoPE far away: plain prefills and steps
+    lengths = [12, 40, 25, 33, 8, 50, 18, 44, 29, 15, 37, 21, 46, 30]
+    requests = [(i, _prompt(i, n), 6 if i < 5 else 3 + (7 * i) % 17) for i, n in enumerate(lengths)]
+    reference = _alone_tokens(model, requests)
+    assert len({len(ids) for ids in reference}) > 4
+    got, first_fill, runs = _prefills_between_steps(model, requests, 64)
+    assert got == reference
+    assert sum(first_fill) > 64                          # no row was decoding yet
+    assert runs and all(sum(r[:-1]) < 64 for r in runs), runs
+    assert max(sum(r) for r in runs) < 64 + max(lengths), runs
+    # the check could fail: without the budget, the five free slots are refilled at once
+    got, _, runs = _prefills_between_steps(model, requests, 8192)
+    assert got == reference and max(sum(r) for r in runs) >= 64 + max(lengths), runs
+
+
 def test_one_slot_and_more_slots_than_needed(backends):
     be = backends("qwen_vl_2b")
     pages = _pages()[:4]

@@ -6,11 +6,15 @@ write slot and its own key mask, so rows at different lengths decode together in
 step. The engine runs that step and keeps the slots busy:
 
 1. **Admission.** While slots are free and requests wait, the next requests (as many as
-   there are free slots, at most `refill_chunk`) are prepared by the backend (`prepare`:
-   the model's inputs and `generate` arguments) and prefilled by the model's own prefill
-   (`StaticDecoder._prefill`: vision encoder, language-model prefill, first token). Their
-   prompt KV is copied into the lowest free slots (`StaticDecoder.load_rows`); a request
-   that ends on its first token never takes a slot.
+   there are free slots, at most `refill_chunk`, and at most `prefill_tokens` prompt tokens
+   counting padding, at least one: `chatvlm.engine.admission`) are prepared by the backend
+   (`prepare`: the model's inputs and `generate` arguments) and prefilled by the model's
+   own prefill (`StaticDecoder._prefill`: vision encoder, language-model prefill, first
+   token). Their prompt KV is copied into the lowest free slots (`StaticDecoder.load_rows`);
+   a request that ends on its first token never takes a slot. While rows are decoding,
+   the prefills between two of their steps take `prefill_tokens` in all (the last one may
+   go over by one request), so a refill of many long prompts does not stall them for long;
+   with no row decoding, prefills follow one another.
 2. **Decode.** One step for rows `[:b]`, b = the highest busy slot + 1 (on CUDA the next
    captured batch size); free slots inside `[:b]` compute a throw-away row and do not
    advance. Logits processors run per row on the row's own sequence (the processors the
@@ -27,7 +31,7 @@ LongRoPE (Phi-3) is exact per row, as each page decoded alone by transformers' `
 
 - a prefill picks its factor set from its largest position (long iff the prompt is longer
   than the original context): a group is prefilled together only if all its prompts fall
-  on the same side of the original context (else it is split, `_split_longrope`);
+  on the same side of the original context (else it is split, `admission.take_now`);
 - a decode step rotates each row by its own position (long iff position + 1 > original;
   the decoder's `top_pos` stays 0, so no row follows its neighbours);
 - when a row is about to feed position `original` (its sequence first outgrows the
@@ -52,6 +56,7 @@ from typing import Any, Callable, Iterable, Iterator, Optional
 import torch
 
 from ..decode import Unsupported, batch_bucket, next_positions, select_processor_rows
+from .admission import DEFAULT_PREFILL_TOKENS, fits, take_now
 
 
 @dataclass
@@ -88,6 +93,8 @@ class _Row:
 @dataclass
 class EngineStats:
     prefills: int = 0                # prefill calls (the first fill and every refill)
+    prepares: int = 0                # prepare calls (admissions, recomputes, a split group's part again)
+    prefill_sizes: list = field(default_factory=list)   # (rows, rows x longest prompt) per prefill
     recomputes: int = 0              # LongRoPE: rows re-prefilled at the original context
     admitted: int = 0                # requests admitted
     steps: int = 0
@@ -132,10 +139,12 @@ class ContinuousEngine:
 
     def __init__(self, decoder, *, slots: int, prepare: Callable[[list], Prepared],
                  new_tracker: Callable[[Any], Any], max_new_tokens: int, max_positions: Optional[int] = None,
-                 refill_chunk: Optional[int] = None, request_budget: Optional[Callable[[Any], Optional[int]]] = None):
+                 refill_chunk: Optional[int] = None, request_budget: Optional[Callable[[Any], Optional[int]]] = None,
+                 prefill_tokens: Optional[int] = None):
         """`new_tracker(request)`: the request's own stop tracker (a batch of one);
         `request_budget(request)`: its own token count where it has one (bench --synthetic
-        --tokens A-B), at most `max_new_tokens`."""
+        --tokens A-B), at most `max_new_tokens`; `prefill_tokens`: the most prompt tokens one
+        prefill takes (rows x longest prompt; at least one request always goes)."""
         reason = continuous_unsupported(decoder)
         if reason:
             raise Unsupported(reason)
@@ -148,6 +157,7 @@ class ContinuousEngine:
         self.max_new = int(max_new_tokens)
         self.max_positions = max_positions
         self.refill_chunk = int(refill_chunk or slots)
+        self.prefill_tokens = int(prefill_tokens or DEFAULT_PREFILL_TOKENS)
         self.request_budget = request_budget
         self.stats = EngineStats()
 
@@ -171,9 +181,11 @@ class ContinuousEngine:
         self._wpos = [0] * self.slots                   # host mirror of each slot's write slot
         self._pos = [0] * self.slots                    # host mirror of each slot's next position
         self._waiting: deque = deque()                  # requests taken from the stream, not admitted
+        self._prompt_tokens: dict[int, int] = {}        # request index -> its prompt tokens, once prepared
         self._live: Optional[torch.Tensor] = None       # [pool rows] 1 where a slot decodes
         original = dec.parts.longrope_original
         exhausted = False
+        self._since_step = 0                            # prompt tokens prefilled since the last step
         pending: list[torch.Tensor] = []
         while True:
             # (pending is empty here whenever a row is at the crossing: reaching it forces a sync)
@@ -181,17 +193,12 @@ class ContinuousEngine:
             if crossing:
                 yield from self._recompute(crossing)
                 continue
-            if self._free and (self._waiting or not exhausted):
-                group = []
-                while len(group) < min(len(self._free), self.refill_chunk):
-                    item = self._waiting.popleft() if self._waiting else next(stream, None)
-                    if item is None:
-                        exhausted = True
-                        break
-                    group.append(item)
+            # admission needs the rows' tokens on the host (no pending steps)
+            if self._free and (self._waiting or not exhausted) and not pending and self._prefill_budget() > 0:
+                group, exhausted = self._next_group(stream, exhausted)
                 if group:
                     yield from self._admit(group)
-                    continue                            # refill every free slot before stepping
+                    continue
             if not self._rows:
                 if exhausted and not self._waiting:
                     return
@@ -202,6 +209,7 @@ class ContinuousEngine:
             b = self._width(max(self._rows) + 1)
             filled = max(self._wpos[s] for s in self._rows) + 1
             logits = dec._run_step(b, filled)
+            self._since_step = 0
             dec.stats.steps += 1
             dec.stats.row_steps += b
             self.stats.steps += 1
@@ -234,6 +242,30 @@ class ContinuousEngine:
                 chunk = torch.stack(pending, dim=1).cpu()     # [b, k]: the one host sync
                 pending.clear()
                 yield from self._finish_rows(chunk)
+
+    def _prefill_budget(self) -> int:
+        """Prompt tokens the next prefill may take: all of `prefill_tokens` with no row
+        decoding, else what the prefills since the rows' last step left of it."""
+        return self.prefill_tokens - self._since_step if self._rows else self.prefill_tokens
+
+    def _next_group(self, stream, exhausted: bool) -> tuple[list, bool]:
+        """The next requests to prepare (held-back ones first, then the stream), as many as
+        slots are free (at most `refill_chunk`) and, where their prompt length is already
+        known, within the prefill budget; and whether the stream has run out."""
+        group, counts, budget = [], [], self._prefill_budget()
+        while len(group) < min(len(self._free), self.refill_chunk):
+            item = self._waiting.popleft() if self._waiting else (None if exhausted else next(stream, None))
+            if item is None:
+                exhausted = True
+                break
+            known = self._prompt_tokens.get(item[0])
+            if known is not None and not fits(counts, known, budget):
+                self._waiting.appendleft(item)
+                break
+            group.append(item)
+            if known is not None:
+                counts.append(known)
+        return group, exhausted
 
     def _width(self, rows: int) -> int:
         """Rows a step computes to cover slots [:rows] (on CUDA a captured batch size)."""
@@ -301,16 +333,21 @@ class ContinuousEngine:
         dec = self.decoder
         t0 = time.perf_counter()
         prepared = self.prepare([request for _, request in group])
+        self.stats.prepares += 1
         inputs = prepared.inputs
         input_ids, attention = inputs.get("input_ids"), inputs.get("attention_mask")
         if input_ids is None or attention is None or input_ids.dim() != 2 or attention.shape != input_ids.shape:
             raise Unsupported("prepared inputs need input_ids and attention_mask [batch, length]")
         n, prompt_len = input_ids.shape
         counts = [int(c) for c in attention.sum(dim=1).tolist()]
-        rest = self._split_longrope(group, counts)
-        if rest:
-            self._waiting.extendleft(reversed(rest))
-            yield from self._admit(group[:len(group) - len(rest)])
+        self._prompt_tokens.update((index, c) for (index, _), c in zip(group, counts))
+        now = take_now(counts, budget=self._prefill_budget(), original=dec.parts.longrope_original)
+        if len(now) < n:
+            # too many tokens, or both sides of LongRoPE's original context: the rest wait
+            # (their lengths now known), the first part is prepared again on its own
+            self._waiting.extendleft(reversed([item for i, item in enumerate(group) if i not in now]))
+            del prepared, inputs, input_ids, attention
+            yield from self._admit([group[i] for i in now])
             return
         budgets = [self._budget(c, request) for c, (_, request) in zip(counts, group)]
         need = prompt_len + max(budgets)
@@ -326,6 +363,8 @@ class ContinuousEngine:
             per_row.append(procs)
         sequences, cache, pos_ids = dec._prefill(inputs, prepared.gen_kwargs)
         self.stats.prefills += 1
+        self.stats.prefill_sizes.append((n, n * prompt_len))
+        self._since_step += n * prompt_len
         self.stats.admitted += n
         first = sequences[:, prompt_len].to(dec.device)
         next_pos = next_positions(pos_ids, attention).to(dec.device)
@@ -366,22 +405,6 @@ class ContinuousEngine:
         dec.stats.prefill_s += time.perf_counter() - t0
         yield from done
 
-    def _split_longrope(self, group: list, counts: list[int]) -> list:
-        """The requests to hold back so that a prefill's prompts are all within LongRoPE's
-        original context or all beyond it (a prefill picks one factor set for all its rows,
-        from its longest prompt; each page alone picks by its own). Empty when nothing is."""
-        original = self.decoder.parts.longrope_original
-        if not original:
-            return []
-        long = [c > original for c in counts]
-        if all(long) or not any(long):
-            return []
-        side = long[0]                  # the first request's side goes now, in stream order
-        keep = [item for item, is_long in zip(group, long) if is_long == side]
-        held = [item for item, is_long in zip(group, long) if is_long != side]
-        group[:] = keep + held
-        return held
-
     def _recompute(self, slots: list[int]) -> Iterator[Finished]:
         """Rows about to feed position `original` (their sequence first outgrows LongRoPE's
         original context): as transformers' Phi-3, the whole sequence again with the long
@@ -392,10 +415,12 @@ class ContinuousEngine:
             t0 = time.perf_counter()
             row = self._rows[slot]
             prepared = self.prepare([row.request])
+            self.stats.prepares += 1
             inputs = extended_inputs(prepared.inputs, self._gen[slot, :row.produced])
             attention = inputs["attention_mask"]
             length = attention.shape[1]
             sequences, cache, pos_ids = dec._prefill(inputs, prepared.gen_kwargs)
+            self._since_step += length
             token = sequences[:, length].to(dec.device)
             next_pos = next_positions(pos_ids, attention).to(dec.device)
             dec.load_rows([slot], cache, attention, token, next_pos)
@@ -424,9 +449,14 @@ class ContinuousEngine:
         return budget
 
     def facts(self) -> dict:
+        """This engine's counts (the decoder's own facts keep the run's totals); prefill
+        sizes in tokens are rows x longest prompt (padding included)."""
         s = self.stats
-        """This engine's counts (the decoder's own facts keep the run's totals)."""
+        tokens = [t for _, t in s.prefill_sizes]
         return {"decode_continuous": True, "decode_slots": self.slots, "continuous_prefills": s.prefills,
+                "continuous_prepares": s.prepares, "continuous_prefill_budget": self.prefill_tokens,
+                "continuous_prefill_tokens": sum(tokens), "continuous_prefill_tokens_max": max(tokens, default=0),
+                "continuous_prefill_rows_max": max((r for r, _ in s.prefill_sizes), default=0),
                 "continuous_recomputes": s.recomputes,
                 "continuous_steps": s.steps, "continuous_row_steps": s.row_steps,
                 "continuous_busy_row_steps": s.busy_row_steps, "continuous_compactions": s.compactions,
