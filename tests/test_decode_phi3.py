@@ -1,4 +1,4 @@
-"""chatvlm.decode on Phi-3 (Phi-3.5-vision's language model, transformers `Phi3ForCausalLM`):
+"""chatvlm.engine.decoder on Phi-3 (Phi-3.5-vision's language model, transformers `Phi3ForCausalLM`):
 fused `qkv_proj` / `gate_up_proj` and LongRoPE. Tiny random-weight models, fp32, CPU, greedy:
 the static decoder gives `generate`'s tokens, also where the sequence crosses the original
 context (short factors, then the long ones, as transformers switches in a batch), and the
@@ -10,7 +10,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from chatvlm import decode
+from chatvlm.engine import StaticDecoder, Unsupported, unsupported_reason
+from chatvlm.engine.lm import find_lm
 from tests.test_decode import _generated
 from tests.test_decode_graphs import FakeGraphs, _text_batch
 
@@ -35,10 +36,10 @@ def phi3():
 
 
 def test_phi3_lm_is_on_the_fast_path(phi3):
-    parts = decode.find_lm(phi3)
+    parts = find_lm(phi3)
     assert parts.fused_qkv and parts.longrope_original == 64
     assert parts.num_heads == parts.num_kv_heads == 4
-    assert decode.unsupported_reason(phi3) is None
+    assert unsupported_reason(phi3) is None
 
 
 @pytest.mark.parametrize("batch,lengths,max_new", [
@@ -50,8 +51,8 @@ def test_phi3_lm_is_on_the_fast_path(phi3):
 def test_phi3_decoder_same_tokens_as_generate(phi3, batch, lengths, max_new):
     inputs = _text_batch(batch, seed=batch, pad_id=PAD, lengths=lengths)
     ref = _generated(phi3, None, inputs, max_new, [EOS], PAD)
-    for dec in (decode.StaticDecoder(phi3), decode.StaticDecoder(phi3, bucketed=True, len_bucket=16),
-                decode.StaticDecoder(phi3, graph_api=FakeGraphs(), len_bucket=16)):
+    for dec in (StaticDecoder(phi3), StaticDecoder(phi3, bucketed=True, len_bucket=16),
+                StaticDecoder(phi3, graph_api=FakeGraphs(), len_bucket=16)):
         assert _generated(phi3, dec, inputs, max_new, [EOS], PAD) == ref, dec.use_graphs
     assert len({tuple(ids) for ids, _ in ref}) == batch
 
@@ -63,10 +64,10 @@ def test_crossing_recomputes_the_cache_like_transformers(phi3):
     width = inputs["input_ids"].shape[1]
     ref = _generated(phi3, None, inputs, 40, [EOS], PAD)
     assert max(len(ids) for ids, _ in ref) > 64 - width + 2        # rows really decode past the crossing
-    dec = decode.StaticDecoder(phi3)
+    dec = StaticDecoder(phi3)
     assert _generated(phi3, dec, inputs, 40, [EOS], PAD) == ref
     assert dec.stats.recomputes == 1
-    stale = decode.StaticDecoder(phi3)
+    stale = StaticDecoder(phi3)
     stale._longrope_recompute_slot = lambda prompt_len: None       # keep the short-rotated keys
     assert _generated(phi3, stale, inputs, 40, [EOS], PAD) != ref
 
@@ -74,9 +75,9 @@ def test_crossing_recomputes_the_cache_like_transformers(phi3):
 def test_sliding_window_longer_requests_are_declined():
     model = _phi3(64, num_hidden_layers=1)
     model.model.config.sliding_window = 40
-    dec = decode.StaticDecoder(model)
+    dec = StaticDecoder(model)
     inputs = _text_batch(2, seed=0, pad_id=PAD, lengths=(20, 30))
-    with pytest.raises(decode.Unsupported, match="sliding window"):
+    with pytest.raises(Unsupported, match="sliding window"):
         _generated(model, dec, inputs, 16, [EOS], PAD)
     assert dec.k is None and dec.stats.steps == 0
 
@@ -142,7 +143,7 @@ def _engine_tokens(model, requests, *, slots=3, decoder=None, **engine_options):
                                   eos_token_id=[EOS])
         return Prepared(_left_padded([prompt for _, prompt, _ in group]), {"generation_config": config})
 
-    engine = ContinuousEngine(decoder or decode.StaticDecoder(model), slots=slots, prepare=prepare,
+    engine = ContinuousEngine(decoder or StaticDecoder(model), slots=slots, prepare=prepare,
                               new_tracker=lambda request: make_tracker(0, 1, stop_ids=[EOS]),
                               max_new_tokens=64, request_budget=lambda request: request[2], **engine_options)
     got = {done.index: done.tokens for done in engine.run(requests)}
@@ -167,8 +168,8 @@ def test_engine_rows_crossing_longrope_equal_each_request_alone(phi3_48):
     crossing = [len(ids) >= ORIGINAL - len(prompt) + 2 for (_, prompt, _), ids in zip(requests, reference)
                 if len(prompt) <= ORIGINAL]
     assert sum(crossing) >= 4 and not all(crossing)
-    for decoder in (decode.StaticDecoder(phi3_48),
-                    decode.StaticDecoder(phi3_48, graph_api=FakeGraphs(), len_bucket=16)):
+    for decoder in (StaticDecoder(phi3_48),
+                    StaticDecoder(phi3_48, graph_api=FakeGraphs(), len_bucket=16)):
         prefills, real_prefill = [], decoder._prefill
 
         def prefill(inputs, gen_kwargs):

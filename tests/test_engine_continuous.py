@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from chatvlm import decode
 from chatvlm.config import BackendOptions, GenerationParams
+from chatvlm.engine import STATIC, StaticDecoder
 from chatvlm.registry import get_spec
 from chatvlm.testing import build_tiny_checkpoint
 from tests.conftest import noise_page_records
@@ -69,7 +69,7 @@ def test_continuous_batch_equals_each_page_alone(backends, name):
     pages = _pages()
     reference = _alone(be, pages)
     got, facts = _run(be, pages, slots=3)
-    assert facts["decode"] == decode.STATIC and facts.get("decode_continuous"), facts.get("decode_continuous_reason")
+    assert facts["decode"] == STATIC and facts.get("decode_continuous"), facts.get("decode_continuous_reason")
     assert got == reference
     lengths = [n for _, n, _ in reference]
     assert len(set(lengths)) > 2, lengths                         # really different stop points
@@ -104,10 +104,9 @@ def test_prefills_are_sized_by_prompt_tokens(backends, monkeypatch):
 def _prefills_between_steps(model, requests, budget: int):
     """(each request's tokens, the prefill sizes before the first step, the prefill sizes
     between any two later steps) from the engine with 5 slots and `budget` tokens per step."""
-    from chatvlm import decode as static
     from tests.test_decode_phi3 import _engine_tokens
 
-    decoder = static.StaticDecoder(model)
+    decoder = StaticDecoder(model)
     events, real_prefill, real_step = [], decoder._prefill, decoder._run_step
 
     def prefill(inputs, gen_kwargs):
@@ -235,7 +234,7 @@ def test_continuous_under_graphs_keeps_the_pool_lifecycle(backends):
     pages = _pages()
     reference = _alone(be, pages)
     fake = FakeGraphs()
-    be._static_decoder = decode.StaticDecoder(be.model, graph_api=fake, len_bucket=16, sync_every=4)
+    be._static_decoder = StaticDecoder(be.model, graph_api=fake, len_bucket=16, sync_every=4)
     try:
         # short prompts first, the longest last: the cache must grow while rows are decoding
         order = sorted(range(len(pages)), key=lambda i: pages[i].image.size[0] * pages[i].image.size[1])
@@ -451,6 +450,6 @@ def test_a_broken_engine_is_reported_and_the_pages_decode_batch_by_batch(backend
         assert calls["n"] > 3                                 # failed mid-run, then the batch path ran
         assert got == reference
         assert not facts["decode_continuous"] and "illegal memory access" in facts["decode_continuous_reason"]
-        assert facts["decode"] == decode.STATIC               # the static decoder still serves the pages
+        assert facts["decode"] == STATIC               # the static decoder still serves the pages
     finally:
         be._static_decoder = be._continuous_disabled = None

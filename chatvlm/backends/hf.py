@@ -556,7 +556,7 @@ class HFBackend(Backend):
             return 0
         known = getattr(self, "_static_supported", None)
         if known is None or known[0] is not self.model:
-            from .. import decode as fast
+            from .. import engine as fast
             known = self._static_supported = (self.model, fast.unsupported_reason(self.model) is None)
         return size if known[1] else 0
 
@@ -625,7 +625,7 @@ class HFBackend(Backend):
             for done in engine.run(pages):
                 finished[done.index] = done
         except Exception as exc:
-            from ..decode import Unsupported
+            from ..engine import Unsupported
             from ..scheduler import is_out_of_memory
             # The engine has freed the decoder's cache, graphs and pool before raising.
             if is_out_of_memory(exc):
@@ -774,7 +774,7 @@ class HFBackend(Backend):
         are supported), "fast" (same, the fallback still recorded), "hf" (always generate).
         The choice and its reason go to describe(): decode = "chatvlm-static" | "hf-generate".
         """
-        from .. import decode as fast
+        from .. import engine as fast
 
         mode = str(self.options.extra.get("decode", "auto")).lower()
         if mode not in ("auto", "fast", "hf"):

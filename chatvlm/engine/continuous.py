@@ -1,6 +1,6 @@
 """Continuous batching: a finished row's cache slot is refilled with the next request.
 
-The static decoder (`chatvlm.decode.StaticDecoder`) holds a slot cache
+The static decoder (`chatvlm.engine.decoder.StaticDecoder`) holds a slot cache
 `[layers, slots, kv_heads, length, head_dim]`; every row has its own position, its own
 write slot and its own key mask, so rows at different lengths decode together in one
 step. The engine runs that step and keeps the slots busy:
@@ -55,7 +55,10 @@ from typing import Any, Callable, Iterable, Iterator, Optional
 
 import torch
 
-from ..decode import Unsupported, batch_bucket, next_positions, select_processor_rows
+from .decoder import select_processor_rows
+from .graphs import batch_bucket
+from .lm import Unsupported
+from .rope import next_positions
 from .admission import DEFAULT_PREFILL_TOKENS, fits, take_now
 
 
