@@ -323,7 +323,7 @@ class WindowedNoRepeatNGram:
     Only generated tokens count (all rows share `prompt_len` under left padding).
     """
 
-    row_independent = True      # no per-row state: a compacted batch (chatvlm.decode) can reuse it
+    row_independent = True      # no per-row state: a compacted batch (chatvlm.engine.decoder) can reuse it
 
     def __init__(self, ngram_size: int, window_size: int, prompt_len: int, whitelist: Iterable[int] = ()):
         self.n, self.w, self.prompt_len = int(ngram_size), int(window_size), int(prompt_len)
@@ -356,7 +356,7 @@ class NoRepeatNGramRows:
     `generate`) applied to the rows of a batch where `enabled[row]` is True.
 
     The ban looks at each row's own tokens only (no state between steps), so restricting
-    it to some rows, or to the rows left after chatvlm.decode compacts a batch
+    it to some rows, or to the rows left after chatvlm.engine.decoder compacts a batch
     (`select_rows`), gives every row what it would get alone.
     """
 
@@ -395,7 +395,7 @@ class PaddingSafeRepetitionPenalty:
         self.pad_lengths = list(pad_lengths)
 
     def select_rows(self, rows: Sequence[int]) -> "PaddingSafeRepetitionPenalty":
-        """The same penalty for a batch made of these original rows (chatvlm.decode compaction)."""
+        """The same penalty for a batch made of these original rows (chatvlm.engine.decoder compaction)."""
         return PaddingSafeRepetitionPenalty(self.penalty, [self.pad_lengths[r] for r in rows])
 
     def __call__(self, input_ids, scores):

@@ -1,4 +1,4 @@
-"""chatvlm.decode: our static-cache decode loop gives transformers' `generate` tokens.
+"""chatvlm.engine.decoder: our static-cache decode loop gives transformers' `generate` tokens.
 
 Tiny random-weight checkpoints (real config/model/processor classes), fp32 on CPU,
 greedy; batches of pages of different sizes (left padding) and single pages. No mocks:
@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from chatvlm import decode
 from chatvlm.config import BackendOptions, GenerationParams
+from chatvlm.engine import HF, STATIC, StaticDecoder, unsupported_reason
 from chatvlm.loop_guard import make_tracker
 from chatvlm.registry import get_spec
 from chatvlm.testing import build_tiny_checkpoint
@@ -56,15 +56,15 @@ def test_backend_same_tokens_as_generate(backends, name):
     be = backends(name)
     pages = _pages()
     ref, facts = _run(be, pages, "hf")
-    assert facts["decode"] == decode.HF
+    assert facts["decode"] == HF
     got, facts = _run(be, pages, "auto")
-    assert facts["decode"] == decode.STATIC, facts.get("decode_reason")
+    assert facts["decode"] == STATIC, facts.get("decode_reason")
     assert got == ref
     assert facts["decode_steps"] > 0
     # single page (no padding) too
     ref1, _ = _run(be, pages[1:2], "hf")
     got1, facts = _run(be, pages[1:2], "fast")
-    assert facts["decode"] == decode.STATIC and got1 == ref1
+    assert facts["decode"] == STATIC and got1 == ref1
 
 
 def test_rows_finishing_early_are_compacted(backends):
@@ -85,9 +85,9 @@ def test_rows_finishing_early_are_compacted(backends):
 def test_fallback_recorded_for_sampling_and_request(backends):
     be = backends("qwen_vl_2b")
     _, facts = _run(be, _pages()[:1], "auto", max_new=4, do_sample=True)
-    assert facts["decode"] == decode.HF and "sampling" in facts["decode_reason"]
+    assert facts["decode"] == HF and "sampling" in facts["decode_reason"]
     _, facts = _run(be, _pages()[:1], "hf", max_new=4)
-    assert facts["decode"] == decode.HF and "requested" in facts["decode_reason"]
+    assert facts["decode"] == HF and "requested" in facts["decode_reason"]
 
 
 # ------------------------------------------------------------------ decoder level
@@ -105,7 +105,7 @@ def _both(model, inputs, max_new, stop_ids, pad_id, **decoder_kwargs):
         kwargs = dict(generation_config=config, stopping_criteria=StoppingCriteriaList([tracker]))
         with torch.inference_mode():
             if fast:
-                dec = decode.StaticDecoder(model, **decoder_kwargs)
+                dec = StaticDecoder(model, **decoder_kwargs)
                 out = dec.generate(dict(inputs), kwargs, max_new_tokens=max_new, tracker=tracker,
                                    pad_token_id=pad_id)
             else:
@@ -134,8 +134,8 @@ def test_one_decoder_many_batches_of_every_size(backends, name, order):
     """Batches of 1..9 pages in a row through one decoder per read mode (exact-length reads,
     and the graph mode's bucketed reads run eagerly): generate's tokens every time."""
     be = backends(name)
-    eager = decode.StaticDecoder(be.model)
-    bucketed = decode.StaticDecoder(be.model, bucketed=True, len_bucket=32)
+    eager = StaticDecoder(be.model)
+    bucketed = StaticDecoder(be.model, bucketed=True, len_bucket=32)
     for i, n in enumerate(order):
         inputs = be.to_device(be.build_inputs(_small_pages(n, seed=100 + i), "text", GenerationParams()))
         ref = _generated(be.model, None, inputs, 12, be.stop_token_ids(), be.pad_token_id())
@@ -152,7 +152,7 @@ def assert_backend_decodes_like_generate(be, pages, max_new: int) -> None:
     be.options.extra["decode"] = "auto"
     got = be.generate_batch(pages, "text", GenerationParams(max_new_tokens=max_new))
     facts = be.describe()
-    assert facts["decode"] == decode.STATIC, facts.get("decode_reason")
+    assert facts["decode"] == STATIC, facts.get("decode_reason")
     assert [(r.text, r.output_tokens) for r in got] == [(r.text, r.output_tokens) for r in ref]
 
 
@@ -223,8 +223,8 @@ def _dots_inputs(proc, cfg, n, seed):
 
 def test_dots_ocr_one_decoder_many_batches_of_every_size(dots):
     model, proc, cfg = dots
-    eager = decode.StaticDecoder(model)
-    bucketed = decode.StaticDecoder(model, bucketed=True, len_bucket=32)
+    eager = StaticDecoder(model)
+    bucketed = StaticDecoder(model, bucketed=True, len_bucket=32)
     for i, n in enumerate(BATCH_ORDER):
         inputs = _dots_inputs(proc, cfg, n, seed=200 + i)
         ref = _generated(model, None, inputs, 16, [7], 0)
@@ -235,7 +235,7 @@ def test_dots_ocr_one_decoder_many_batches_of_every_size(dots):
 # ------------------------------------------------------------------ the cache is read only where filled
 
 def _primed(model, batch=2, filled=37, **kwargs):
-    dec = decode.StaticDecoder(model, **kwargs)
+    dec = StaticDecoder(model, **kwargs)
     pr = dec.parts
     dec._ensure_pool(batch, 128)
     dec._ensure_rope(256, mrope=True)
@@ -274,10 +274,10 @@ def test_step_reads_only_filled_cache(backends):
 
 
 def test_unsupported_reasons(backends):
-    assert decode.unsupported_reason(backends("qwen_vl_2b").model) is None
-    assert "sampling" in decode.unsupported_reason(backends("qwen_vl_2b").model, do_sample=True)
-    assert "beam" in decode.unsupported_reason(backends("qwen_vl_2b").model, num_beams=2)
-    assert "no Llama-style decoder" in decode.unsupported_reason(torch.nn.Linear(2, 2))
+    assert unsupported_reason(backends("qwen_vl_2b").model) is None
+    assert "sampling" in unsupported_reason(backends("qwen_vl_2b").model, do_sample=True)
+    assert "beam" in unsupported_reason(backends("qwen_vl_2b").model, num_beams=2)
+    assert "no Llama-style decoder" in unsupported_reason(torch.nn.Linear(2, 2))
 
 
 class _BrokenDecoder:
@@ -350,7 +350,7 @@ def test_error_inside_decode_frees_the_decoder_and_generate_gives_the_same_pages
     got, facts = _run(be, pages, "auto")
     assert count["n"] == 3                       # it really failed mid-decode, after two steps
     assert got == reference
-    assert facts["decode"] == decode.HF and "illegal memory access" in facts["decode_reason"]
+    assert facts["decode"] == HF and "illegal memory access" in facts["decode_reason"]
     assert dec.k is None and dec.graph_set is None and dec.rope_cos is None   # cache and graphs freed
 
 
@@ -361,12 +361,12 @@ def test_request_the_decoder_declines_goes_to_generate_for_that_batch_only(fresh
     be.options.extra["decode_max_len"] = 8         # shorter than any prompt: declined at admission
     got, facts = _run(be, pages, "auto")
     assert got == reference
-    assert facts["decode"] == decode.HF and "cache limit" in facts["decode_reason"]
+    assert facts["decode"] == HF and "cache limit" in facts["decode_reason"]
     dec = be._static_decoder
     assert dec.stats.steps == 0 and dec.k is None   # declined before any decode work, nothing held
     dec.max_len = None                               # the next batch fits: the decoder serves it
     got, facts = _run(be, pages, "auto")
-    assert got == reference and facts["decode"] == decode.STATIC
+    assert got == reference and facts["decode"] == STATIC
 
 
 def test_out_of_memory_in_the_decoder_propagates_after_freeing(fresh_qwen):
@@ -384,5 +384,5 @@ def test_out_of_memory_in_the_decoder_propagates_after_freeing(fresh_qwen):
     del dec.step                                                 # memory back: smaller retries succeed
     for part in (pages[:1], pages[1:]):
         got, facts = _run(be, part, "auto")
-        assert facts["decode"] == decode.STATIC
+        assert facts["decode"] == STATIC
         assert got == reference[pages.index(part[0]):pages.index(part[0]) + len(part)]

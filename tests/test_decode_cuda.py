@@ -12,8 +12,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from chatvlm import decode
 from chatvlm.config import BackendOptions
+from chatvlm.engine import StaticDecoder
+from chatvlm.engine.graphs import CudaGraphs
 from chatvlm.registry import get_spec
 from chatvlm.testing import build_tiny_checkpoint
 from tests.test_decode import _generated
@@ -28,8 +29,8 @@ def test_real_cuda_graphs_across_pool_growth_and_many_batches(tmp_path):
     be = spec.backend_class()(spec, BackendOptions(model_path=folder, device="cuda", dtype="float32", extra={}))
     be.load()
     model, pad, stops = be.model, be.pad_token_id(), be.stop_token_ids()
-    dec = decode.StaticDecoder(model, len_bucket=16)
-    assert dec.use_graphs and isinstance(dec.graph_api, decode.CudaGraphs)
+    dec = StaticDecoder(model, len_bucket=16)
+    assert dec.use_graphs and isinstance(dec.graph_api, CudaGraphs)
     pools = []
     plan = [(1, 0, 6), (64, 1, 10), (5, 2, 40), (64, 3, 8)] + [(n, 10 + i, 7) for i, n in enumerate((3, 9, 1, 17, 2, 33))]
     for batch, seed, max_new in plan:

@@ -1,4 +1,4 @@
-"""chatvlm.decode: the CUDA-graph pool lifecycle, proven on CPU through a fake graph API.
+"""chatvlm.engine.decoder: the CUDA-graph pool lifecycle, proven on CPU through a fake graph API.
 
 The fake keeps the CUDA caching allocator's rules for private graph pools:
 `pool_handle()` only mints an id; the first capture into an id registers the pool; each
@@ -16,8 +16,8 @@ import weakref
 import pytest
 import torch
 
-from chatvlm import decode
 from chatvlm.config import BackendOptions
+from chatvlm.engine import StaticDecoder
 from chatvlm.registry import get_spec
 from chatvlm.testing import build_tiny_checkpoint
 from tests.test_decode import _generated
@@ -119,7 +119,7 @@ def test_pool_lifecycle_batch_1_then_64_then_growth_then_many(qwen):
     pool handle is ever captured into after its graphs were freed (the fake would raise)."""
     model, pad, stops = qwen.model, qwen.pad_token_id(), qwen.stop_token_ids()
     api = FakeGraphs()
-    dec = decode.StaticDecoder(model, graph_api=api, len_bucket=16, sync_every=4)
+    dec = StaticDecoder(model, graph_api=api, len_bucket=16, sync_every=4)
     assert dec.use_graphs and dec.bucketed
 
     plan = [(1, 0, 6), (64, 1, 10), (5, 2, 40), (64, 3, 8)] + [(n, 10 + i, 7) for i, n in enumerate((3, 9, 1, 17, 2, 33))]
@@ -149,7 +149,7 @@ def test_smaller_batches_reuse_graphs_without_rebuild(qwen):
     """After the largest batch, smaller ones fit the cache: no new handle, graphs replayed."""
     model, pad, stops = qwen.model, qwen.pad_token_id(), qwen.stop_token_ids()
     api = FakeGraphs()
-    dec = decode.StaticDecoder(model, graph_api=api, len_bucket=64)
+    dec = StaticDecoder(model, graph_api=api, len_bucket=64)
     _generated(model, dec, _text_batch(16, 0, pad), 6, stops, pad)
     handles, captured = len(api.handles), dec.stats.graphs_captured
     for i in range(6):
@@ -161,7 +161,7 @@ def test_smaller_batches_reuse_graphs_without_rebuild(qwen):
 def test_rope_table_growth_drops_graphs_with_their_pool(qwen):
     model, pad, stops = qwen.model, qwen.pad_token_id(), qwen.stop_token_ids()
     api = FakeGraphs()
-    dec = decode.StaticDecoder(model, graph_api=api, len_bucket=16)
+    dec = StaticDecoder(model, graph_api=api, len_bucket=16)
     inputs = _text_batch(2, 5, pad)
     _generated(model, dec, inputs, 4, stops, pad)
     first_pool = dec.graph_set.pool
@@ -176,7 +176,7 @@ def test_rope_table_growth_drops_graphs_with_their_pool(qwen):
 
 def test_capture_against_moved_buffers_is_refused(qwen):
     model, pad, stops = qwen.model, qwen.pad_token_id(), qwen.stop_token_ids()
-    dec = decode.StaticDecoder(model, graph_api=FakeGraphs(), len_bucket=16)
+    dec = StaticDecoder(model, graph_api=FakeGraphs(), len_bucket=16)
     _generated(model, dec, _text_batch(2, 5, pad), 4, stops, pad)
     dec.logits = dec.logits.clone()                       # a buffer reassigned behind the graphs' back
     with pytest.raises(AssertionError, match="buffers moved"):

@@ -1,4 +1,4 @@
-"""chatvlm.decode_moe: the static-shape MoE feed-forward equals the models' own MoE forward,
+"""chatvlm.engine.moe: the static-shape MoE feed-forward equals the models' own MoE forward,
 and the static decoder serves DeepSeek-OCR (our port) and DeepSeek-OCR-2 (transformers) with
 `generate`'s tokens. Tiny random-weight models, fp32, CPU, greedy."""
 
@@ -7,9 +7,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from chatvlm import decode
 from chatvlm.config import BackendOptions, GenerationParams
-from chatvlm.decode_moe import StaticMoE, moe_unsupported
+from chatvlm.engine import STATIC, StaticDecoder
+from chatvlm.engine.lm import find_lm
+from chatvlm.engine.moe import StaticMoE, moe_unsupported
 from chatvlm.registry import get_spec
 from chatvlm.testing import build_tiny_checkpoint
 from tests.test_decode import _generated, _pages, assert_backend_decodes_like_generate
@@ -46,7 +47,7 @@ def v2(tmp_path_factory):
 
 
 def _moe_blocks(model):
-    parts = decode.find_lm(model)
+    parts = find_lm(model)
     assert parts.moe_layers and 0 not in parts.moe_layers          # DeepSeek: the first layer is dense
     return [parts.layers[i].mlp for i in parts.moe_layers]
 
@@ -102,9 +103,9 @@ def test_port_decoder_same_tokens_as_generate(v1, batch):
     """DeepSeek-OCR v1 (our port's LM): rows of different lengths, dense first layer, MoE after."""
     inputs = _text_batch(batch, seed=batch, pad_id=2, lengths=(4, 20))
     ref = _generated(v1, None, inputs, 16, [1], 2)
-    for dec in (decode.StaticDecoder(v1), decode.StaticDecoder(v1, bucketed=True, len_bucket=16),
-                decode.StaticDecoder(v1, graph_api=FakeGraphs(), len_bucket=16),
-                decode.StaticDecoder(v1, graph_api=FakeGraphs(), len_bucket=16, moe_mode="gather")):
+    for dec in (StaticDecoder(v1), StaticDecoder(v1, bucketed=True, len_bucket=16),
+                StaticDecoder(v1, graph_api=FakeGraphs(), len_bucket=16),
+                StaticDecoder(v1, graph_api=FakeGraphs(), len_bucket=16, moe_mode="gather")):
         assert _generated(v1, dec, inputs, 16, [1], 2) == ref
     assert len({tuple(ids) for ids, _ in ref}) == batch           # rows really differ
 
@@ -118,7 +119,7 @@ def test_deepseek_ocr2_backend_uses_the_static_decoder(v2):
         be.options.extra["decode"] = "auto"
         got = be.generate_batch(pages, "text", GenerationParams(max_new_tokens=12))
         facts = be.describe()
-        assert facts["decode"] == decode.STATIC, facts.get("decode_reason")
+        assert facts["decode"] == STATIC, facts.get("decode_reason")
         assert [(r.text, r.output_tokens) for r in got] == [(r.text, r.output_tokens) for r in ref]
         assert facts["decode_steps"] > 0
 

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from chatvlm import decode
 from chatvlm.config import BackendOptions, GenerationParams
+from chatvlm.engine import STATIC, StaticDecoder
 from chatvlm.registry import get_spec
 from chatvlm.testing import build_tiny_checkpoint
 from tests.conftest import noise_page_records
@@ -69,7 +69,7 @@ def test_continuous_batch_equals_each_page_alone(backends, name):
     pages = _pages()
     reference = _alone(be, pages)
     got, facts = _run(be, pages, slots=3)
-    assert facts["decode"] == decode.STATIC and facts.get("decode_continuous"), facts.get("decode_continuous_reason")
+    assert facts["decode"] == STATIC and facts.get("decode_continuous"), facts.get("decode_continuous_reason")
     assert got == reference
     lengths = [n for _, n, _ in reference]
     assert len(set(lengths)) > 2, lengths                         # really different stop points
@@ -80,6 +80,77 @@ def test_continuous_batch_equals_each_page_alone(backends, name):
     # no hole is ever computed on CPU: refills fill them, and once the pages run out the
     # busy rows move down
     assert facts["continuous_row_steps"] == facts["continuous_busy_row_steps"]
+
+
+def test_prefills_are_sized_by_prompt_tokens(backends, monkeypatch):
+    """A token budget per prefill (rows x longest prompt, padding included): four free
+    slots, prompts of 346-380 tokens, 800 tokens per prefill: two pages per prefill, the
+    others wait (prepared again on their own), and every page comes out as alone."""
+    from chatvlm.engine import continuous
+
+    be = backends("qwen_vl_2b")
+    pages = _pages()
+    reference = _alone(be, pages)
+    monkeypatch.setattr(continuous, "DEFAULT_PREFILL_TOKENS", 800)
+    got, facts = _run(be, pages, slots=4)
+    assert facts.get("decode_continuous"), facts.get("decode_continuous_reason")
+    assert got == reference
+    assert facts["continuous_prefill_budget"] == 800
+    assert facts["continuous_prefill_rows_max"] == 2 and facts["continuous_prefill_tokens_max"] <= 800
+    assert facts["continuous_prefills"] >= 4 and facts["continuous_prepares"] > facts["continuous_prefills"]
+    assert len({n for _, n, _ in reference}) > 2
+
+
+def _prefills_between_steps(model, requests, budget: int):
+    """(each request's tokens, the prefill sizes before the first step, the prefill sizes
+    between any two later steps) from the engine with 5 slots and `budget` tokens per step."""
+    from tests.test_decode_phi3 import _engine_tokens
+
+    decoder = StaticDecoder(model)
+    events, real_prefill, real_step = [], decoder._prefill, decoder._run_step
+
+    def prefill(inputs, gen_kwargs):
+        events.append(inputs["input_ids"].numel())       # rows x longest prompt
+        return real_prefill(inputs, gen_kwargs)
+
+    def step(b, filled):
+        events.append("step")
+        return real_step(b, filled)
+
+    decoder._prefill, decoder._run_step = prefill, step
+    got, engine, _ = _engine_tokens(model, requests, slots=5, decoder=decoder, prefill_tokens=budget)
+    first = events.index("step")
+    runs, run = [], []
+    for event in events[first:] + ["step"]:
+        if event == "step":
+            runs += [run] if run else []
+            run = []
+        else:
+            run.append(event)
+    assert [t for _, t in engine.stats.prefill_sizes] == [e for e in events if e != "step"]
+    return got, events[:first], runs
+
+
+def test_refills_do_not_stall_decoding_rows_beyond_the_budget():
+    """Between two steps of decoding rows, the prefills take the budget (the last may go
+    over by one request); with no row decoding, prefills follow one another. Five rows
+    end together and their slots are refilled over several steps; uneven prompts and stop
+    points, every request as alone."""
+    from tests.test_decode_phi3 import _alone_tokens, _phi3, _prompt
+
+    model = _phi3(4096, seed=2)          # LongRoPE far away: plain prefills and steps
+    lengths = [12, 40, 25, 33, 8, 50, 18, 44, 29, 15, 37, 21, 46, 30]
+    requests = [(i, _prompt(i, n), 6 if i < 5 else 3 + (7 * i) % 17) for i, n in enumerate(lengths)]
+    reference = _alone_tokens(model, requests)
+    assert len({len(ids) for ids in reference}) > 4
+    got, first_fill, runs = _prefills_between_steps(model, requests, 64)
+    assert got == reference
+    assert sum(first_fill) > 64                          # no row was decoding yet
+    assert runs and all(sum(r[:-1]) < 64 for r in runs), runs
+    assert max(sum(r) for r in runs) < 64 + max(lengths), runs
+    # the check could fail: without the budget, the five free slots are refilled at once
+    got, _, runs = _prefills_between_steps(model, requests, 8192)
+    assert got == reference and max(sum(r) for r in runs) >= 64 + max(lengths), runs
 
 
 def test_one_slot_and_more_slots_than_needed(backends):
@@ -163,7 +234,7 @@ def test_continuous_under_graphs_keeps_the_pool_lifecycle(backends):
     pages = _pages()
     reference = _alone(be, pages)
     fake = FakeGraphs()
-    be._static_decoder = decode.StaticDecoder(be.model, graph_api=fake, len_bucket=16, sync_every=4)
+    be._static_decoder = StaticDecoder(be.model, graph_api=fake, len_bucket=16, sync_every=4)
     try:
         # short prompts first, the longest last: the cache must grow while rows are decoding
         order = sorted(range(len(pages)), key=lambda i: pages[i].image.size[0] * pages[i].image.size[1])
@@ -178,7 +249,7 @@ def test_continuous_under_graphs_keeps_the_pool_lifecycle(backends):
     assert fake.live_graphs() == len(dec.graph_set.graphs)
 
 
-PHI3_ORIGINAL = 900      # the tiny Phi-3's original context: prompts here are 688-844 tokens
+PHI3_ORIGINAL = 720      # the tiny Phi-3's original context: prompts here are 688, 712 and 844 tokens
 
 
 @pytest.fixture(scope="module")
@@ -195,50 +266,35 @@ def phi3_backend(tmp_path_factory):
     be = spec.backend_class()(spec, BackendOptions(model_path=folder, device="cpu", extra={"num_crops": 4}))
     be.load()
     with torch.no_grad():     # a push towards the stop token: pages end at different points
-        be.model.get_output_embeddings().weight[be.stop_token_ids()[0]].mul_(1.8)
+        be.model.get_output_embeddings().weight[be.stop_token_ids()[0]].mul_(1.5)
     return be
 
 
-def test_phi3_longrope_within_the_original_context_equals_each_page_alone(phi3_backend):
-    """Every row stays within LongRoPE's original context (the longest prompt + budget - 1
-    reaches it exactly): the short factors hold for all rows, as for each page alone."""
+def test_phi3_longrope_rows_on_both_sides_and_crossing_equal_each_page_alone(phi3_backend):
+    """Pages beyond LongRoPE's original context (844 tokens: long factors from the prefill
+    on) and within it (712, 688 tokens: short factors, until their decode crosses it and the
+    sequence is recomputed, images included) share the engine: every page as alone."""
     be = phi3_backend
     pages = _pages()
-    budget = PHI3_ORIGINAL - 844 + 1
+    budget = 48
     reference = _alone(be, pages, max_new=budget)
-    got, facts = _run(be, pages, slots=2, max_new=budget)
+    got, facts = _run(be, pages, slots=3, max_new=budget)
     assert facts.get("decode_continuous"), facts.get("decode_continuous_reason")
     assert got == reference
     lengths = [n for _, n, _ in reference]
-    assert len(set(lengths)) > 2 and budget in lengths, lengths     # one row runs up to the boundary
-    assert facts["continuous_prefills"] > 1
+    assert len(set(lengths)) > 2, lengths
+    # the 712- and 688-token pages (1 and 4) run past the crossing (10 and 34 tokens in)
+    assert lengths[1] > PHI3_ORIGINAL - 712 + 1 and lengths[4] > PHI3_ORIGINAL - 688 + 1, lengths
+    assert facts["continuous_recomputes"] == 2
+    assert facts["continuous_prefills"] > 2
 
 
-def test_phi3_request_that_could_cross_is_declined_and_the_rest_take_the_batch_path(phi3_backend):
-    """One token more: the 844-token pages could cross the original context. The engine
-    declines when such a page is admitted (reason recorded); the pages it finished stand,
-    the rest decode on the batch path (which recomputes at the crossing as transformers
-    does): every page as alone. The engine then serves the next batch within the context."""
-    be = phi3_backend
-    pages = _pages()
-    order = [1, 4, 0, 2, 3, 5, 6]           # the two short prompts (712, 688 tokens) first
-    pages = [pages[i] for i in order]
-    budget = PHI3_ORIGINAL - 844 + 2
-    reference = _alone(be, pages, max_new=budget)
-    got, facts = _run(be, pages, slots=2, max_new=budget)
-    assert not facts["decode_continuous"] and "LongRoPE" in facts["decode_continuous_reason"]
-    assert got == reference
-    assert not getattr(be, "_continuous_disabled", None)
-    got, facts = _run(be, pages, slots=2, max_new=budget - 1)
-    assert facts.get("decode_continuous"), facts.get("decode_continuous_reason")
-    assert got == _alone(be, pages, max_new=budget - 1)
-
-
-def test_phi3_a_budget_beyond_the_original_context_is_declined_before_any_work(phi3_backend):
+def test_phi3_at_a_budget_beyond_the_original_context_the_engine_serves_the_pages(phi3_backend):
     """A budget that alone reaches past the original context (Phi-3.5-vision's default 4096
-    new tokens against 4096 positions): no page is prepared for the engine."""
+    new tokens against 4096 positions): the engine serves the batch. The crossing page is
+    prepared once more, alone, for its recompute."""
     be = phi3_backend
-    pages = _pages()[:3]
+    pages = [_pages()[i] for i in (3, 5, 1)]        # two end early, the 712-token page crosses
     build, calls = be.build_inputs, []
 
     def build_inputs(group, task, params):
@@ -250,17 +306,9 @@ def test_phi3_a_budget_beyond_the_original_context_is_declined_before_any_work(p
         got, facts = _run(be, pages, slots=2, max_new=PHI3_ORIGINAL + 1)
     finally:
         del be.build_inputs
-    assert not facts["decode_continuous"] and "LongRoPE" in facts["decode_continuous_reason"]
-    assert calls == [2, 1]                      # the batch path only: two pages, then one
+    assert facts.get("decode_continuous"), facts.get("decode_continuous_reason")
+    assert calls == [2, 1, 1] and facts["continuous_recomputes"] == 1
     assert got == _alone(be, pages, max_new=PHI3_ORIGINAL + 1)
-
-
-def test_longrope_crossing_rule():
-    from chatvlm.engine.continuous import longrope_crossing
-
-    assert longrope_crossing(None, [5000], [5000]) is None
-    assert longrope_crossing(900, [844, 700], [57, 200]) is None      # 844 + 57 - 1 = 900
-    assert "LongRoPE" in longrope_crossing(900, [844, 700], [58, 10])
 
 
 def test_continuous_is_on_by_default_at_the_runs_batch_size(backends):
@@ -403,6 +451,6 @@ def test_a_broken_engine_is_reported_and_the_pages_decode_batch_by_batch(backend
         assert calls["n"] > 3                                 # failed mid-run, then the batch path ran
         assert got == reference
         assert not facts["decode_continuous"] and "illegal memory access" in facts["decode_continuous_reason"]
-        assert facts["decode"] == decode.STATIC               # the static decoder still serves the pages
+        assert facts["decode"] == STATIC               # the static decoder still serves the pages
     finally:
         be._static_decoder = be._continuous_disabled = None

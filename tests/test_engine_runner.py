@@ -20,7 +20,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 import chatvlm.backends
-from chatvlm import decode
+from chatvlm.engine import lm as decode
 from chatvlm.config import BackendOptions, GenerationParams
 from chatvlm.engine.memory import BatchSizer
 from chatvlm.engine.runner import GenerationRunner

@@ -47,7 +47,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     # the generation engine (model-agnostic, see test_engine_imports), the device and dtype
     # choice, and where weights come from: hub, --model-path, or synthetic checkpoints, whose
     # recipes build on the ports
-    ("engine and weights", ("chatvlm.decode", "chatvlm.decode_moe", "chatvlm.engine", "chatvlm.devices",
+    ("engine and weights", ("chatvlm.engine", "chatvlm.devices",
                             "chatvlm.byte_tokenizer", "chatvlm.synthetic", "chatvlm.weights")),
     # one adapter per model family, on the engine
     ("backends", ("chatvlm.backends",)),

@@ -16,9 +16,9 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from chatvlm import decode
 from chatvlm.backends import hf
 from chatvlm.config import BackendOptions, GenerationParams, RunConfig
+from chatvlm.engine import STATIC, StaticDecoder
 from chatvlm.engine.memory import PROBE_PAGE_SIZE, MemoryMeter
 from chatvlm.pipeline import run
 from chatvlm.records import Page, Reporter
@@ -116,15 +116,15 @@ def _released(backend):
 def test_oom_inside_the_static_decoder_loses_no_page(checkpoint, inputs, tmp_path, monkeypatch, reference,
                                                      from_batch, sizes):
     card = FullCard(from_batch)
-    step = decode.StaticDecoder._run_step
+    step = StaticDecoder._run_step
 
     def step_on_a_full_card(self, b, *args, **kwargs):
         card.check(rows=b)                    # the decode step's allocation fails above two rows
         return step(self, b, *args, **kwargs)
-    monkeypatch.setattr(decode.StaticDecoder, "_run_step", step_on_a_full_card)
+    monkeypatch.setattr(StaticDecoder, "_run_step", step_on_a_full_card)
     freed = []
-    release = decode.StaticDecoder.release
-    monkeypatch.setattr(decode.StaticDecoder, "release", lambda self: (freed.append(self.k is not None), release(self)))
+    release = StaticDecoder.release
+    monkeypatch.setattr(StaticDecoder, "release", lambda self: (freed.append(self.k is not None), release(self)))
 
     backend = _backend(checkpoint, "auto")
     released = _released(backend)
@@ -134,7 +134,7 @@ def test_oom_inside_the_static_decoder_loses_no_page(checkpoint, inputs, tmp_pat
     assert texts == reference                          # the same tokens as an undisturbed run
     assert card.batches == sizes and card.raised == 1  # one failure, then the size is remembered
     assert released and freed[0] is True               # the decoder's pool was freed before the retry
-    assert backend.describe()["decode"] == decode.STATIC   # an OOM does not disable the fast path
+    assert backend.describe()["decode"] == STATIC   # an OOM does not disable the fast path
     assert ("warning", "out of memory: batch size lowered to 2") in reporter.lines
     assert backend.decode_slots() == 2                 # the engine's rows halved with the batch
     backend.close()

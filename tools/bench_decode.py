@@ -1,4 +1,4 @@
-"""Micro-benchmark: per-step decode time, transformers `generate` vs chatvlm.decode.
+"""Micro-benchmark: per-step decode time, transformers `generate` vs chatvlm.engine.decoder.
 
 Builds a Qwen2-1.5B-shaped language model (the text part of qwen_vl_2b's full config in
 chatvlm/data/qwen_vl_2b.json: 28 layers, hidden 1536, 12 query / 2 KV heads, vocab 151936) with
@@ -74,7 +74,7 @@ def time_static(model, inputs, steps, device, graphs, repeats=2):
     import torch
     from transformers import GenerationConfig, StoppingCriteriaList
 
-    from chatvlm.decode import StaticDecoder
+    from chatvlm.engine.decoder import StaticDecoder
     from chatvlm.loop_guard import make_tracker
 
     dec = StaticDecoder(model, use_graphs=graphs)

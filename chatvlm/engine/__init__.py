@@ -1,11 +1,18 @@
-"""The model-agnostic generation engine: continuous batching over the static decoder.
+"""The model-agnostic generation engine: the static decoder and continuous batching over it.
 
 Nothing here knows a model family: a model adapter (`runner.ModelAdapter`) hands the
 engine its inputs for a group of requests, stop tokens, logits processors and the token
 budget, as data and callables.
 
     runner      which path a batch takes (continuous / batch / generate), its RawOutputs
+    decoder     StaticDecoder: greedy decode with a static KV cache and our own step
+    lm          the language model's parts (find_lm), what the decoder declines (Unsupported)
+    cache       the slot cache buffers (grown, filled from a prefill, rows moved)
+    rope        cos/sin tables, positions, LongRoPE's two factor sets
+    graphs      CUDA graphs: capture sizes, the capture seam, one pool per graph set
+    moe         static-shape mixture-of-experts feed-forward (DeepSeek-MoE)
     continuous  continuous batching over the static decoder's slots
+    admission   which waiting requests one prefill takes (token budget, LongRoPE sides)
     batch       one batch through the static decoder, generate as the fallback
     generation  stop tracking, logits processors, generate() arguments, ids -> RawOutput
     memory      batch sizing: the measured probe, the KV-cache estimate
@@ -20,7 +27,8 @@ import importlib
 from typing import Any
 
 _EXPORTS = {"ContinuousEngine": "continuous", "Finished": "continuous", "Prepared": "continuous",
-            "continuous_unsupported": "continuous", "GenerationRunner": "runner", "ModelAdapter": "runner"}
+            "continuous_unsupported": "continuous", "GenerationRunner": "runner", "ModelAdapter": "runner",
+            "StaticDecoder": "decoder", "HF": "lm", "STATIC": "lm", "Unsupported": "lm", "unsupported_reason": "lm"}
 
 __all__ = sorted(_EXPORTS)
 

@@ -34,7 +34,7 @@ def decode_batch(inputs: dict, state: tuple[Any, list, dict], *, decoder,
                                        processors=processors, pad_token_id=pad_token_id)
                 facts.update(decoder.facts())
             except Exception as exc:
-                from ..decode import HF, Unsupported
+                from .lm import HF, Unsupported
                 from ..scheduler import is_out_of_memory
                 # The decoder has freed its cache, graphs and pool before raising.
                 if is_out_of_memory(exc):

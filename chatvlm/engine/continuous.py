@@ -1,16 +1,20 @@
 """Continuous batching: a finished row's cache slot is refilled with the next request.
 
-The static decoder (`chatvlm.decode.StaticDecoder`) holds a slot cache
+The static decoder (`chatvlm.engine.decoder.StaticDecoder`) holds a slot cache
 `[layers, slots, kv_heads, length, head_dim]`; every row has its own position, its own
 write slot and its own key mask, so rows at different lengths decode together in one
 step. The engine runs that step and keeps the slots busy:
 
 1. **Admission.** While slots are free and requests wait, the next requests (as many as
-   there are free slots, at most `refill_chunk`) are prepared by the backend (`prepare`:
-   the model's inputs and `generate` arguments) and prefilled by the model's own prefill
-   (`StaticDecoder._prefill`: vision encoder, language-model prefill, first token). Their
-   prompt KV is copied into the lowest free slots (`StaticDecoder.load_rows`); a request
-   that ends on its first token never takes a slot.
+   there are free slots, at most `refill_chunk`, and at most `prefill_tokens` prompt tokens
+   counting padding, at least one: `chatvlm.engine.admission`) are prepared by the backend
+   (`prepare`: the model's inputs and `generate` arguments) and prefilled by the model's
+   own prefill (`StaticDecoder._prefill`: vision encoder, language-model prefill, first
+   token). Their prompt KV is copied into the lowest free slots (`StaticDecoder.load_rows`);
+   a request that ends on its first token never takes a slot. While rows are decoding,
+   the prefills between two of their steps take `prefill_tokens` in all (the last one may
+   go over by one request), so a refill of many long prompts does not stall them for long;
+   with no row decoding, prefills follow one another.
 2. **Decode.** One step for rows `[:b]`, b = the highest busy slot + 1 (on CUDA the next
    captured batch size); free slots inside `[:b]` compute a throw-away row and do not
    advance. Logits processors run per row on the row's own sequence (the processors the
@@ -23,11 +27,20 @@ step. The engine runs that step and keeps the slots busy:
 4. **Draining.** Once no request is left, busy rows above a free slot move down into it
    when that narrows the step (`_compact`).
 
-Greedy only. LongRoPE (Phi-3) is served while every row stays within the original
-context, where the short factors apply to all rows whatever their neighbours; a request
-that could cross it is declined before its prefill (`Unsupported`: the caller decodes
-it on the batch path, which recomputes the cache at the crossing as transformers does).
-On any error the decoder's cache, graphs and pool are freed
+LongRoPE (Phi-3) is exact per row, as each page decoded alone by transformers' `generate`:
+
+- a prefill picks its factor set from its largest position (long iff the prompt is longer
+  than the original context): a group is prefilled together only if all its prompts fall
+  on the same side of the original context (else it is split, `admission.take_now`);
+- a decode step rotates each row by its own position (long iff position + 1 > original;
+  the decoder's `top_pos` stays 0, so no row follows its neighbours);
+- when a row is about to feed position `original` (its sequence first outgrows the
+  original context), transformers' Phi-3 drops the cache and re-runs the whole sequence
+  with the long factors: the engine does the same for that row alone (`_recompute`: the
+  request prepared again, its generated tokens appended, the model's own prefill, the new
+  KV into the row's slot).
+
+Greedy only. On any error the decoder's cache, graphs and pool are freed
 before the error propagates (an out-of-memory error then reaches the caller's
 split-and-retry with the memory returned).
 """
@@ -36,12 +49,17 @@ from __future__ import annotations
 
 import heapq
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator, Optional
 
 import torch
 
-from ..decode import Unsupported, batch_bucket, next_positions, select_processor_rows
+from .decoder import select_processor_rows
+from .graphs import batch_bucket
+from .lm import Unsupported
+from .rope import next_positions
+from .admission import DEFAULT_PREFILL_TOKENS, fits, take_now
 
 
 @dataclass
@@ -78,6 +96,9 @@ class _Row:
 @dataclass
 class EngineStats:
     prefills: int = 0                # prefill calls (the first fill and every refill)
+    prepares: int = 0                # prepare calls (admissions, recomputes, a split group's part again)
+    prefill_sizes: list = field(default_factory=list)   # (rows, rows x longest prompt) per prefill
+    recomputes: int = 0              # LongRoPE: rows re-prefilled at the original context
     admitted: int = 0                # requests admitted
     steps: int = 0
     row_steps: int = 0               # sum over steps of rows computed
@@ -89,23 +110,31 @@ class EngineStats:
 
 def continuous_unsupported(decoder) -> Optional[str]:
     """Why the engine cannot run on this decoder's model at all (None: it can). Every
-    language model the static decoder serves qualifies; LongRoPE is checked per request
-    (`longrope_crossing`)."""
+    language model the static decoder serves qualifies."""
     return None
 
 
 def longrope_crossing(original: Optional[int], first_positions: list[int], budgets: list[int]) -> Optional[str]:
-    """Why rows starting their new tokens at `first_positions` with `budgets` new tokens
-    each could leave LongRoPE's original context (None: none can). A row feeds positions up
-    to first + budget - 2 (its last token is never fed back); transformers keeps the short
-    factors while the largest position + 1 stays within `original`."""
-    if not original:
-        return None
-    for first, budget in zip(first_positions, budgets):
-        if first + budget - 1 > original:
-            return (f"a request could cross LongRoPE's original context ({first} prompt positions + "
-                    f"{budget} new tokens > {original} + 1)")
+    """Why the engine would decline rows that cross LongRoPE's original context: never, it
+    serves them as each page alone (see the module notes). Callers that ask before
+    admission get None."""
     return None
+
+
+def extended_inputs(inputs: dict, generated: torch.Tensor) -> dict:
+    """One request's prepared inputs with its generated ids appended to the prompt (the
+    sequence transformers' Phi-3 re-runs at LongRoPE's crossing). Only `input_ids` and
+    `attention_mask` run along the sequence; another input that does cannot be extended."""
+    ids, mask = inputs["input_ids"], inputs["attention_mask"]
+    for name, value in inputs.items():
+        if name not in ("input_ids", "attention_mask") and torch.is_tensor(value) and value.dim() >= 2 \
+                and tuple(value.shape[:2]) == tuple(ids.shape):
+            raise Unsupported(f"input {name!r} runs along the sequence: cannot recompute at LongRoPE's crossing")
+    new = generated.to(ids.device, ids.dtype).view(1, -1).expand(ids.shape[0], -1)
+    out = dict(inputs)
+    out["input_ids"] = torch.cat([ids, new], dim=1)
+    out["attention_mask"] = torch.cat([mask, mask.new_ones(new.shape)], dim=1)
+    return out
 
 
 class ContinuousEngine:
@@ -113,10 +142,12 @@ class ContinuousEngine:
 
     def __init__(self, decoder, *, slots: int, prepare: Callable[[list], Prepared],
                  new_tracker: Callable[[Any], Any], max_new_tokens: int, max_positions: Optional[int] = None,
-                 refill_chunk: Optional[int] = None, request_budget: Optional[Callable[[Any], Optional[int]]] = None):
+                 refill_chunk: Optional[int] = None, request_budget: Optional[Callable[[Any], Optional[int]]] = None,
+                 prefill_tokens: Optional[int] = None):
         """`new_tracker(request)`: the request's own stop tracker (a batch of one);
         `request_budget(request)`: its own token count where it has one (bench --synthetic
-        --tokens A-B), at most `max_new_tokens`."""
+        --tokens A-B), at most `max_new_tokens`; `prefill_tokens`: the most prompt tokens one
+        prefill takes (rows x longest prompt; at least one request always goes)."""
         reason = continuous_unsupported(decoder)
         if reason:
             raise Unsupported(reason)
@@ -129,6 +160,7 @@ class ContinuousEngine:
         self.max_new = int(max_new_tokens)
         self.max_positions = max_positions
         self.refill_chunk = int(refill_chunk or slots)
+        self.prefill_tokens = int(prefill_tokens or DEFAULT_PREFILL_TOKENS)
         self.request_budget = request_budget
         self.stats = EngineStats()
 
@@ -150,35 +182,37 @@ class ContinuousEngine:
         self._gen = torch.zeros(self.slots, self.max_new, dtype=torch.long)   # host tokens per slot
         self._gen_dev: Optional[torch.Tensor] = None    # device copy, only for processors
         self._wpos = [0] * self.slots                   # host mirror of each slot's write slot
+        self._pos = [0] * self.slots                    # host mirror of each slot's next position
+        self._waiting: deque = deque()                  # requests taken from the stream, not admitted
+        self._prompt_tokens: dict[int, int] = {}        # request index -> its prompt tokens, once prepared
         self._live: Optional[torch.Tensor] = None       # [pool rows] 1 where a slot decodes
+        original = dec.parts.longrope_original
         exhausted = False
+        self._since_step = 0                            # prompt tokens prefilled since the last step
         pending: list[torch.Tensor] = []
         while True:
-            if self._free and not exhausted:
-                group = []
-                while len(group) < min(len(self._free), self.refill_chunk):
-                    item = next(stream, None)
-                    if item is None:
-                        exhausted = True
-                        break
-                    group.append(item)
+            # (pending is empty here whenever a row is at the crossing: reaching it forces a sync)
+            crossing = [s for s in sorted(self._rows) if original and self._pos[s] == original]
+            if crossing:
+                yield from self._recompute(crossing)
+                continue
+            # admission needs the rows' tokens on the host (no pending steps)
+            if self._free and (self._waiting or not exhausted) and not pending and self._prefill_budget() > 0:
+                group, exhausted = self._next_group(stream, exhausted)
                 if group:
                     yield from self._admit(group)
-                    continue                            # refill every free slot before stepping
+                    continue
             if not self._rows:
-                if exhausted:
+                if exhausted and not self._waiting:
                     return
                 continue
-            if exhausted and not pending:
+            if exhausted and not self._waiting and not pending:
                 self._compact()
             t0 = time.perf_counter()
             b = self._width(max(self._rows) + 1)
             filled = max(self._wpos[s] for s in self._rows) + 1
-            if dec.parts.longrope_original:
-                # the factor set follows the largest position of the rows decoding (admission
-                # keeps it within the original context: the short set, as for each row alone)
-                dec.top_pos.copy_((dec.pos[:b] * self._live[:b]).max().view(1))
             logits = dec._run_step(b, filled)
+            self._since_step = 0
             dec.stats.steps += 1
             dec.stats.row_steps += b
             self.stats.steps += 1
@@ -201,14 +235,40 @@ class ContinuousEngine:
                     self._gen_dev[s, row.produced] = nxt[s]
                 row.produced += 1
                 self._wpos[s] += 1
+                self._pos[s] += 1
             pending.append(nxt)
-            due = any(row.produced >= row.max_new for row in self._rows.values())
+            due = any(row.produced >= row.max_new or (original and self._pos[s] == original)
+                      for s, row in self._rows.items())
             self.stats.decode_s += time.perf_counter() - t0
             dec.stats.decode_s += time.perf_counter() - t0
             if len(pending) >= dec.sync_every or due:
                 chunk = torch.stack(pending, dim=1).cpu()     # [b, k]: the one host sync
                 pending.clear()
                 yield from self._finish_rows(chunk)
+
+    def _prefill_budget(self) -> int:
+        """Prompt tokens the next prefill may take: all of `prefill_tokens` with no row
+        decoding, else what the prefills since the rows' last step left of it."""
+        return self.prefill_tokens - self._since_step if self._rows else self.prefill_tokens
+
+    def _next_group(self, stream, exhausted: bool) -> tuple[list, bool]:
+        """The next requests to prepare (held-back ones first, then the stream), as many as
+        slots are free (at most `refill_chunk`) and, where their prompt length is already
+        known, within the prefill budget; and whether the stream has run out."""
+        group, counts, budget = [], [], self._prefill_budget()
+        while len(group) < min(len(self._free), self.refill_chunk):
+            item = self._waiting.popleft() if self._waiting else (None if exhausted else next(stream, None))
+            if item is None:
+                exhausted = True
+                break
+            known = self._prompt_tokens.get(item[0])
+            if known is not None and not fits(counts, known, budget):
+                self._waiting.appendleft(item)
+                break
+            group.append(item)
+            if known is not None:
+                counts.append(known)
+        return group, exhausted
 
     def _width(self, rows: int) -> int:
         """Rows a step computes to cover slots [:rows] (on CUDA a captured batch size)."""
@@ -236,6 +296,7 @@ class ContinuousEngine:
         for s, d in zip(sources, targets):
             self._rows[d] = self._rows.pop(s)
             self._wpos[d] = self._wpos[s]
+            self._pos[d] = self._pos[s]
             self._gen[d] = self._gen[s]
             if self._gen_dev is not None:
                 self._gen_dev[d] = self._gen_dev[s]
@@ -275,19 +336,23 @@ class ContinuousEngine:
         dec = self.decoder
         t0 = time.perf_counter()
         prepared = self.prepare([request for _, request in group])
+        self.stats.prepares += 1
         inputs = prepared.inputs
         input_ids, attention = inputs.get("input_ids"), inputs.get("attention_mask")
         if input_ids is None or attention is None or input_ids.dim() != 2 or attention.shape != input_ids.shape:
             raise Unsupported("prepared inputs need input_ids and attention_mask [batch, length]")
         n, prompt_len = input_ids.shape
         counts = [int(c) for c in attention.sum(dim=1).tolist()]
+        self._prompt_tokens.update((index, c) for (index, _), c in zip(group, counts))
+        now = take_now(counts, budget=self._prefill_budget(), original=dec.parts.longrope_original)
+        if len(now) < n:
+            # too many tokens, or both sides of LongRoPE's original context: the rest wait
+            # (their lengths now known), the first part is prepared again on its own
+            self._waiting.extendleft(reversed([item for i, item in enumerate(group) if i not in now]))
+            del prepared, inputs, input_ids, attention
+            yield from self._admit([group[i] for i in now])
+            return
         budgets = [self._budget(c, request) for c, (_, request) in zip(counts, group)]
-        original = dec.parts.longrope_original
-        # before any work: a row's first new position is its prompt token count (positions
-        # from the attention mask); checked again on the prefill's own positions below
-        crossing = longrope_crossing(original, counts, budgets)
-        if crossing:
-            raise Unsupported(crossing)
         need = prompt_len + max(budgets)
         if dec.max_len is not None and need > dec.max_len:
             raise Unsupported(f"prompt + new tokens ({need}) exceed the decoder's cache limit ({dec.max_len})")
@@ -301,14 +366,15 @@ class ContinuousEngine:
             per_row.append(procs)
         sequences, cache, pos_ids = dec._prefill(inputs, prepared.gen_kwargs)
         self.stats.prefills += 1
+        self.stats.prefill_sizes.append((n, n * prompt_len))
+        self._since_step += n * prompt_len
         self.stats.admitted += n
         first = sequences[:, prompt_len].to(dec.device)
         next_pos = next_positions(pos_ids, attention).to(dec.device)
-        crossing = longrope_crossing(original, [int(p) for p in next_pos.tolist()], budgets)
-        if crossing:
-            raise Unsupported(crossing)
         dec.grow_pool(self.slots, need)
         dec._ensure_rope(int(next_pos.max()) + max(budgets) + 1, pos_ids.dim() == 3)
+        dec.top_pos.zero_()             # LongRoPE: each row's factor set follows its own position
+        next_host = [int(p) for p in next_pos.tolist()]
         if self._live is None or self._live.shape[0] != dec.k.shape[1]:
             live = torch.zeros(dec.k.shape[1], dtype=torch.long, device=dec.device)
             if self._live is not None:
@@ -327,6 +393,7 @@ class ContinuousEngine:
                 continue
             self._rows[slot] = row
             self._wpos[slot] = prompt_len
+            self._pos[slot] = next_host[j]
             self._live[slot] = 1
             if row.processors:
                 if self._gen_dev is None:
@@ -341,6 +408,39 @@ class ContinuousEngine:
         dec.stats.prefill_s += time.perf_counter() - t0
         yield from done
 
+    def _recompute(self, slots: list[int]) -> Iterator[Finished]:
+        """Rows about to feed position `original` (their sequence first outgrows LongRoPE's
+        original context): as transformers' Phi-3, the whole sequence again with the long
+        factors. For each row alone: its request prepared again, its generated tokens
+        appended, the model's own prefill (its next token), the new KV into its slot."""
+        dec = self.decoder
+        for slot in slots:
+            t0 = time.perf_counter()
+            row = self._rows[slot]
+            prepared = self.prepare([row.request])
+            self.stats.prepares += 1
+            inputs = extended_inputs(prepared.inputs, self._gen[slot, :row.produced])
+            attention = inputs["attention_mask"]
+            length = attention.shape[1]
+            sequences, cache, pos_ids = dec._prefill(inputs, prepared.gen_kwargs)
+            self._since_step += length
+            token = sequences[:, length].to(dec.device)
+            next_pos = next_positions(pos_ids, attention).to(dec.device)
+            dec.load_rows([slot], cache, attention, token, next_pos)
+            del cache
+            self._wpos[slot] = length
+            self._pos[slot] = int(next_pos[0])
+            self._gen[slot, row.produced] = int(token[0])
+            if self._gen_dev is not None and row.processors:
+                self._gen_dev[slot, row.produced] = token[0]
+            row.produced += 1
+            self.stats.recomputes += 1
+            dec.stats.recomputes += 1
+            self.stats.prefill_s += time.perf_counter() - t0
+            dec.stats.prefill_s += time.perf_counter() - t0
+            if self._ended(row, slot, row.produced):
+                yield self._release_slot(slot, row.produced)
+
     def _budget(self, prompt_tokens: int, request: Any) -> int:
         """New tokens for a request: its own count or the budget, within the model's context."""
         budget = self.max_new
@@ -352,9 +452,15 @@ class ContinuousEngine:
         return budget
 
     def facts(self) -> dict:
+        """This engine's counts (the decoder's own facts keep the run's totals); prefill
+        sizes in tokens are rows x longest prompt (padding included)."""
         s = self.stats
-        """This engine's counts (the decoder's own facts keep the run's totals)."""
+        tokens = [t for _, t in s.prefill_sizes]
         return {"decode_continuous": True, "decode_slots": self.slots, "continuous_prefills": s.prefills,
+                "continuous_prepares": s.prepares, "continuous_prefill_budget": self.prefill_tokens,
+                "continuous_prefill_tokens": sum(tokens), "continuous_prefill_tokens_max": max(tokens, default=0),
+                "continuous_prefill_rows_max": max((r for r, _ in s.prefill_sizes), default=0),
+                "continuous_recomputes": s.recomputes,
                 "continuous_steps": s.steps, "continuous_row_steps": s.row_steps,
                 "continuous_busy_row_steps": s.busy_row_steps, "continuous_compactions": s.compactions,
                 "continuous_prefill_s": round(s.prefill_s, 4), "continuous_decode_s": round(s.decode_s, 4)}

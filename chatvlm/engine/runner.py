@@ -14,7 +14,7 @@ become text. `GenerationRunner` decides the rest:
 
 Settings come from `BackendOptions.extra`, read at every call (they may change between
 runs): decode = auto | fast | hf, decode_graphs, decode_len_bucket, decode_sync_every,
-decode_max_len, decode_slots, decode_refill_chunk. A synthetic run (`bench --synthetic`,
+decode_max_len, decode_slots, decode_refill_chunk, decode_prefill_tokens. A synthetic run (`bench --synthetic`,
 `BackendOptions.synthetic`) generates exactly its budget: no stop tokens, no loop guard,
 and with `synthetic_tokens` = [A, B, seed] each request its own count.
 """
@@ -74,7 +74,7 @@ class GenerationRunner:
         self.adapter = adapter
         self.options = options
         self.facts = facts                      # the adapter's report facts (shared, written here)
-        self.decoder = None                     # chatvlm.decode.StaticDecoder, built on first use
+        self.decoder = None                     # chatvlm.engine.decoder.StaticDecoder, built on first use
         self.decode_disabled: Optional[str] = None       # the static decoder failed: off for the run
         self.continuous_disabled: Optional[str] = None   # the engine failed: off for the run
         self.slots_cap: Optional[int] = None    # rows after an out-of-memory error
@@ -120,7 +120,7 @@ class GenerationRunner:
         supported), "fast" (same, the fallback still recorded), "hf" (always generate).
         The choice and its reason go to the facts: decode = "chatvlm-static" | "hf-generate".
         """
-        from .. import decode as fast
+        from . import lm as fast
 
         model = self.adapter.model
         mode = str(self.options.extra.get("decode", "auto")).lower()
@@ -173,7 +173,7 @@ class GenerationRunner:
             return 0
         known = self._static_supported
         if known is None or known[0] is not model:
-            from .. import decode as fast
+            from . import lm as fast
             known = self._static_supported = (model, fast.unsupported_reason(model) is None)
         return size if known[1] else 0
 
@@ -265,7 +265,7 @@ class GenerationRunner:
         """The batch through the continuous engine, or None where it does not apply (few
         requests, a model or request the static decoder or the engine does not serve, an
         engine that failed once in this run): the caller then decodes batch by batch."""
-        from .continuous import ContinuousEngine, Prepared, continuous_unsupported, longrope_crossing
+        from .continuous import ContinuousEngine, Prepared, continuous_unsupported
 
         slots = self.decode_slots()
         if not slots or len(requests) <= slots or self.continuous_disabled:
@@ -296,14 +296,6 @@ class GenerationRunner:
         # bench --synthetic --tokens A-B: each request ends ("length") at its own count
         targets = self.token_targets(requests, params)
         target_of = {id(request): n for request, n in zip(requests, targets)} if targets else {}
-        # LongRoPE: when even a one-token prompt with the smallest budget could cross the
-        # original context, every request could: decline before preparing any
-        smallest = min(targets) if targets else self.adapter.max_new_tokens(params)
-        crossing = longrope_crossing(decoder.parts.longrope_original, [1], [smallest])
-        if crossing:
-            self._decline_continuous(crossing)
-            return None
-
         def new_tracker(request: Page):
             own = target_of.get(id(request))
             return self.new_tracker(params, 0, 1, row_limits=[own] if own is not None else None)
@@ -312,6 +304,7 @@ class GenerationRunner:
                                   max_new_tokens=self.adapter.max_new_tokens(params),
                                   max_positions=self.adapter.max_positions(),
                                   refill_chunk=int(self.options.extra.get("decode_refill_chunk") or 0) or None,
+                                  prefill_tokens=int(self.options.extra.get("decode_prefill_tokens") or 0) or None,
                                   request_budget=lambda request: target_of.get(id(request)))
         t1 = time.perf_counter()
         finished = [None] * len(requests)
@@ -327,7 +320,7 @@ class GenerationRunner:
             for done in engine.run(requests):
                 finished[done.index] = done
         except Exception as exc:
-            from ..decode import Unsupported
+            from .lm import Unsupported
             from ..scheduler import is_out_of_memory
             # The engine has freed the decoder's cache, graphs and pool before raising.
             if is_out_of_memory(exc):
@@ -426,4 +419,5 @@ class GenerationRunner:
 
 # The BackendOptions.extra keys the runner and the batch sizing read (-O KEY=VALUE).
 RUN_OPTION_KEYS = frozenset({"decode", "decode_graphs", "decode_len_bucket", "decode_sync_every", "decode_max_len",
-                             "decode_slots", "decode_refill_chunk", "probe_pages", "probe_tokens", "probe_margin"})
+                             "decode_slots", "decode_refill_chunk", "decode_prefill_tokens",
+                             "probe_pages", "probe_tokens", "probe_margin"})

@@ -15,7 +15,7 @@ How (`StaticDecoder.generate`):
    `[layers, batch, kv_heads, max_len, head_dim]` (one pool, reused across batches).
 3. **Decode steps are ours**, built from the model's own modules (q/k/v/o projections,
    q/k norms where present, RMSNorms, MLP, final norm, lm_head; DeepSeek-MoE layers through
-   `decode_moe.StaticMoE`, static shapes, the model's own router) and the model's own rotary
+   `moe.StaticMoE`, static shapes, the model's own router) and the model's own rotary
    module (a cos/sin table computed once by calling it). Positions follow the models'
    rule for text after the prompt: next = (largest prompt position of the row) + 1, all
    three M-RoPE sections together (= text position + `rope_deltas`); plain RoPE models
@@ -46,6 +46,15 @@ How (`StaticDecoder.generate`):
    fewer rows (exact count on CPU; the next batch-size bucket on CUDA, padded with
    finished rows). Finish bookkeeping is the backend's own `GenerationTracker`, replayed
    on the host every `sync_every` steps (1 on CPU; 8 on CUDA to avoid a sync per step).
+8. **LongRoPE** (Phi-3): transformers picks the factor set from the largest position of a
+   forward, plus one (short within `original_max_position_embeddings`, long beyond; the
+   same attention scaling for both), and its Phi-3 drops the KV cache and re-runs the whole
+   sequence once, when the sequence first outgrows the original context: from then on
+   every cached key has the long rotation. The RoPE table holds both sets. The batch path
+   does as a batched `generate`: one set for the whole batch (`top_pos`, the batch's
+   largest position) and the recompute at the padded width (`_recompute_and_continue`).
+   The continuous engine does as each page alone: each row its own set (`top_pos` 0) and
+   its own recompute (`chatvlm.engine.continuous`).
 
 If the decoder cannot serve a batch it raises before the batch's decode starts
 (`Unsupported` for a request it does not handle); on any error it first frees its cache,
@@ -62,184 +71,18 @@ window, dynamic RoPE, ...); the backend records the choice.
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-STATIC = "chatvlm-static"
-HF = "hf-generate"
-
-ATTN_CHILDREN = {"q_proj", "k_proj", "v_proj", "o_proj", "q_norm", "k_norm"}
-FUSED_ATTN_CHILDREN = {"qkv_proj", "o_proj"}                     # Phi-3: one q|k|v projection
-LAYER_CHILDREN = {"self_attn", "mlp", "input_layernorm", "post_attention_layernorm"}
-MLP_CHILDREN = {"gate_proj", "up_proj", "down_proj", "act_fn"}
-FUSED_MLP_CHILDREN = {"gate_up_proj", "down_proj", "activation_fn"}   # Phi-3: one gate|up projection
-STATIC_ROPE = {None, "default", "linear", "llama3", "yarn"}      # inv_freq does not depend on length
-LONGROPE = "longrope"     # Phi-3 "su": short factors up to the original context, long ones beyond
-BATCH_BUCKETS = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
-
-
-class Unsupported(Exception):
-    """This model or request is not handled by the static decoder (use generate)."""
-
-
-# ----------------------------------------------------------------------------- the LM's parts
-
-@dataclass
-class LMParts:
-    text_model: nn.Module          # has .layers, .norm, .embed_tokens, .rotary_emb
-    layers: Sequence[nn.Module]
-    embed: nn.Module
-    norm: nn.Module
-    lm_head: nn.Module
-    rotary: nn.Module
-    num_heads: int
-    num_kv_heads: int
-    head_dim: int
-    scaling: float
-    qk_norm: bool
-    moe_layers: tuple[int, ...] = ()   # layers whose MLP is a router + experts block (decode_moe)
-    fused_qkv: bool = False            # attention has one qkv_proj (q | k | v) instead of three
-    longrope_original: Optional[int] = None   # LongRoPE: original_max_position_embeddings
-    window: Optional[int] = None       # sliding window wider than any sequence served (else Unsupported)
-
-
-def _children(module: nn.Module) -> set[str]:
-    return {name for name, _ in module.named_children()}
-
-
-def find_lm(model: nn.Module) -> LMParts:
-    """The decoder stack of `model`'s language model, or Unsupported(reason)."""
-    from .decode_moe import moe_unsupported
-
-    text_model = rotary = None
-    for _, module in model.named_modules():
-        rotary = getattr(module, "rotary_emb", None) or getattr(module, "rotary", None)
-        if all(hasattr(module, a) for a in ("layers", "norm", "embed_tokens")) and isinstance(rotary, nn.Module) \
-                and isinstance(getattr(module, "layers"), nn.ModuleList):
-            layers = module.layers
-            if len(layers) and hasattr(layers[0], "self_attn"):
-                text_model = module
-                break
-    if text_model is None:
-        raise Unsupported("no Llama-style decoder stack (layers/norm/embed_tokens/rotary_emb) found")
-    lm_head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    if not isinstance(lm_head, nn.Linear):
-        raise Unsupported("no linear lm_head")
-    config = getattr(text_model, "config", None)
-    if getattr(config, "final_logit_softcapping", None):
-        raise Unsupported("final logit softcapping")
-    # Qwen2-style configs carry a window they do not use; where one applies (Phi-3: 262144),
-    # attention within it is plain causal: a request longer than the window is declined.
-    window = getattr(config, "sliding_window", None) if getattr(config, "use_sliding_window", True) else None
-    layer_types = getattr(config, "layer_types", None) or []
-    if any(t != "full_attention" for t in layer_types):
-        raise Unsupported(f"layer types {sorted(set(layer_types))}")
-    rope_type = getattr(rotary, "rope_type", None)
-    longrope_original = None
-    if rope_type == LONGROPE:
-        params = getattr(config, "rope_parameters", None) or {}
-        longrope_original = params.get("original_max_position_embeddings") \
-            or getattr(config, "original_max_position_embeddings", None)
-        if not longrope_original or not hasattr(rotary, "attention_scaling"):
-            raise Unsupported("LongRoPE without original_max_position_embeddings")
-        longrope_original = int(longrope_original)
-    elif rope_type not in STATIC_ROPE:
-        raise Unsupported(f"rope type {rope_type!r} (length-dependent)")
-    dims = None
-    moe_layers = []
-    for i, layer in enumerate(text_model.layers):
-        # dropouts (Phi-3's residual dropouts) are identities in eval mode
-        extra = {n for n in _children(layer) - LAYER_CHILDREN
-                 if not (isinstance(getattr(layer, n), nn.Dropout) and not layer.training)}
-        if extra or not LAYER_CHILDREN <= _children(layer):
-            raise Unsupported(f"layer {i} ({type(layer).__name__}) is not a plain pre-norm decoder layer")
-        attn, mlp = layer.self_attn, layer.mlp
-        fused = _children(attn) == FUSED_ATTN_CHILDREN
-        if not fused and (not {"q_proj", "k_proj", "v_proj", "o_proj"} <= _children(attn)
-                          or _children(attn) - ATTN_CHILDREN):
-            raise Unsupported(f"layer {i} attention ({type(attn).__name__}) is not q/k/v/o projections")
-        dense = (not _children(mlp) - MLP_CHILDREN and {"gate_proj", "up_proj", "down_proj"} <= _children(mlp)) \
-            or (not _children(mlp) - FUSED_MLP_CHILDREN and {"gate_up_proj", "down_proj"} <= _children(mlp))
-        if not dense:
-            reason = moe_unsupported(mlp)
-            if reason:
-                raise Unsupported(f"layer {i} MLP: {reason}")
-            moe_layers.append(i)
-        if getattr(attn, "sliding_window", None):
-            raise Unsupported(f"layer {i} uses a sliding window")
-        head_dim = int(attn.head_dim)
-        num_heads = attn.o_proj.in_features // head_dim
-        num_kv = ((attn.qkv_proj.out_features - num_heads * head_dim) // (2 * head_dim) if fused
-                  else attn.k_proj.out_features // head_dim)
-        scaling = float(getattr(attn, "scaling", head_dim ** -0.5))
-        qk = hasattr(attn, "q_norm")
-        this = (num_heads, num_kv, head_dim, scaling, qk, fused)
-        if dims is not None and this != dims:
-            raise Unsupported("layers differ in attention shape")
-        dims = this
-    num_heads, num_kv, head_dim, scaling, qk, fused = dims
-    if num_heads % num_kv:
-        raise Unsupported("query heads not a multiple of KV heads")
-    return LMParts(text_model, list(text_model.layers), text_model.embed_tokens, text_model.norm, lm_head,
-                   rotary, num_heads, num_kv, head_dim, scaling, qk, tuple(moe_layers), fused,
-                   longrope_original, int(window) if window else None)
-
-
-def _uses_mrope(parts: LMParts) -> bool:
-    """Multimodal RoPE (three position sections: Qwen2-VL, Qwen3-VL) per the LM config."""
-    config = getattr(parts.text_model, "config", None)
-    for name in ("rope_parameters", "rope_scaling"):
-        params = getattr(config, name, None)
-        if isinstance(params, dict) and params.get("mrope_section"):
-            return True
-    return bool(getattr(parts.rotary, "mrope_section", None))
-
-
-def unsupported_reason(model: nn.Module, *, do_sample: bool = False, num_beams: int = 1) -> Optional[str]:
-    """Why the static decoder cannot run this model/request (None: it can)."""
-    if do_sample:
-        return "sampling (the static decoder is greedy only)"
-    if num_beams and num_beams > 1:
-        return "beam search"
-    try:
-        find_lm(model)
-    except Unsupported as exc:
-        return str(exc)
-    return None
-
-
-# ----------------------------------------------------------------------------- helpers
-
-def _rotate_half(x):
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-
-
-def _cache_kv(cache, layer: int):
-    """(keys, values) [batch, kv_heads, len, head_dim] of one layer of a transformers cache."""
-    layers = getattr(cache, "layers", None)
-    if layers is not None:
-        return layers[layer].keys, layers[layer].values
-    if hasattr(cache, "key_cache"):
-        return cache.key_cache[layer], cache.value_cache[layer]
-    return cache[layer][0], cache[layer][1]          # legacy tuple of tuples
-
-
-def batch_bucket(n: int) -> int:
-    for b in BATCH_BUCKETS:
-        if b >= n:
-            return b
-    return int(math.ceil(n / 256) * 256)
-
-
-def _round_up(n: int, m: int) -> int:
-    return int(math.ceil(n / m) * m)
+from .cache import SlotCache
+from .graphs import CudaGraphs, GraphSet, _round_up, batch_bucket
+from .lm import Unsupported, _uses_mrope, find_lm
+from .rope import RopeTables, _rotate_half, next_positions
 
 
 def select_processor_rows(processors: list, rows: list[int]) -> Optional[list]:
@@ -263,71 +106,6 @@ def select_processor_rows(processors: list, rows: list[int]) -> Optional[list]:
     return out
 
 
-def next_positions(pos_ids: torch.Tensor, attention: torch.Tensor) -> torch.Tensor:
-    """Each row's position for its first generated token: its largest real prompt position
-    + 1 (all M-RoPE sections together); `pos_ids` as the rotary module received them."""
-    batch = attention.shape[0]
-    mrope = pos_ids.dim() == 3
-    valid = attention.bool().to(pos_ids.device)
-    p = pos_ids if mrope else pos_ids.expand(batch, -1).unsqueeze(0)
-    p = p.masked_fill(~valid.unsqueeze(0), -1)
-    return p.amax(dim=(0, 2)) + 1
-
-
-# ----------------------------------------------------------------------------- CUDA graphs
-
-class CudaGraphs:
-    """The CUDA graph calls the decoder makes (a seam: tests pass a fake with the same methods)."""
-
-    def __init__(self, device):
-        self.device = torch.device(device)
-
-    def pool_handle(self):
-        return torch.cuda.graph_pool_handle()
-
-    def capture(self, fn: Callable[[], Any], pool):
-        """Warm `fn` up on a side stream, then capture it into `pool`; returns the graph."""
-        stream = torch.cuda.Stream(device=self.device)
-        stream.wait_stream(torch.cuda.current_stream(self.device))
-        with torch.cuda.stream(stream):
-            for _ in range(2):
-                fn()
-        torch.cuda.current_stream(self.device).wait_stream(stream)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=pool):
-            fn()
-        return graph
-
-    def synchronize(self) -> None:
-        torch.cuda.synchronize(self.device)
-
-    def empty_cache(self) -> None:
-        torch.cuda.empty_cache()
-
-
-class GraphSet:
-    """Graphs captured into one private pool, against one set of buffers.
-
-    The pool handle lives exactly as long as the set: a set is dropped whole (never graph
-    by graph), and a new set mints a new handle. `buffers` are the data pointers of every
-    tensor the graphs read or write; capturing against other buffers is a bug.
-    """
-
-    def __init__(self, api, buffers: tuple):
-        self.pool = api.pool_handle()
-        self.buffers = buffers
-        self.graphs: dict[tuple[int, int], Any] = {}
-
-    def capture(self, api, key: tuple[int, int], fn: Callable[[], Any], buffers: tuple):
-        assert key not in self.graphs, f"graph {key} captured twice"
-        assert buffers == self.buffers, "decoder buffers moved while their graphs were alive"
-        graph = api.capture(fn, self.pool)
-        self.graphs[key] = graph
-        return graph
-
-
-# ----------------------------------------------------------------------------- the decoder
-
 @dataclass
 class DecodeStats:
     prefill_s: float = 0.0
@@ -340,13 +118,13 @@ class DecodeStats:
     recomputes: int = 0            # LongRoPE: whole-sequence recomputes at the original context
 
 
-class StaticDecoder:
+class StaticDecoder(SlotCache, RopeTables):
     """Greedy decode with a static KV cache and our own step (CUDA graphs on CUDA)."""
 
     def __init__(self, model: nn.Module, *, use_graphs: Optional[bool] = None, len_bucket: int = 256,
                  sync_every: Optional[int] = None, compact: bool = True, bucketed: Optional[bool] = None,
                  graph_api=None, max_len: Optional[int] = None, moe_mode: str = "auto"):
-        from .decode_moe import StaticMoE
+        from .moe import StaticMoE
 
         self.model = model
         self.max_len = max_len            # longest prompt + new tokens served (None: no limit)
@@ -372,7 +150,7 @@ class StaticDecoder:
         self.mask = None                  # [B, L] bool: key slot valid
         self.tok = self.pos = None        # [B] long
         self.wpos = None                  # [B] long: each row's cache slot written by the next step
-        self.top_pos = None               # [1] long: the batch's largest position this step (LongRoPE)
+        self.top_pos = None               # [1] long: LongRoPE's batch-wide position (0: per row)
         self.logits = None                # [B, vocab] float32 (graph output)
         self.rope_cos = self.rope_sin = None   # [P, hd]
         self._rope_mrope = None
@@ -391,126 +169,6 @@ class StaticDecoder:
     def _buffers(self) -> tuple:
         return tuple(t.data_ptr() for t in (self.k, self.v, self.mask, self.tok, self.pos, self.wpos,
                                             self.top_pos, self.logits, self.rope_cos, self.rope_sin))
-
-    def _ensure_pool(self, batch: int, length: int) -> None:
-        """Cache and step buffers for `batch` rows of `length` slots. They only grow, by whole
-        buckets (batch buckets, `len_bucket` multiples); growing drops the graphs."""
-        pr = self.parts
-        need_b = batch_bucket(batch) if self.use_graphs else batch
-        need_l = _round_up(length, self.len_bucket) if self.bucketed else length
-        if self.k is not None and self.k.shape[1] >= need_b and self.k.shape[3] >= need_l:
-            return
-        if self.k is not None:
-            need_b, need_l = max(need_b, self.k.shape[1]), max(need_l, self.k.shape[3])
-        self._drop_graphs()
-        self.k = self.v = self.mask = self.tok = self.pos = self.wpos = self.top_pos = self.logits = None
-        if self.device.type == "cuda":
-            torch.cuda.empty_cache()
-        shape = (len(pr.layers), need_b, pr.num_kv_heads, need_l, pr.head_dim)
-        self.k = torch.zeros(shape, dtype=self.dtype, device=self.device)
-        self.v = torch.zeros(shape, dtype=self.dtype, device=self.device)
-        self.mask = torch.zeros(need_b, need_l, dtype=torch.bool, device=self.device)
-        self.tok = torch.zeros(need_b, dtype=torch.long, device=self.device)
-        self.pos = torch.zeros(need_b, dtype=torch.long, device=self.device)
-        self.wpos = torch.zeros(need_b, dtype=torch.long, device=self.device)
-        self.top_pos = torch.zeros(1, dtype=torch.long, device=self.device)
-        self.logits = torch.zeros(need_b, pr.lm_head.out_features, dtype=torch.float32, device=self.device)
-
-    def _ensure_rope(self, positions: int, mrope: bool) -> None:
-        """cos/sin for positions [0, positions): built once large enough (at least the model's
-        context up to 32k positions), so it is rarely rebuilt; rebuilding drops the graphs."""
-        if self.rope_cos is not None and self._rope_rows() >= positions and self._rope_mrope == mrope:
-            return
-        context = int(getattr(getattr(self.parts.text_model, "config", None), "max_position_embeddings", 0) or 0)
-        size = _round_up(max(positions, min(context, 32768), 1), 4096)
-        if self.rope_cos is not None and self._rope_mrope == mrope:
-            size = max(size, self._rope_rows())
-        self._drop_graphs()
-        self.rope_cos = self.rope_sin = None
-        dummy = torch.zeros(1, dtype=self.dtype, device=self.device)
-        original = self.parts.longrope_original
-        if original:
-            # LongRoPE: the rotary module picks its factor set from the largest position it is
-            # called with; rows [0, size) get the long set, rows [size, 2*size) the short one.
-            size = max(size, _round_up(original + 1, 4096))
-            ids = torch.arange(size, device=self.device)
-            with torch.no_grad():
-                long_cos, long_sin = self.parts.rotary(dummy, ids.view(1, -1))
-                short_cos, short_sin = self.parts.rotary(dummy, ids[:original].view(1, -1))
-            pad = (0, 0, 0, size - original)
-            self.rope_cos = torch.cat([long_cos.reshape(size, -1), F.pad(short_cos.reshape(original, -1), pad)])
-            self.rope_sin = torch.cat([long_sin.reshape(size, -1), F.pad(short_sin.reshape(original, -1), pad)])
-            self._rope_mrope = mrope
-            return
-        ids = torch.arange(size, device=self.device)
-        ids = ids.view(1, 1, -1).expand(3, 1, -1) if mrope else ids.view(1, -1)
-        with torch.no_grad():
-            cos, sin = self.parts.rotary(dummy, ids)
-        self.rope_cos = cos.reshape(size, -1).contiguous()
-        self.rope_sin = sin.reshape(size, -1).contiguous()
-        self._rope_mrope = mrope
-
-    def _rope_rows(self) -> int:
-        """Positions the RoPE table covers (LongRoPE keeps two sets of that many rows)."""
-        rows = self.rope_cos.shape[0]
-        return rows // 2 if self.parts.longrope_original else rows
-
-    def grow_pool(self, batch: int, length: int) -> None:
-        """As `_ensure_pool`, keeping what the rows hold (a continuous batch grows its cache
-        while rows are mid-decode). Growing drops the graphs, as any reallocation does."""
-        old = (self.k, self.v, self.mask, self.tok, self.pos, self.wpos)
-        if old[0] is None:
-            self._ensure_pool(batch, length)
-            return
-        self._ensure_pool(batch, length)
-        k, v, mask, tok, pos, wpos = old
-        if k is self.k:
-            return
-        b, l = k.shape[1], k.shape[3]
-        self.k[:, :b, :, :l].copy_(k)
-        self.v[:, :b, :, :l].copy_(v)
-        self.mask[:b, :l].copy_(mask)
-        self.tok[:b].copy_(tok)
-        self.pos[:b].copy_(pos)
-        self.wpos[:b].copy_(wpos)
-
-    def load_rows(self, slots: list[int], cache, attention: torch.Tensor, first: torch.Tensor,
-                  next_pos: torch.Tensor, rows: Optional[list[int]] = None) -> None:
-        """Rows `rows` (default: all) of a prefilled batch into cache rows `slots`: the prompt
-        KV in slots [0, prompt_len) (left padding masked), the rest zeroed; the first
-        generated token, the next position and the next write slot (prompt_len) set."""
-        prompt_len = attention.shape[1]
-        rows = list(range(attention.shape[0])) if rows is None else list(rows)
-        n = len(rows)
-        if slots == list(range(slots[0], slots[0] + n)) and rows == list(range(rows[0], rows[0] + n)):
-            pairs = [(slice(slots[0], slots[0] + n), slice(rows[0], rows[0] + n))]
-        else:
-            pairs = list(zip(slots, rows))
-        for i in range(len(self.parts.layers)):
-            keys, values = _cache_kv(cache, i)
-            for dst, src in pairs:
-                self.k[i, dst, :, :prompt_len].copy_(keys[src, :, -prompt_len:])
-                self.v[i, dst, :, :prompt_len].copy_(values[src, :, -prompt_len:])
-        idx = torch.tensor(slots, dtype=torch.long, device=self.device)
-        src = torch.tensor(rows, dtype=torch.long, device=self.device)
-        self.k[:, idx, :, prompt_len:] = 0
-        self.v[:, idx, :, prompt_len:] = 0
-        mask = torch.zeros(n, self.mask.shape[1], dtype=torch.bool, device=self.device)
-        mask[:, :prompt_len] = attention.to(self.device).bool()[src]
-        self.mask[idx] = mask
-        self.tok[idx] = first.to(self.device, torch.long)[src]
-        self.pos[idx] = next_pos.to(self.device, torch.long)[src]
-        self.wpos[idx] = prompt_len
-
-    # ------------------------------------------------------------------ one step
-    def _rope_index(self, b: int) -> torch.Tensor:
-        if not self.parts.longrope_original:
-            return self.pos[:b]
-        # As transformers' LongRoPE in a batch: the short set while the batch's largest
-        # position + 1 stays within the original context, the long set from then on (keys
-        # already cached keep their rotation). A tensor expression: graph-safe.
-        short = (self.top_pos < self.parts.longrope_original).long()     # top_pos + 1 <= original
-        return self.pos[:b] + short * self._rope_rows()
 
     def step(self, b: int, length: int) -> torch.Tensor:
         """One decode step for rows [:b], reading cache slots [:length]; fills self.logits[:b]."""
@@ -762,17 +420,6 @@ class StaticDecoder:
         self.stats.recomputes += 1
         return self._generate(cont, gen_kwargs, max_new_tokens=max_new_tokens, tracker=tracker,
                               processors=processors, pad_token_id=pad_token_id)
-
-    # ------------------------------------------------------------------ compaction
-    def _move(self, src: list[int], b: int) -> None:
-        """Slots [:b] <- slots `src` (a gather through a temporary: sources may overlap)."""
-        idx = torch.tensor(src, dtype=torch.long, device=self.device)
-        self.k[:, :b] = self.k[:, idx]
-        self.v[:, :b] = self.v[:, idx]
-        self.mask[:b] = self.mask[idx]
-        self.tok[:b] = self.tok[idx]
-        self.pos[:b] = self.pos[idx]
-        self.wpos[:b] = self.wpos[idx]
 
     def _maybe_compact(self, b, rows, live, seq, processors, base_processors, tracker):
         active = [s for s in range(b) if live[s] and tracker.ends[rows[s]] is None]
