@@ -250,7 +250,7 @@ class Model:
     def _text(result: PageResult) -> str:
         if result.text is not None:
             return result.text
-        from .layout import markdown_to_text
+        from .textnorm import markdown_to_text
         return markdown_to_text(result.markdown or "")
 
     @staticmethod

@@ -22,7 +22,6 @@ from collections import Counter
 from typing import Any, Iterable, Optional
 
 from .records import LayoutBlock
-from .textnorm import markdown_to_text  # noqa: F401  (the "page" style; kept importable from here)
 
 CATEGORIES = (
     "Caption", "Footnote", "Formula", "List-item", "Page-footer", "Page-header",

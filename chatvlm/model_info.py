@@ -66,7 +66,7 @@ def print_models() -> None:
     from rich.table import Table
     from .ui import stdout
 
-    from .backends.hf import planned_attention
+    from .devices import planned_attention
     from rich import box
     table = Table(title=_("known models"), title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
     table.add_column(_("name"), no_wrap=True, style="bold")

@@ -12,7 +12,8 @@ import time
 from .config import RunConfig
 from .errors import OutputError
 from .i18n import _
-from .layout import blocks_to_markdown, draw_overlay, markdown_to_text, picture_crops
+from .layout import blocks_to_markdown, draw_overlay, picture_crops
+from .textnorm import markdown_to_text
 from .paths import path_text
 from .records import Page, PageResult, RawOutput, Reporter
 from .registry import ModelSpec

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from chatvlm import weights
+from chatvlm import devices, weights
 from chatvlm.backends import hf
 from chatvlm.config import BackendOptions
 from chatvlm.errors import ChatVLMError, ModelUnavailableError
@@ -95,17 +95,17 @@ def test_cli_missing_weights_exits_3_without_a_stack_trace(tmp_path, env, needle
 def test_attention_choice():
     all3 = ("flash_attention_2", "sdpa", "eager")
     gpu = {"name": "H100", "capability": 9.0}
-    assert hf.choose_attention(all3, "cpu", "float32") == "sdpa"
-    assert hf.choose_attention(("sdpa", "eager"), "cuda", "bfloat16", gpu=gpu) == "sdpa"
-    assert hf.choose_attention(("eager",), "cuda", "bfloat16", gpu=gpu) == "eager"
-    assert hf.choose_attention(all3, "cpu", "float32", requested="eager") == "eager"
-    flash = hf.choose_attention(all3, "cuda", "bfloat16", gpu=gpu)
-    assert flash == ("flash_attention_2" if hf.flash_attn_importable() else "sdpa")
-    assert hf.choose_attention(all3, "cuda", "bfloat16", gpu={"name": "T4", "capability": 7.5}) == "sdpa"
+    assert devices.choose_attention(all3, "cpu", "float32") == "sdpa"
+    assert devices.choose_attention(("sdpa", "eager"), "cuda", "bfloat16", gpu=gpu) == "sdpa"
+    assert devices.choose_attention(("eager",), "cuda", "bfloat16", gpu=gpu) == "eager"
+    assert devices.choose_attention(all3, "cpu", "float32", requested="eager") == "eager"
+    flash = devices.choose_attention(all3, "cuda", "bfloat16", gpu=gpu)
+    assert flash == ("flash_attention_2" if devices.flash_attn_importable() else "sdpa")
+    assert devices.choose_attention(all3, "cuda", "bfloat16", gpu={"name": "T4", "capability": 7.5}) == "sdpa"
     with pytest.raises(ChatVLMError, match="not supported by this model"):
-        hf.choose_attention(("sdpa", "eager"), "cuda", "bfloat16", requested="flash_attention_2")
-    assert hf.planned_attention(get_spec("got_ocr_hf")) in ("sdpa",)
-    assert hf.planned_attention(get_spec("tesseract")) == "n/a"
+        devices.choose_attention(("sdpa", "eager"), "cuda", "bfloat16", requested="flash_attention_2")
+    assert devices.planned_attention(get_spec("got_ocr_hf")) in ("sdpa",)
+    assert devices.planned_attention(get_spec("tesseract")) == "n/a"
 
 
 def test_dtype_choice():

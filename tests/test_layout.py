@@ -11,6 +11,7 @@ from PIL import Image
 
 from chatvlm import layout
 from chatvlm.records import LayoutBlock
+from chatvlm.textnorm import markdown_to_text
 
 # A well-formed dots.ocr answer (prompt_layout_all_en), as the model writes it: one JSON
 # array, keys in the order bbox, category, text; formula text with braces; table HTML.
@@ -116,7 +117,7 @@ def test_six_identical_signature_cells_stay_six():
     blocks = layout.cells_to_blocks(cells, (1652, 2324), (1654, 2339))
     md = layout.blocks_to_markdown(blocks)
     assert md.count("Signature: ____________") == 6
-    assert layout.markdown_to_text(md).count("Signature:") == 6
+    assert markdown_to_text(md).count("Signature:") == 6
 
 
 def test_repeated_text_under_five_and_layout_only_cells_are_kept():
@@ -154,7 +155,7 @@ def test_cells_without_a_usable_box_keep_their_text():
     md = layout.blocks_to_markdown(blocks)
     for text in ("three numbers", "## no bbox", "fine"):
         assert text in md
-    assert "no bbox" in layout.markdown_to_text(md)
+    assert "no bbox" in markdown_to_text(md)
 
 
 @pytest.mark.parametrize("raw", ["", "   ", "[]"])
@@ -280,7 +281,7 @@ def test_picture_crops_linked_from_markdown():
 
 
 def test_markdown_to_text():
-    text = layout.markdown_to_text(layout.blocks_to_markdown(page_blocks()))
+    text = markdown_to_text(layout.blocks_to_markdown(page_blocks()))
     assert text.startswith("Annual Report\n\nRevenue grew by 12% in 2024.")
     assert "a\tb" in text and "<td>" not in text
 

@@ -120,7 +120,7 @@ def manifest(out: Path) -> list[dict]:
 
 
 def test_ocr_command_two_pages_of_different_sizes_in_one_batch(checkpoint, pages, tmp_path):
-    from chatvlm.layout import markdown_to_text
+    from chatvlm.textnorm import markdown_to_text
 
     out = tmp_path / "out"
     res = cli("ocr", str(pages[0].parent), "-o", str(out), "--model", "phi3_vision", "--model-path", str(checkpoint),

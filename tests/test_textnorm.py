@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 
-from chatvlm import layout
 from chatvlm.bench import normalise, normalize_text, strip_markdown
 from chatvlm.textnorm import STYLES, markdown_to_text
 
@@ -21,7 +20,6 @@ def test_page_style_keeps_lines_and_table_rows():
     assert "a chart" not in text and "[docs](http://x)" in text      # images go, links stay
     assert "$$" not in text and "x^2" in text
     assert text.endswith("\n") and markdown_to_text("  \n", "page") == ""
-    assert layout.markdown_to_text is markdown_to_text                # the layout name is the same function
 
 
 def test_words_style_keeps_only_the_words():

@@ -13,7 +13,8 @@ from __future__ import annotations
 from typing import Any, Optional
 
 from ..grounding import has_grounding, parse_grounding, strip_tags
-from ..layout import blocks_to_markdown, markdown_to_text
+from ..layout import blocks_to_markdown
+from ..textnorm import markdown_to_text
 from ..loop_guard import WindowedNoRepeatNGram, trim_repetition
 from ..records import PageResult, RawOutput
 

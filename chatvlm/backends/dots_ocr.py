@@ -22,7 +22,8 @@ from typing import Optional
 from ..config import BackendOptions, GenerationParams
 from ..errors import ModelUnavailableError, UsageError
 from ..i18n import _
-from ..layout import blocks_to_markdown, cells_to_blocks, markdown_to_text, parse_cells
+from ..layout import blocks_to_markdown, cells_to_blocks, parse_cells
+from ..textnorm import markdown_to_text
 from ..records import Page, PageResult, RawOutput
 from ..registry import ModelSpec
 from ..weights import load_port_model

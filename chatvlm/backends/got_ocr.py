@@ -22,12 +22,11 @@ with, and changing model input without a measurement on real weights is a guess.
 
 from __future__ import annotations
 
-from typing import Optional
-
 from ..config import GenerationParams
 from ..latex import latex_markdown, latex_text
 from ..records import Page, PageResult, RawOutput
-from .hf import HFBackend, collate_left, markdown_to_text
+from ..textnorm import markdown_to_text
+from .hf import HFBackend, collate_left
 
 GOT_STOP_STRING = "<|im_end|>"
 NO_REPEAT_NGRAM_SIZE = 20       # the authors' setting for single-view pages

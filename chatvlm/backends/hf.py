@@ -27,13 +27,11 @@ from pathlib import Path
 from typing import Any, Iterable, Optional
 
 from ..config import BackendOptions, GenerationParams
-from ..devices import (ATTN_ORDER, choose_attention, choose_device, choose_dtype,  # noqa: F401  (re-exported)
-                       flash_attn_importable, gpu_info, planned_attention)
+from ..devices import choose_attention, choose_device, choose_dtype
 from ..engine.memory import BatchSizer, MemoryMeter, memory_meter
 from ..engine.runner import RUN_OPTION_KEYS, GenerationRunner
 from ..errors import ChatVLMError, ModelUnavailableError
 from ..i18n import _
-from ..layout import markdown_to_text  # noqa: F401  (re-exported for the model backends)
 from ..records import Page, PageResult, RawOutput
 from ..registry import ModelSpec
 from ..weights import checkpoint_facts, load_transformers_model, locate, release, short_reason

@@ -26,7 +26,8 @@ from ..i18n import _
 from ..records import Page, PageResult, RawOutput
 from ..registry import ModelSpec
 from ..weights import load_port_model
-from .hf import HFBackend, markdown_to_text, strip_code_fence
+from ..textnorm import markdown_to_text
+from .hf import HFBackend, strip_code_fence
 
 # The model card: "for best performance, use num_crops=4 for multi-frame, num_crops=16 for
 # single-frame". A page is a single frame, so OCR uses 16 unless told otherwise.

@@ -13,7 +13,8 @@ from ..config import GenerationParams
 from ..errors import UsageError
 from ..i18n import _
 from ..records import Page, PageResult, RawOutput
-from .hf import HFBackend, markdown_to_text, strip_code_fence
+from ..textnorm import markdown_to_text
+from .hf import HFBackend, strip_code_fence
 
 QWEN_STOP_TOKENS = ("<|im_end|>", "<|endoftext|>")
 

@@ -20,7 +20,8 @@ from typing import Optional
 from ..latex import coordinate_comments, latex_markdown, latex_text
 from ..layout import clamp_bbox, normalize_category, scale_bbox
 from ..records import LayoutBlock, Page, PageResult, RawOutput
-from .hf import markdown_to_text, strip_code_fence
+from ..textnorm import markdown_to_text
+from .hf import strip_code_fence
 from .qwen2_vl import Qwen2VLBackend
 
 QWEN3_BOX_FRAME = (1000, 1000)      # document-parsing coordinates are relative, 0-1000

@@ -263,7 +263,7 @@ def _timed_runs(config: BenchConfig, spec: ModelSpec, backend, row: BenchRow, re
 
 def _measure_card(config: BenchConfig, spec: ModelSpec, peaks: list[dict[str, Any]], reporter: Reporter) -> None:
     from .. import roofline
-    from ..backends.hf import choose_dtype
+    from ..devices import choose_dtype
 
     try:
         device = config.base.backend.device or "cuda"

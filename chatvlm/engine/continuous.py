@@ -114,13 +114,6 @@ def continuous_unsupported(decoder) -> Optional[str]:
     return None
 
 
-def longrope_crossing(original: Optional[int], first_positions: list[int], budgets: list[int]) -> Optional[str]:
-    """Why the engine would decline rows that cross LongRoPE's original context: never, it
-    serves them as each page alone (see the module notes). Callers that ask before
-    admission get None."""
-    return None
-
-
 def extended_inputs(inputs: dict, generated: torch.Tensor) -> dict:
     """One request's prepared inputs with its generated ids appended to the prompt (the
     sequence transformers' Phi-3 re-runs at LongRoPE's crossing). Only `input_ids` and

@@ -138,7 +138,9 @@ class GenerationRunner:
         decoder = self.decoder
         if decoder is None or decoder.model is not model:
             opts = self.options.extra
-            decoder = self.decoder = fast.StaticDecoder(
+            from .decoder import StaticDecoder
+
+            decoder = self.decoder = StaticDecoder(
                 model, use_graphs=opts.get("decode_graphs"),
                 len_bucket=int(opts.get("decode_len_bucket", 256)),
                 sync_every=opts.get("decode_sync_every"),

@@ -29,7 +29,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from .. import __version__
 from ..api import Model
 from ..i18n import _
-from ..layout import markdown_to_text
+from ..textnorm import markdown_to_text
 from ..records import PageResult
 from ..registry import all_specs, cannot_chat_message
 from .batcher import Batcher, PageOutcome, QueueFull, Work
