@@ -120,20 +120,7 @@ def test_dtype_choice():
     assert hf.choose_device(BackendOptions(device="cpu")) == "cpu"
 
 
-# ----------------------------------------------------------------- batching helpers
-
-def test_collate_left_pads_on_the_left_and_concatenates_images():
-    import torch
-
-    a = {"input_ids": torch.tensor([[5, 6, 7]]), "attention_mask": torch.ones(1, 3, dtype=torch.long),
-         "pixel_values": torch.zeros(1, 3, 4, 4)}
-    b = {"input_ids": torch.tensor([[8, 9, 10, 11, 12]]), "attention_mask": torch.ones(1, 5, dtype=torch.long),
-         "pixel_values": torch.ones(3, 3, 4, 4)}
-    batch = hf.collate_left([a, b], pad_id=0)
-    assert batch["input_ids"].tolist() == [[0, 0, 5, 6, 7], [8, 9, 10, 11, 12]]
-    assert batch["attention_mask"].tolist() == [[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]]
-    assert batch["pixel_values"].shape == (4, 3, 4, 4)
-
+# ----------------------------------------------------------------- output helpers
 
 def test_strip_code_fence():
     assert hf.strip_code_fence("```markdown\n# Title\ntext\n```") == "# Title\ntext"

@@ -84,7 +84,7 @@ class GotOcrBackend(HFBackend):
 
     def build_inputs(self, pages: list[Page], task: str, params: GenerationParams) -> dict:
         features = [self.page_inputs(p.image, task) for p in pages]
-        return collate_left(features, self.pad_token_id(), concat_keys=("pixel_values",))
+        return collate_left(features, self.pad_token_id())
 
     # ------------------------------------------------------------------ anti-repetition
     def no_repeat_ngram_size(self) -> int:
