@@ -41,6 +41,16 @@ def corpus() -> Path:
     return need_corpus()
 
 
+@pytest.fixture
+def fake_backend():
+    """The fake backend (tests/fake_backend.py) in the real registry for one test; its name.
+    Removed afterwards, so no other test sees a model it did not ask for."""
+    from tests.fake_backend import registered
+
+    with registered() as name:
+        yield name
+
+
 def noise_page(width: int, height: int, seed: int):
     """A page of random pixels: random-weight models only need pixels of a known size."""
     import numpy as np
