@@ -6,6 +6,11 @@ missing tensor would otherwise stay random and an unexpected one would be droppe
 silently. Tensors are read one file (shard) at a time and take the dtype of the model's
 own parameter. A model built on the meta device gets the tensors assigned (no memory is
 allocated twice); a materialised one has them copied in place (ties between parameters stay).
+
+transformers' own `from_pretrained` is not used for the ports: it reports missing and
+unexpected weights as a log warning and fills missing ones at random, which is the silent
+failure this module exists to refuse; and the ports' checkpoints need rules it lacks (phi3's
+embedding stored under a second name, a buffer DeepSeek-OCR saves that the port rebuilds).
 """
 
 from __future__ import annotations
