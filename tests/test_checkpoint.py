@@ -97,5 +97,6 @@ def test_a_folder_without_weights_is_named(tmp_path):
 def test_a_tensor_stored_in_two_shards_is_refused(tmp_path):
     values = _values()
     _save_shards(tmp_path, {"a.safetensors": values, "b.safetensors": {"proj.bias": values["proj.bias"]}})
-    with pytest.raises(CheckpointMismatchError, match="proj.bias is stored twice: in .*a.safetensors and in .*b.safetensors"):
+    with pytest.raises(CheckpointMismatchError,
+                       match="proj.bias is stored twice: in .*a.safetensors and in .*b.safetensors"):
         load_checkpoint(Tiny(), tmp_path)

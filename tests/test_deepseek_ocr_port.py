@@ -127,15 +127,17 @@ def test_forward_and_greedy_match_reference(mode, model, fixture_dir, expected, 
             _check_close(f"{mode}.{key}.{view}", seen[stage][i], expected[f"{mode}.{key}.{view}"], errors)
     mask = batch["images_seq_mask"][0]
     _check_close(f"{mode}.vision_embeds", seen["embeds"][0][mask], expected[f"{mode}.vision_embeds"], errors)
-    _check_close(f"{mode}.inputs_embeds", seen["embeds"][0], expected[f"{mode}.hidden_states.0_inputs_embeds"], errors)
-    _check_close(f"{mode}.layer0_out", seen["layer0"][0], expected[f"{mode}.hidden_states.1_layer0_out"], errors)
-    _check_close(f"{mode}.final_norm_out", seen["final_norm"][0], expected[f"{mode}.hidden_states.2_final_norm_out"], errors)
+    for name, got, key in (("inputs_embeds", seen["embeds"][0], "0_inputs_embeds"),
+                           ("layer0_out", seen["layer0"][0], "1_layer0_out"),
+                           ("final_norm_out", seen["final_norm"][0], "2_final_norm_out")):
+        _check_close(f"{mode}.{name}", got, expected[f"{mode}.hidden_states.{key}"], errors)
 
     # MoE routing of layer 1: the same expert set at every token, raw (unrenormalised) weights.
     idx, weight = seen["gate"]
     order = idx.argsort(dim=-1)
     assert torch.equal(idx.gather(-1, order), expected[f"{mode}.layer1_moe_topk_idx_sorted"])
-    _check_close(f"{mode}.moe_weights", weight.gather(-1, order), expected[f"{mode}.layer1_moe_topk_weight_sorted"], errors)
+    _check_close(f"{mode}.moe_weights", weight.gather(-1, order), expected[f"{mode}.layer1_moe_topk_weight_sorted"],
+                 errors)
 
     # Full prompt logits (generate only keeps the last position, so apply the head here).
     with torch.no_grad():

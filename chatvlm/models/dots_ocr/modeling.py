@@ -162,8 +162,8 @@ def from_pretrained(
     """Load an official dots.ocr checkpoint folder (config.json + safetensors) in eval mode.
 
     Every model tensor must come from the checkpoint and every checkpoint tensor must be
-    used (zero missing / unexpected keys), else CheckpointMismatchError (a ValueError). ``dtype`` None: bf16 on CUDA,
-    fp32 on CPU. ``attn_implementation`` (LM only) None: flash_attention_2 when flash-attn
+    used (zero missing / unexpected keys), else CheckpointMismatchError (a ValueError).
+    ``dtype`` None: bf16 on CUDA, fp32 on CPU. ``attn_implementation`` (LM only) None: flash_attention_2 when flash-attn
     imports on CUDA, else sdpa; the vision tower always uses its own per-image path.
     """
     folder = Path(path)
