@@ -101,7 +101,7 @@ add(ModelSpec(
     backend="chatvlm.backends.got_ocr:GotOcrBackend",
     description="GOT-OCR 2.0 (transformers native)",
     repo_id="stepfun-ai/GOT-OCR-2.0-hf",
-    revision="main",
+    revision="d3017ef2c2c1395888c8d635c5e0508bcb0ac78d",   # "Update preprocessor_config.json", the bf16 upload
     download_gb=1.4,
     tasks=("text", "markdown"),
     prompts={"text": "OCR: ", "markdown": "OCR with format: "},   # informational: the processor builds them
@@ -122,6 +122,7 @@ add(ModelSpec(
     backend="chatvlm.backends.deepseek_ocr2:DeepseekOcr2Backend",
     description="DeepSeek-OCR-2 (transformers native)",
     repo_id="deepseek-community/DeepSeek-OCR-2",
+    # Follows main: no commit of this conversion is known to us to pin (see README, Models).
     revision="main",
     download_gb=6.8,
     tasks=("text", "markdown", "layout"),

@@ -41,13 +41,11 @@ _BUILT: dict[str, Path] = {}
 
 def tiny_checkpoint(name: str, folder: Path) -> Path:
     """A tiny random-weight checkpoint of `name`, built once per test process (the API and
-    ask tests share it); skips while chatvlm.testing has no builder for it."""
-    testing = pytest.importorskip("chatvlm.testing", reason="chatvlm.testing (tiny checkpoints) not on this branch yet")
+    ask tests share it). A name without a builder is an error, not a skip."""
+    from chatvlm import testing
+
     if name not in _BUILT:
-        try:
-            _BUILT[name] = testing.build_tiny_checkpoint(name, folder)
-        except ValueError as exc:
-            pytest.skip(str(exc))
+        _BUILT[name] = testing.build_tiny_checkpoint(name, folder)
     return _BUILT[name]
 
 

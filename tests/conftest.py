@@ -36,9 +36,54 @@ def text_page(text: str, size=(600, 300), font_size: int = 28):
     return img
 
 
+# --------------------------------------------------------------------------- markers
+
+ALL = "every test in the module"
+# The slowest tests: over ~5 s each on a busy 2-core machine, 1.5 s or more on an idle one
+# (`pytest --durations=30`), by module and test function (all its parameter sets).
+# `pytest -m "not slow"` leaves them out for a quick run (about half the time);
+# tests/test_markers.py keeps every name here pointing at a test that exists.
+SLOW: dict[str, object] = {
+    "test_gpucheck.py": {"test_smoke_run_of_the_script_on_cpu"},
+    "test_distributed.py": ALL,   # each test starts or uses a local Ray cluster
+    "test_interrupt.py": {"test_workers_die_with_a_killed_parent", "test_a_signal_stops_the_run_cleanly"},
+    "test_tesseract_corpus.py": {"test_clean_pages_under_measured_cer"},
+    "test_webui.py": {"test_running_page_in_headless_chromium"},
+    "test_hf_core.py": {"test_cli_missing_weights_exits_3_without_a_stack_trace"},
+    "test_deepseek_ocr_port.py": {"test_random_checkpoint_of_other_sizes_round_trips_and_runs"},
+    "test_decode.py": {"test_one_decoder_many_batches_of_every_size"},
+    "test_decode_moe.py": {"test_deepseek_ocr_backend_uses_the_static_decoder"},
+    "test_engine_continuous.py": {"test_pipeline_hands_a_whole_window_to_the_continuous_decoder"},
+    "test_bench.py": {"test_tiny_checkpoint_and_broken_checkpoint_rows", "test_bench_cli_max_pages_repeats_and_table"},
+    "test_oom_recovery.py": {"test_auto_batch_size_comes_from_a_measured_probe"},
+}
+# Modules that run only on a CUDA GPU (they skip elsewhere).
+GPU: set[str] = {"test_decode_cuda.py"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        module, name = item.path.name, getattr(item, "originalname", None) or item.name
+        slow = SLOW.get(module)
+        if slow is ALL or (slow and name in slow):
+            item.add_marker(pytest.mark.slow)
+        if module in GPU:
+            item.add_marker(pytest.mark.gpu)
+
+
 @pytest.fixture
 def corpus() -> Path:
     return need_corpus()
+
+
+@pytest.fixture
+def fake_backend():
+    """The fake backend (tests/fake_backend.py) in the real registry for one test; its name.
+    Removed afterwards, so no other test sees a model it did not ask for."""
+    from tests.fake_backend import registered
+
+    with registered() as name:
+        yield name
 
 
 def noise_page(width: int, height: int, seed: int):

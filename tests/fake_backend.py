@@ -1,4 +1,5 @@
-"""A small fake backend registered through the real registry, for pipeline and CLI tests.
+"""A small fake backend registered through the real registry, for pipeline and CLI tests
+(the `fake_backend` fixture registers it for one test and removes it after).
 
 It "recognises" a page by reporting its size; it can be told (through BackendOptions.extra)
 to sleep per page, to fail (or kill its process) on pages of a given width, to find no text
@@ -10,11 +11,13 @@ from __future__ import annotations
 
 import os
 import time
+from contextlib import contextmanager
+from typing import Iterator
 
 from chatvlm.backends.base import Backend
 from chatvlm.paths import path_text
 from chatvlm.records import LayoutBlock, PageResult, RawOutput
-from chatvlm.registry import ModelSpec, register
+from chatvlm.registry import ModelSpec, register, unregister
 
 NAME = "fake_echo"
 
@@ -70,7 +73,18 @@ class FakeBackend(Backend):
         return {"engine": "fake", "device": "cpu"}
 
 
-def ensure_registered() -> None:
-    from chatvlm.registry import known_names
-    if NAME not in known_names():
-        register(ModelSpec(name=NAME, backend="tests.fake_backend:FakeBackend", tasks=("text", "markdown", "layout")))
+def register_fake() -> None:
+    """Put the fake backend into the registry of this process (a child process that runs the
+    CLI calls this; tests use the `fake_backend` fixture, which also takes it out again)."""
+    register(ModelSpec(name=NAME, backend="tests.fake_backend:FakeBackend", tasks=("text", "markdown", "layout")),
+             replace=True)
+
+
+@contextmanager
+def registered() -> Iterator[str]:
+    """The fake backend registered for the duration of the block, removed after it."""
+    register_fake()
+    try:
+        yield NAME
+    finally:
+        unregister(NAME)

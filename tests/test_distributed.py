@@ -21,9 +21,11 @@ from chatvlm.out_lock import LOCK_NAME
 from chatvlm.pipeline import run
 from chatvlm.records import Reporter
 from tests.conftest import ROOT, text_page, write_noise_pages
-from tests.fake_backend import NAME as FAKE, ensure_registered
+from tests.fake_backend import NAME as FAKE
 
 ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'chatvlm[ray]'; scripts/setup.sh --test installs it)")
+
+pytestmark = pytest.mark.usefixtures("fake_backend")   # the fake model, registered per test
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +62,6 @@ def page_records(out: Path) -> list[dict]:
 
 
 def fake_config(inputs, out: Path, ray_address="local", batch_size=None, **extra) -> RunConfig:
-    ensure_registered()
     return RunConfig(inputs=[str(i) for i in inputs], out=out, model=FAKE, formats=("text", "markdown", "json"),
                      task="layout", backend=BackendOptions(extra=extra), generation=GenerationParams(batch_size=batch_size),
                      ray=ray_address)
@@ -247,7 +248,6 @@ def test_bench_on_ray_scores_the_pages_its_workers_recognised(cluster, tmp_path)
     for name, text in (("a", "Hello bench"), ("b", "Second page")):
         text_page(text).save(src / f"{name}.png")
         (src / f"{name}.txt").write_text(text + "\n")
-    ensure_registered()
     base = RunConfig(inputs=[str(src)], out=tmp_path / "out", formats=("text", "markdown"),
                      backend=BackendOptions(lang="eng"), command="bench", ray="local")
     outcome = bench.run_bench(bench.BenchConfig(base=base, command_line=["chatvlm", "bench"]), ["tesseract", FAKE])

@@ -79,11 +79,9 @@ def test_layout_command_end_to_end(checkpoint, pages, processor, tmp_path):
     folder = out / "scan1"
     doc = json.loads((folder / "page-0001.json").read_text())
     assert doc["model"] == "dots_ocr" and (doc["width"], doc["height"]) == (150, 200)
-    assert isinstance(doc["blocks"], list) and isinstance(doc["repaired"], bool)
-    assert doc["dropped_blocks"] >= 0
-    for block in doc["blocks"]:
-        x1, y1, x2, y2 = block["bbox"]
-        assert 0 <= x1 < x2 <= 150 and 0 <= y1 < y2 <= 200
+    # Six tokens of a random model's noise hold no layout cell, whole or broken: nothing is
+    # kept, repaired or dropped (salvage of real answers: the postprocess tests below).
+    assert doc["blocks"] == [] and doc["repaired"] is False and doc["dropped_blocks"] == 0
     assert (folder / "page-0001.md").exists()
     overlay = Image.open(folder / "page-0001.layout.png")
     assert overlay.size == (150, 200)

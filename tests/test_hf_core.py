@@ -53,10 +53,11 @@ def test_weights_in_the_hf_cache_are_found_with_their_size(tmp_path, monkeypatch
     with pytest.raises(ModelUnavailableError) as err:
         weights.resolve_weights(spec, BackendOptions())
     message = str(err.value)
-    for needle in ("got_ocr_hf", "stepfun-ai/GOT-OCR-2.0-hf", "@ main", "--model-path", "huggingface-cli download",
-                   "HF_HUB_OFFLINE"):
+    for needle in ("got_ocr_hf", "stepfun-ai/GOT-OCR-2.0-hf", f"@ {spec.revision}", "--model-path",
+                   f"huggingface-cli download stepfun-ai/GOT-OCR-2.0-hf --revision {spec.revision}", "HF_HUB_OFFLINE"):
         assert needle in message
-    snap = _fake_cache(tmp_path, spec.repo_id, {"config.json": b"{}", "model.safetensors": b"w" * 1000})
+    snap = _fake_cache(tmp_path, spec.repo_id, {"config.json": b"{}", "model.safetensors": b"w" * 1000},
+                       commit=spec.revision)
     found = weights.weights_available(spec)
     assert found and Path(found["path"]) == snap and found["bytes"] == 1002 and found["source"] == "hf-cache"
     assert weights.resolve_weights(spec, BackendOptions()) == snap
@@ -120,24 +121,24 @@ def test_dtype_choice():
     assert hf.choose_device(BackendOptions(device="cpu")) == "cpu"
 
 
-# ----------------------------------------------------------------- batching helpers
-
-def test_collate_left_pads_on_the_left_and_concatenates_images():
-    import torch
-
-    a = {"input_ids": torch.tensor([[5, 6, 7]]), "attention_mask": torch.ones(1, 3, dtype=torch.long),
-         "pixel_values": torch.zeros(1, 3, 4, 4)}
-    b = {"input_ids": torch.tensor([[8, 9, 10, 11, 12]]), "attention_mask": torch.ones(1, 5, dtype=torch.long),
-         "pixel_values": torch.ones(3, 3, 4, 4)}
-    batch = hf.collate_left([a, b], pad_id=0)
-    assert batch["input_ids"].tolist() == [[0, 0, 5, 6, 7], [8, 9, 10, 11, 12]]
-    assert batch["attention_mask"].tolist() == [[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]]
-    assert batch["pixel_values"].shape == (4, 3, 4, 4)
-
+# ----------------------------------------------------------------- output helpers
 
 def test_strip_code_fence():
     assert hf.strip_code_fence("```markdown\n# Title\ntext\n```") == "# Title\ntext"
     assert hf.strip_code_fence("no fence") == "no fence"
+
+
+def test_every_hub_checkpoint_is_pinned_to_a_commit_but_the_one_readme_explains():
+    """A moving `main` can change weights, config or processor under the same name; the one
+    model without a known commit (deepseek_ocr2) is named in README's model section."""
+    import re
+
+    from chatvlm.registry import all_specs
+
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    following_main = sorted(s.name for s in all_specs() if s.repo_id and not re.fullmatch(r"[0-9a-f]{40}", s.revision or ""))
+    assert following_main == ["deepseek_ocr2"]
+    assert "`deepseek_ocr2` follows the `main` branch" in readme
 
 
 def test_a_pinned_revision_finds_its_own_snapshot_only(tmp_path, monkeypatch):

@@ -16,7 +16,9 @@ from typer.testing import CliRunner
 from chatvlm.cli import app
 from chatvlm.out_lock import LOCK_NAME, OutputLock
 from tests.conftest import text_page
-from tests.fake_backend import NAME, ensure_registered
+from tests.fake_backend import NAME
+
+pytestmark = pytest.mark.usefixtures("fake_backend")   # the fake model, registered per test
 
 runner = CliRunner()
 
@@ -31,7 +33,6 @@ def src(tmp_path) -> Path:
 
 
 def ocr(src: Path, out: Path, *more: str):
-    ensure_registered()
     return runner.invoke(app, ["--ui-lang", "en", "ocr", str(src), "-o", str(out), "--model", NAME, *more])
 
 

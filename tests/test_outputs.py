@@ -13,11 +13,12 @@ from chatvlm.errors import UsageError
 from chatvlm.page_steps import has_no_text
 from chatvlm.pipeline import run
 from tests.conftest import text_page
-from tests.fake_backend import NAME, ensure_registered
+from tests.fake_backend import NAME
+
+pytestmark = pytest.mark.usefixtures("fake_backend")   # the fake model, registered per test
 
 
 def config(inputs, out, **extra) -> RunConfig:
-    ensure_registered()
     task = extra.pop("task", "layout")
     return RunConfig(inputs=[str(i) for i in inputs], out=out, model=NAME, formats=("text", "markdown", "json"),
                      task=task, backend=BackendOptions(extra=extra), generation=GenerationParams())
@@ -163,7 +164,6 @@ def test_nothing_to_do_exits_2_from_the_command_line(tmp_path):
 
     from chatvlm.cli import app
 
-    ensure_registered()
     text_page("one", size=(300, 200)).save(tmp_path / "a.png")
     result = CliRunner().invoke(app, ["ocr", str(tmp_path / "a.png"), "--pages", "5-9", "--model", NAME,
                                       "-o", str(tmp_path / "out")])

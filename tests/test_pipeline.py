@@ -13,7 +13,9 @@ import pytest
 from chatvlm.config import BackendOptions, GenerationParams, RunConfig
 from chatvlm.pipeline import run
 from tests.conftest import ROOT, text_page
-from tests.fake_backend import NAME, ensure_registered
+from tests.fake_backend import NAME
+
+pytestmark = pytest.mark.usefixtures("fake_backend")   # the fake model, registered per test
 
 
 def make_inputs(tmp_path: Path, n: int = 5) -> Path:
@@ -25,7 +27,6 @@ def make_inputs(tmp_path: Path, n: int = 5) -> Path:
 
 
 def config(src, out, **extra) -> RunConfig:
-    ensure_registered()
     batch = extra.pop("batch_size", None)
     return RunConfig(inputs=[str(src)], out=out, model=NAME, formats=("text", "markdown", "json"),
                      task="layout", backend=BackendOptions(extra=extra), generation=GenerationParams(batch_size=batch))
@@ -130,8 +131,8 @@ def test_model_that_cannot_load_is_exit_3(tmp_path):
 KILL_SCRIPT = """
 import sys
 sys.path.insert(0, {root!r})
-from tests.fake_backend import ensure_registered
-ensure_registered()
+from tests.fake_backend import register_fake
+register_fake()
 from chatvlm.cli import main
 sys.argv = ["chatvlm"] + sys.argv[1:]
 main()

@@ -22,11 +22,12 @@ with, and changing model input without a measurement on real weights is a guess.
 
 from __future__ import annotations
 
+from ..collate import collate_left
 from ..config import GenerationParams
 from ..latex import latex_markdown, latex_text
 from ..records import Page, PageResult, RawOutput
 from ..textnorm import markdown_to_text
-from .hf import HFBackend, collate_left
+from .hf import HFBackend
 
 GOT_STOP_STRING = "<|im_end|>"
 NO_REPEAT_NGRAM_SIZE = 20       # the authors' setting for single-view pages
@@ -83,7 +84,7 @@ class GotOcrBackend(HFBackend):
 
     def build_inputs(self, pages: list[Page], task: str, params: GenerationParams) -> dict:
         features = [self.page_inputs(p.image, task) for p in pages]
-        return collate_left(features, self.pad_token_id(), concat_keys=("pixel_values",))
+        return collate_left(features, self.pad_token_id())
 
     # ------------------------------------------------------------------ anti-repetition
     def no_repeat_ngram_size(self) -> int:

@@ -24,7 +24,7 @@ import re
 import sys
 import time
 from pathlib import Path
-from typing import Any, Iterable, Optional
+from typing import Any, Optional
 
 from ..config import BackendOptions, GenerationParams
 from ..devices import choose_attention, choose_device, choose_dtype
@@ -38,42 +38,7 @@ from ..weights import checkpoint_facts, load_transformers_model, locate, release
 from .base import Backend
 
 
-# --------------------------------------------------------------------------- batching helpers
-
-def collate_left(features: list[dict], pad_id: int, concat_keys: Iterable[str] = ("pixel_values",)) -> dict:
-    """Left-pad a list of single-sample processor outputs into one batch.
-
-    input_ids / attention_mask are left-padded with `pad_id` / 0; keys in `concat_keys`
-    are concatenated along dim 0 (per-image or per-tile tensors); other tensors are
-    stacked/concatenated when their shapes allow.
-    """
-    import torch
-
-    length = max(int(f["input_ids"].shape[-1]) for f in features)
-    ids, mask = [], []
-    for f in features:
-        row = f["input_ids"].reshape(-1)
-        att = f.get("attention_mask")
-        att = att.reshape(-1) if att is not None else torch.ones_like(row)
-        pad = length - row.shape[0]
-        ids.append(torch.cat([torch.full((pad,), pad_id, dtype=row.dtype), row]))
-        mask.append(torch.cat([torch.zeros(pad, dtype=att.dtype), att]))
-    batch = {"input_ids": torch.stack(ids), "attention_mask": torch.stack(mask)}
-    concat_keys = set(concat_keys)
-    for key in features[0]:
-        if key in batch:
-            continue
-        values = [f[key] for f in features if f.get(key) is not None]
-        if not values:
-            continue
-        if not isinstance(values[0], torch.Tensor):
-            batch[key] = values
-        elif key in concat_keys or values[0].dim() == 0:
-            batch[key] = torch.cat([v.reshape(1) if v.dim() == 0 else v for v in values])
-        else:
-            batch[key] = torch.cat(values)
-    return batch
-
+# --------------------------------------------------------------------------- output helpers
 
 def strip_code_fence(text: str) -> str:
     """Remove one ```markdown ... ``` fence wrapping the whole output (chat models add it)."""

@@ -7,15 +7,14 @@ filled with random weights there: a 3.3B-parameter model builds in seconds on a 
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
 from torch import nn
 
+from ..checkpoint import CheckpointMismatchError, load_checkpoint
 from .configuration import DeepseekOCRConfig, load_config
 from .modeling import DeepseekOCRForCausalLM
 from .sam import LayerNorm2d
@@ -23,9 +22,8 @@ from .sam import LayerNorm2d
 # Registered as a buffer by the official CLIP code but never saved; rebuilt from arange.
 _IGNORED_CHECKPOINT_KEYS = {"model.vision_model.embeddings.position_ids"}
 
-
-class CheckpointMismatchError(RuntimeError):
-    """The checkpoint's parameter names or shapes do not match the architecture."""
+__all__ = ["CheckpointMismatchError", "build_from_config", "default_device", "default_dtype", "init_random_weights",
+           "load_model"]
 
 
 def default_device() -> torch.device:
@@ -36,18 +34,6 @@ def default_dtype(device: str | torch.device | None = None) -> torch.dtype:
     """bfloat16 on a GPU (the official inference dtype), float32 on CPU."""
     device = torch.device(device) if device is not None else default_device()
     return torch.bfloat16 if device.type == "cuda" else torch.float32
-
-
-def _weight_files(path: Path) -> list[Path]:
-    index = path / "model.safetensors.index.json"
-    if index.exists():
-        weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
-        return [path / name for name in sorted(set(weight_map.values()))]
-    files = sorted(path.glob("*.safetensors"))
-    files = [f for f in files if f.name != "expected.safetensors"]
-    if not files:
-        raise FileNotFoundError(f"no *.safetensors weights in {path}")
-    return files
 
 
 def _build_meta(config: DeepseekOCRConfig, dtype: torch.dtype) -> DeepseekOCRForCausalLM:
@@ -67,31 +53,9 @@ def load_model(path: str | Path, dtype: torch.dtype = torch.float32, device: str
     config = load_config(path)
     device = torch.device(device) if device is not None else default_device()
     model = _build_meta(config, dtype)
-    expected = model.state_dict()
-    state: dict[str, torch.Tensor] = {}
-    unexpected: list[str] = []
-    mismatched: list[str] = []
-    for file in _weight_files(path):
-        with safe_open(str(file), framework="pt", device="cpu" if device.type == "meta" else str(device)) as f:
-            for name in f.keys():
-                if name in _IGNORED_CHECKPOINT_KEYS:
-                    continue
-                if name not in expected:
-                    unexpected.append(name)
-                    continue
-                tensor = f.get_tensor(name)
-                if tuple(tensor.shape) != tuple(expected[name].shape):
-                    mismatched.append(f"{name}: checkpoint {tuple(tensor.shape)} "
-                                      f"vs model {tuple(expected[name].shape)}")
-                    continue
-                state[name] = tensor.to(dtype=dtype)
-    missing = sorted(set(expected) - set(state) - set(mismatched))
-    info = {"missing_keys": missing, "unexpected_keys": sorted(unexpected), "mismatched_keys": mismatched}
-    if strict and (missing or unexpected or mismatched):
-        raise CheckpointMismatchError(
-            f"{path}: {len(missing)} missing, {len(unexpected)} unexpected, {len(mismatched)} mismatched; "
-            f"first: {(missing + unexpected + mismatched)[:5]}")
-    model.load_state_dict(state, strict=False, assign=True)
+    report = load_checkpoint(model, path, device, ignore=_IGNORED_CHECKPOINT_KEYS, strict=strict)
+    missing, mismatched = report["missing"], report["mismatched"]
+    info = {"missing_keys": missing, "unexpected_keys": report["unexpected"], "mismatched_keys": mismatched}
     if missing or mismatched:  # only with strict=False: give the holes defined (random) values
         _materialise_leftovers(model, device, dtype)
     model.set_attention(attn_implementation)

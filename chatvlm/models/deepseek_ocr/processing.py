@@ -19,6 +19,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
+from ...collate import collate_left
+
 PROMPT_MARKDOWN = "<image>\n<|grounding|>Convert the document to markdown."
 PROMPT_FREE_OCR = "<image>\nFree OCR."
 PROMPTS = {"markdown": PROMPT_MARKDOWN, "layout": PROMPT_MARKDOWN, "text": PROMPT_FREE_OCR}
@@ -238,21 +240,9 @@ class DeepseekOCRProcessor:
 
 
 def collate(samples: Sequence[dict[str, Any]], pad_token_id: int = 2) -> dict[str, Any]:
-    """Left-pad single-sample encodings into one batch (model inputs only)."""
-    length = max(s["input_ids"].shape[1] for s in samples)
-    ids, attn, seq_mask = [], [], []
-    for s in samples:
-        pad = length - s["input_ids"].shape[1]
-        ids.append(torch.cat([torch.full((1, pad), pad_token_id, dtype=torch.long), s["input_ids"]], dim=1))
-        attn.append(torch.cat([torch.zeros(1, pad, dtype=torch.long), s["attention_mask"]], dim=1))
-        seq_mask.append(torch.cat([torch.zeros(1, pad, dtype=torch.bool), s["images_seq_mask"]], dim=1))
-    return {
-        "input_ids": torch.cat(ids),
-        "attention_mask": torch.cat(attn),
-        "images": [s["images"][0] for s in samples],
-        "images_seq_mask": torch.cat(seq_mask),
-        "images_spatial_crop": torch.cat([s["images_spatial_crop"][:1] for s in samples]),
-    }
+    """Left-pad single-sample encodings into one batch: ``images_seq_mask`` runs along the
+    tokens (padded with False), ``images`` and ``images_spatial_crop`` hold one entry per row."""
+    return collate_left(list(samples), pad_token_id, seq_keys=("images_seq_mask",))
 
 
 def processor_from_pretrained(path: str | Path, tokenizer: Any = None, **overrides: Any) -> DeepseekOCRProcessor:

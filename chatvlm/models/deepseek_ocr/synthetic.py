@@ -45,7 +45,9 @@ def build_byte_tokenizer(folder: str | Path, vocab_size: int = 1024):
     taken = set(specials.values())
     free = (i for i in range(vocab_size) if i not in taken)
     vocab = dict(specials)
-    for ch in pre_tokenizers.ByteLevel.alphabet():
+    # sorted: alphabet() comes in a different order in every process (a hash set), which gave
+    # the byte symbols different ids, and so different prompts and outputs, run to run.
+    for ch in sorted(pre_tokenizers.ByteLevel.alphabet()):
         vocab[ch] = next(free)
     merges: list[tuple[str, str]] = []
     # Fill the rest with merges ("Ġ" = a leading space in byte-level BPE) so every id decodes.

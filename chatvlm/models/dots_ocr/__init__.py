@@ -9,11 +9,13 @@
 Boxes in the model's output live in ``proc.resized_size(page_w, page_h)`` pixels.
 """
 
+from ..checkpoint import CheckpointMismatchError, check_keys, read_checkpoint
 from .configuration import EOS_TOKEN_IDS, IMAGE_TOKEN_ID, DotsVisionConfig, make_config
-from .modeling import DotsOCRForCausalLM, build_from_config, check_keys, from_pretrained, read_checkpoint
+from .modeling import DotsOCRForCausalLM, build_from_config, from_pretrained
 from .processing import PROMPTS, DotsOCRProcessor, processor_from_pretrained, smart_resize
 
 __all__ = [
+    "CheckpointMismatchError",
     "DotsOCRForCausalLM",
     "DotsOCRProcessor",
     "DotsVisionConfig",

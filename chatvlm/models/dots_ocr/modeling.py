@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 from transformers import GenerationConfig, Qwen2ForCausalLM
 
+from ..checkpoint import load_checkpoint
 from ..common import positions_from_mask
 from .configuration import EOS_TOKEN_IDS, DotsVisionConfig, load_config_dict, make_config
 from .vision import DotsVisionTransformer, flash_attn_varlen_func
@@ -148,37 +148,6 @@ def default_generation_config(**overrides) -> GenerationConfig:
     return GenerationConfig(**params)
 
 
-def read_checkpoint(folder: str | Path, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
-    """All tensors of an official checkpoint: model.safetensors, or shards via the index."""
-    from safetensors.torch import load_file
-
-    folder = Path(folder)
-    index = folder / "model.safetensors.index.json"
-    if index.exists():
-        files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-    elif (folder / "model.safetensors").exists():
-        files = ["model.safetensors"]
-    else:
-        raise FileNotFoundError(f"no model.safetensors or model.safetensors.index.json in {folder}")
-    state: dict[str, torch.Tensor] = {}
-    for name in files:
-        part = load_file(str(folder / name), device=str(device))
-        dup = state.keys() & part.keys()
-        if dup:
-            raise ValueError(f"tensor names repeated across shards: {sorted(dup)[:5]}")
-        state.update(part)
-    return state
-
-
-def check_keys(model: nn.Module, names) -> None:
-    """Raise unless the checkpoint names equal the model's state_dict keys exactly."""
-    expected = set(model.state_dict().keys())
-    names = set(names)
-    missing, unexpected = sorted(expected - names), sorted(names - expected)
-    if missing or unexpected:
-        raise ValueError(f"checkpoint does not match the model: missing={missing[:20]} unexpected={unexpected[:20]}")
-
-
 def auto_dtype(device: torch.device) -> torch.dtype:
     """bf16 on GPU (the official dtype), fp32 on CPU (bf16 matmuls are slow there)."""
     return torch.bfloat16 if device.type == "cuda" else torch.float32
@@ -193,8 +162,8 @@ def from_pretrained(
     """Load an official dots.ocr checkpoint folder (config.json + safetensors) in eval mode.
 
     Every model tensor must come from the checkpoint and every checkpoint tensor must be
-    used (zero missing / unexpected keys), else ValueError. ``dtype`` None: bf16 on CUDA,
-    fp32 on CPU. ``attn_implementation`` (LM only) None: flash_attention_2 when flash-attn
+    used (zero missing / unexpected keys), else CheckpointMismatchError (a ValueError).
+    ``dtype`` None: bf16 on CUDA, fp32 on CPU. ``attn_implementation`` (LM only) None: flash_attention_2 when flash-attn
     imports on CUDA, else sdpa; the vision tower always uses its own per-image path.
     """
     folder = Path(path)
@@ -202,10 +171,7 @@ def from_pretrained(
     dtype = dtype or auto_dtype(device)
     config = make_config(folder)
     model = _skeleton(config, dtype, _pick_attn(attn_implementation, device, dtype))
-    state = read_checkpoint(folder, device)
-    check_keys(model, state.keys())
-    state = {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in state.items()}
-    model.load_state_dict(state, strict=True, assign=True)
+    load_checkpoint(model, folder, device)
     gen_path = folder / "generation_config.json"
     gen = None
     if gen_path.exists():

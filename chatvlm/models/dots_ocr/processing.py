@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ...collate import pad_left
 from ..resize import smart_resize as qwen_smart_resize
 from .configuration import EOS_TOKEN_IDS, IMAGE_TOKEN_ID
 
@@ -215,7 +216,8 @@ class DotsOCRProcessor:
     ) -> dict[str, torch.Tensor]:
         """Images -> pixel_values + image_grid_thw; text (already framed, one <|imgpad|> per
         image, images consumed in order across the texts) -> input_ids + attention_mask,
-        padded on ``padding_side`` (left for batched generation)."""
+        padded on the left (``padding_side`` is accepted as in transformers' processors, but
+        only "left" is: batched generation needs it)."""
         if return_tensors != "pt":
             raise ValueError("only return_tensors='pt' is supported")
         if isinstance(images, Image.Image):
@@ -240,17 +242,11 @@ class DotsOCRProcessor:
         return out
 
     def pad(self, rows: Sequence[Sequence[int]], padding_side: str = "left") -> dict[str, torch.Tensor]:
-        """Token id lists -> input_ids / attention_mask [batch, max_len]."""
-        if padding_side not in ("left", "right"):
-            raise ValueError("padding_side must be 'left' or 'right'")
-        width = max(len(r) for r in rows)
-        ids = torch.full((len(rows), width), self.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, r in enumerate(rows):
-            sl = slice(width - len(r), width) if padding_side == "left" else slice(0, len(r))
-            ids[i, sl] = torch.tensor(list(r), dtype=torch.long)
-            mask[i, sl] = 1
-        return {"input_ids": ids, "attention_mask": mask}
+        """Token id lists -> input_ids / attention_mask [batch, max_len], padded on the left
+        (batched generation needs every row's prompt to end in the last column)."""
+        if padding_side != "left":
+            raise ValueError("only left padding is supported (batched generation needs it)")
+        return pad_left(rows, self.pad_token_id)
 
     def build_batch(
         self, images: Sequence[Image.Image], prompts: Sequence[str] | str, framing: str | None = None

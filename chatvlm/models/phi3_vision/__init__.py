@@ -10,15 +10,14 @@
     texts = [proc.decode(row[batch["input_ids"].shape[1]:]) for row in out]
 """
 
+from ..checkpoint import weight_files as checkpoint_files
 from .configuration import Phi3VConfig, clip_vision_config, config_from_dict
 from .image_embedding import Phi3ImageEmbedding, num_image_tokens
 from .modeling import (
     CheckpointKeyError,
     Phi3VForCausalLM,
     build_from_config,
-    checkpoint_files,
     from_pretrained,
-    match_checkpoint_keys,
 )
 from .processing import (
     DEFAULT_NUM_CROPS,
@@ -46,7 +45,6 @@ __all__ = [
     "format_prompt",
     "from_pretrained",
     "load_tokenizer",
-    "match_checkpoint_keys",
     "num_image_tokens",
     "processor_from_pretrained",
 ]

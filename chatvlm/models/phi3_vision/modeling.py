@@ -11,14 +11,13 @@ no placeholder ids, and generate drops `pixel_values` outside prefill anyway.
 from __future__ import annotations
 
 import contextlib
-import json
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
 from transformers import GenerationConfig, Phi3ForCausalLM
 
+from ..checkpoint import CheckpointMismatchError, load_checkpoint
 from ..common import positions_from_mask
 from .configuration import (
     Phi3VConfig,
@@ -43,9 +42,8 @@ ADDED_TOKENS = 64
 ENDOFTEXT_OFFSET = 0
 END_OFFSET = 7
 
-
-class CheckpointKeyError(RuntimeError):
-    """The checkpoint's tensor names do not match the model's parameter names."""
+# The shared loader's error, under the name this port has always raised.
+CheckpointKeyError = CheckpointMismatchError
 
 
 def default_stop_ids(config: Phi3VConfig) -> list[int]:
@@ -214,73 +212,6 @@ def build_from_config(
     return model.eval()
 
 
-def checkpoint_files(path: str | Path) -> list[Path]:
-    """`model.safetensors`, or the shards listed in `model.safetensors.index.json`."""
-    path = Path(path)
-    single = path / "model.safetensors"
-    index = path / "model.safetensors.index.json"
-    if single.is_file():
-        return [single]
-    if index.is_file():
-        with open(index, encoding="utf-8") as fh:
-            weight_map = json.load(fh)["weight_map"]
-        return [path / name for name in sorted(set(weight_map.values()))]
-    raise FileNotFoundError(f"no model.safetensors or model.safetensors.index.json in {path}")
-
-
-def checkpoint_index(files: list[Path]) -> dict[str, Path]:
-    """Tensor name -> file, reading only the safetensors headers."""
-    where: dict[str, Path] = {}
-    for file in files:
-        with safe_open(str(file), framework="pt") as fh:
-            for name in fh.keys():
-                if name in where:
-                    raise CheckpointKeyError(f"tensor {name} appears in more than one shard")
-                where[name] = file
-    return where
-
-
-def match_checkpoint_keys(model_keys: set[str], checkpoint_keys: set[str]) -> tuple[list[str], list[str]]:
-    """(missing, unexpected) after accounting for the official `wte` alias."""
-    ckpt = set(checkpoint_keys)
-    if WTE_ALIAS in ckpt:
-        ckpt.discard(WTE_ALIAS)
-        ckpt.add(EMBED_KEY)
-    return sorted(model_keys - ckpt), sorted(ckpt - model_keys)
-
-
-def _copy_weights(model: Phi3VForCausalLM, where: dict[str, Path], device: str | torch.device) -> None:
-    """Copy tensors into the built model one at a time, so peak memory is the model plus one
-    tensor rather than the model plus the whole checkpoint."""
-    targets = model.state_dict(keep_vars=True)
-    alias_file = where.pop(WTE_ALIAS, None)
-    if alias_file is not None and EMBED_KEY not in where:
-        where[EMBED_KEY], alias_file = alias_file, None
-        source_name = {EMBED_KEY: WTE_ALIAS}
-    else:
-        source_name = {}
-    by_file: dict[Path, list[str]] = {}
-    for name, file in where.items():
-        by_file.setdefault(file, []).append(name)
-    with torch.no_grad():
-        for file, names in by_file.items():
-            with safe_open(str(file), framework="pt", device=str(device)) as fh:
-                for name in names:
-                    tensor = fh.get_tensor(source_name.get(name, name))
-                    target = targets[name]
-                    if tensor.shape != target.shape:
-                        raise CheckpointKeyError(
-                            f"{name}: checkpoint shape {tuple(tensor.shape)} != model shape {tuple(target.shape)}"
-                        )
-                    target.copy_(tensor)
-        if alias_file is not None:
-            # Both names stored: they must be the same tensor, as in the official module tree.
-            with safe_open(str(alias_file), framework="pt", device=str(device)) as fh:
-                alias = fh.get_tensor(WTE_ALIAS).to(targets[EMBED_KEY].dtype)
-            if not torch.equal(alias, targets[EMBED_KEY]):
-                raise CheckpointKeyError(f"{WTE_ALIAS} differs from {EMBED_KEY}; they must be one tensor")
-
-
 def from_pretrained(
     path: str | Path,
     dtype: torch.dtype | str | None = None,
@@ -304,15 +235,8 @@ def from_pretrained(
         attn_implementation=attn_implementation,
         clip_attn_implementation=clip_attn_implementation,
     )
-    where = checkpoint_index(checkpoint_files(path))
-    missing, unexpected = match_checkpoint_keys(set(model.state_dict().keys()), set(where))
-    if missing or unexpected:
-        raise CheckpointKeyError(
-            f"checkpoint {path} does not match the model: missing {missing[:10]} "
-            f"({len(missing)}), unexpected {unexpected[:10]} ({len(unexpected)})"
-        )
-    _copy_weights(model, where, device)
-    model.load_report = {"missing": missing, "unexpected": unexpected}
+    report = load_checkpoint(model, path, device, aliases={WTE_ALIAS: EMBED_KEY})
+    model.load_report = {"missing": report["missing"], "unexpected": report["unexpected"]}
     generation_file = path / "generation_config.json"
     if generation_file.is_file():
         # Keep our stop ids: the shipped file lists only eos 2 (generation runs on).

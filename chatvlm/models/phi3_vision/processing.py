@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from ...collate import pad_left
 from .image_embedding import CROP, num_image_tokens
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -214,14 +215,8 @@ class Phi3VImageProcessor:
             for v, size, _ in done:
                 views.append(v)
                 sizes.append(list(size))
-        width = max(len(r) for r in rows)
-        input_ids = torch.full((len(rows), width), int(pad_token_id), dtype=torch.long)
-        attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, row in enumerate(rows):
-            input_ids[i, width - len(row) :] = torch.tensor(row, dtype=torch.long)
-            attention_mask[i, width - len(row) :] = 1
         # Exactly the model's inputs, so `model.generate(**batch, ...)` works as is.
-        batch: dict[str, Any] = {"input_ids": input_ids, "attention_mask": attention_mask}
+        batch: dict[str, Any] = pad_left(rows, pad_token_id)
         if views:
             batch["pixel_values"] = _stack_views(views)
             batch["image_sizes"] = torch.tensor(sizes, dtype=torch.long)
