@@ -14,10 +14,13 @@ from chatvlm.cli import app
 from chatvlm.config import BackendOptions, GenerationParams, RunConfig
 from chatvlm.pipeline import run
 from tests.conftest import text_page
-from tests.fake_backend import NAME, ensure_registered
+from tests.fake_backend import NAME
 
 runner = CliRunner()
 PAGES = 2
+
+
+pytestmark = pytest.mark.usefixtures("fake_backend")   # the fake model, registered per test
 
 
 @pytest.fixture()
@@ -30,7 +33,6 @@ def src(tmp_path) -> Path:
 
 
 def ocr(src: Path, out: Path, *more: str) -> dict:
-    ensure_registered()
     result = runner.invoke(app, ["--ui-lang", "en", "-q", "ocr", str(src), "-o", str(out), "--model", NAME, *more])
     assert result.exit_code == 0, result.output
     return json.loads((out / "report.json").read_text())["pages"]
@@ -83,7 +85,6 @@ def test_rerun_with_overlay_writes_the_overlays(src, tmp_path):
     lambda c: c.backend.extra.update(mode="gundam"),
 ], ids=["repetition_penalty", "loop_guard", "do_sample", "min_pixels", "model_path", "model_option"])
 def test_generation_settings_are_part_of_the_key(src, tmp_path, change):
-    ensure_registered()
     base = RunConfig(inputs=[str(src)], out=tmp_path / "out", model=NAME, backend=BackendOptions(),
                      generation=GenerationParams())
     assert run(base).report["pages"]["ok"] == PAGES
