@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from typing import Optional
 
+from .model_constants import DEEPSEEK_BOS, DEEPSEEK_EOS, DEEPSEEK_PAD
+
 # Qwen2-VL's chat template as shipped with the checkpoint (default system turn).
 QWEN2_VL_CHAT_TEMPLATE = (
     "{% set image_count = namespace(value=0) %}{% set video_count = namespace(value=0) %}"
@@ -54,7 +56,7 @@ QWEN_SPECIALS = [
     "<|vision_start|>", "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>",
 ]
 GOT_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<img>", "</img>", "<imgpad>"]
-DEEPSEEK_HEAD = ["<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>", "<｜▁pad▁｜>"]   # ids 0, 1, 2 as in the real vocab
+DEEPSEEK_HEAD = [DEEPSEEK_BOS, DEEPSEEK_EOS, DEEPSEEK_PAD]   # ids 0, 1, 2 as in the real vocab
 DEEPSEEK_SPECIALS = [
     "<image>", "<|ref|>", "<|/ref|>", "<|det|>", "<|/det|>", "<|grounding|>",
     "<td>", "</td>", "<tr>", "</tr>", "<|User|>", "<|Assistant|>",

@@ -27,11 +27,11 @@ import json
 from pathlib import Path
 from typing import Any, Callable
 
+from .model_constants import CLIP_MEAN, CLIP_STD, HALF_MEAN, HALF_STD
+
 # The file that marks a checkpoint folder as weightless (random weights built from its config).
 SYNTHETIC_MARKER = "SYNTHETIC_RANDOM_WEIGHTS.txt"
 
-CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
-CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
 
 
 def _remap(config: dict[str, Any], ids: dict[str, int]) -> dict[str, Any]:
@@ -61,11 +61,11 @@ def _qwen(config: dict[str, Any], version: int):
     })
     if version == 2:   # Qwen2-VL-2B-Instruct's preprocessor_config.json
         kw = dict(size={"shortest_edge": 3136, "longest_edge": 12845056}, patch_size=14,
-                  temporal_patch_size=2, merge_size=2, image_mean=CLIP_MEAN, image_std=CLIP_STD)
+                  temporal_patch_size=2, merge_size=2, image_mean=list(CLIP_MEAN), image_std=list(CLIP_STD))
         video_cls, proc_cls, template = transformers.Qwen2VLVideoProcessor, transformers.Qwen2VLProcessor, QWEN2_VL_CHAT_TEMPLATE
     else:              # Qwen3-VL-2B-Instruct's preprocessor_config.json
         kw = dict(size={"shortest_edge": 65536, "longest_edge": 16777216}, patch_size=16, temporal_patch_size=2,
-                  merge_size=2, image_mean=[0.5] * 3, image_std=[0.5] * 3)
+                  merge_size=2, image_mean=list(HALF_MEAN), image_std=list(HALF_STD))
         video_cls, proc_cls, template = transformers.Qwen3VLVideoProcessor, transformers.Qwen3VLProcessor, QWEN3_VL_CHAT_TEMPLATE
     processor = proc_cls(image_processor=Qwen2VLImageProcessor(**kw), tokenizer=tokenizer,
                          video_processor=video_cls(**kw), chat_template=template)

@@ -24,6 +24,7 @@ from typing import Callable
 
 from .byte_tokenizer import (DEEPSEEK_HEAD, DEEPSEEK_SPECIALS, GOT_SPECIALS, QWEN2_VL_CHAT_TEMPLATE, QWEN3_VL_CHAT_TEMPLATE,
                              QWEN_SPECIALS, byte_level_tokenizer)
+from .model_constants import CLIP_MEAN, CLIP_STD, HALF_MEAN, HALF_STD
 
 TINY_MODELS = ("qwen_vl_2b", "qwen3_vl_2b", "got_ocr_hf", "deepseek_ocr2")
 
@@ -100,7 +101,7 @@ def build_qwen2_vl(folder: Path, seed: int = 0, init_std: float = 0.3, eos_boost
     _randomize(model, init_std)
     _boost(model, [ids["<|im_end|>"]], eos_boost)
     size = {"shortest_edge": 56 * 56, "longest_edge": 28 * 28 * 64}   # small budget: <= 64 image tokens
-    mean, std = [0.48145466, 0.4578275, 0.40821073], [0.26862954, 0.26130258, 0.27577711]
+    mean, std = list(CLIP_MEAN), list(CLIP_STD)
     image_processor = Qwen2VLImageProcessor(size=size, patch_size=14, temporal_patch_size=2, merge_size=2,
                                             image_mean=mean, image_std=std)
     video_processor = Qwen2VLVideoProcessor(size=size, patch_size=14, temporal_patch_size=2, merge_size=2,
@@ -139,11 +140,10 @@ def build_qwen3_vl(folder: Path, seed: int = 0, init_std: float = 0.3, eos_boost
     _randomize(model, init_std)
     _boost(model, [ids["<|im_end|>"]], eos_boost)
     size = {"shortest_edge": 64 * 64, "longest_edge": 32 * 32 * 64}
-    half = [0.5, 0.5, 0.5]
     image_processor = Qwen2VLImageProcessor(size=size, patch_size=16, temporal_patch_size=2, merge_size=2,
-                                            image_mean=half, image_std=half)
+                                            image_mean=list(HALF_MEAN), image_std=list(HALF_STD))
     video_processor = Qwen3VLVideoProcessor(size=size, patch_size=16, temporal_patch_size=2, merge_size=2,
-                                            image_mean=half, image_std=half)
+                                            image_mean=list(HALF_MEAN), image_std=list(HALF_STD))
     processor = Qwen3VLProcessor(image_processor=image_processor, tokenizer=tokenizer,
                                  video_processor=video_processor, chat_template=QWEN3_VL_CHAT_TEMPLATE)
     return _finish(folder, model, processor, dict(
