@@ -20,6 +20,12 @@ HALF_STD = (0.5, 0.5, 0.5)
 DEEPSEEK_BOS = "<｜begin▁of▁sentence｜>"
 DEEPSEEK_EOS = "<｜end▁of▁sentence｜>"
 DEEPSEEK_PAD = "<｜▁pad▁｜>"
+# Its other special tokens, in id order (128815 to 128826 in the real vocab).
+DEEPSEEK_SPECIALS = (
+    "<image>", "<|ref|>", "<|/ref|>", "<|det|>", "<|/det|>", "<|grounding|>",
+    "<td>", "</td>", "<tr>", "</tr>", "<|User|>", "<|Assistant|>",
+)
+DEEPSEEK_FIRST_SPECIAL_ID = 128815
 
 # DeepSeek-OCR's official prompts (both versions), in the "plain" format: no chat roles.
 DEEPSEEK_PROMPT_MARKDOWN = "<image>\n<|grounding|>Convert the document to markdown."

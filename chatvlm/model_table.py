@@ -5,8 +5,9 @@ code: chatvlm/data/<name>.json, read by `full_config(name)`.
 
 Revisions: the hub cannot be reached from where chatvlm is built, so each pin is the
 snapshot commit that public projects record for the checkpoint (the folder name under
-models--ORG--NAME/snapshots/ in their Hugging Face caches). For GOT-OCR-2.0-hf and
-DeepSeek-OCR-2 no such record was found; they follow the branch "main" until verified.
+models--ORG--NAME/snapshots/ in their Hugging Face caches). For DeepSeek-OCR-2 no such
+record was found; it follows the branch "main" until verified (report.json records the
+commit a run loaded).
 """
 
 from __future__ import annotations

@@ -20,8 +20,9 @@ import torch
 from PIL import Image, ImageOps
 
 from ...collate import collate_left
-from ...model_constants import (DEEPSEEK_BOS, DEEPSEEK_EOS, DEEPSEEK_PAD, DEEPSEEK_PROMPT_FREE_OCR,
-                                DEEPSEEK_PROMPT_MARKDOWN, HALF_MEAN, HALF_STD)
+from ...model_constants import (DEEPSEEK_BOS, DEEPSEEK_EOS, DEEPSEEK_FIRST_SPECIAL_ID, DEEPSEEK_PAD,
+                                DEEPSEEK_PROMPT_FREE_OCR, DEEPSEEK_PROMPT_MARKDOWN, DEEPSEEK_SPECIALS, HALF_MEAN,
+                                HALF_STD)
 
 PROMPT_MARKDOWN = DEEPSEEK_PROMPT_MARKDOWN
 PROMPT_FREE_OCR = DEEPSEEK_PROMPT_FREE_OCR
@@ -32,9 +33,7 @@ REAL_VOCAB_SIZE = 129280
 # Special-token ids of the real DeepSeek-OCR tokenizer.
 OFFICIAL_TOKEN_IDS = {
     DEEPSEEK_BOS: 0, DEEPSEEK_EOS: 1, DEEPSEEK_PAD: 2,
-    IMAGE_TOKEN: 128815, "<|ref|>": 128816, "<|/ref|>": 128817, "<|det|>": 128818, "<|/det|>": 128819,
-    "<|grounding|>": 128820, "<td>": 128821, "</td>": 128822, "<tr>": 128823, "</tr>": 128824,
-    "<|User|>": 128825, "<|Assistant|>": 128826,
+    **{token: DEEPSEEK_FIRST_SPECIAL_ID + i for i, token in enumerate(DEEPSEEK_SPECIALS)},   # <image> = 128815
 }
 # Real-tokenizer ids of the text of the official prompts, so a checkpoint folder without
 # its 4 MB tokenizer.json can still encode them. Any other text needs the tokenizer.
