@@ -54,7 +54,7 @@ class RecognitionError(ChatVLMError):
         self.errors = errors or {}
 
 
-class _LogReporter:
+class LogReporter:
     """Pipeline hints and warnings (e.g. "no VLM weights, using tesseract") go to logging."""
 
     def start(self, total: int, model: str) -> None: ...
@@ -75,7 +75,8 @@ def to_image(image: ImageInput, max_pixels: int = 100_000_000):
     """
     from PIL import Image
 
-    from .sources import bound_pixels, open_document, sniff, to_rgb
+    from .image_files import load_image_frame
+    from .sources import open_document, sniff, to_rgb
 
     if isinstance(image, Image.Image):
         return to_rgb(image)
@@ -83,11 +84,14 @@ def to_image(image: ImageInput, max_pixels: int = 100_000_000):
         path = Path(image).expanduser()
         if not path.is_file():
             raise InputError(_("{path}: no such file or folder").format(path=path))
-        doc = open_document(path, path.stem, max_pixels)
-        if doc.kind == "pdf" or doc.page_count > 1:
-            raise UsageError(_("{path} has several pages (or is a PDF); pass them one at a time: "
-                               "for page in chatvlm.pages(path): ...").format(path=path))
-        return doc.render(1, max_pixels=max_pixels)
+        try:
+            doc = open_document(path, path.stem, max_pixels)
+            if doc.kind == "pdf" or doc.page_count > 1:
+                raise UsageError(_("{path} has several pages (or is a PDF); pass them one at a time: "
+                                   "for page in chatvlm.pages(path): ...").format(path=path))
+            return doc.render(1, max_pixels=max_pixels)
+        except InputError as exc:   # named as pages() names it
+            raise InputError(f"{path}: {exc}") from None
     if isinstance(image, (bytes, bytearray, memoryview)):
         data = bytes(image)
         kind = sniff(data[:1024])
@@ -96,13 +100,8 @@ def to_image(image: ImageInput, max_pixels: int = 100_000_000):
         if kind is None:
             raise InputError(_("not a PDF or a supported image (PNG, JPEG, TIFF, WebP, GIF, BMP); it starts with '{head}'").format(
                 head=data[:16].decode("utf-8", "replace")))
-        from PIL import ImageOps
-        try:
-            img = Image.open(io.BytesIO(data))
-            img.load()
-        except Exception as exc:
-            raise InputError(_("corrupt or truncated image: {reason}").format(reason=exc)) from None
-        return to_rgb(bound_pixels(ImageOps.exif_transpose(img), max_pixels))
+        # The header is checked against our limit, not Pillow's global one, as for files.
+        return load_image_frame(io.BytesIO(data), kind, 0, max_pixels)
     if hasattr(image, "__array_interface__"):
         return to_rgb(Image.fromarray(image))
     raise UsageError(_("unsupported image type {type}: pass a PIL image, a path or bytes").format(type=type(image).__name__))
@@ -328,7 +327,7 @@ def load_model(name: str = "auto", model_path: Union[str, Path, None] = None, de
     if backend_kw.get("attn") and backend_kw["attn"] not in _ATTENTION:
         raise UsageError(_("--attn must be flash_attention_2, sdpa or eager"))
     path = Path(model_path).expanduser() if model_path is not None else None
-    spec = resolve_model(name, _LogReporter(), path)
+    spec = resolve_model(name, LogReporter(), path)
     backend = create_backend(spec, BackendOptions(model_path=path, device=device, extra=extra, **backend_kw))
     backend.load()
     return Model(backend, GenerationParams(**generation_kw))

@@ -2,16 +2,20 @@
 
 `bench --synthetic` (chatvlm.synthetic) builds the real architectures with random weights
 and cannot download the real tokenizers; the tiny test checkpoints (chatvlm.testing) need
-one too. Both use `byte_level_tokenizer`: the 256 byte symbols plus a model's special
-tokens, so any text round-trips and special tokens keep ids of their own. The special
-tokens and chat templates below are the transformers-native models' own (Qwen2-VL,
-Qwen3-VL, GOT-OCR2, DeepSeek-OCR-2); the ported models keep theirs beside their port
+one too. Both use the tokenizers at the end (`qwen_vl_tokenizer`, `got_ocr_tokenizer`,
+`deepseek_tokenizer`), built by `byte_level_tokenizer`: the 256 byte symbols plus a model's
+special tokens, so any text round-trips and special tokens keep ids of their own. The
+special tokens and chat templates are the transformers-native models' own (Qwen2-VL,
+Qwen3-VL, GOT-OCR2 here; DeepSeek-OCR-2's, shared with the DeepSeek-OCR port, in
+chatvlm.model_constants); the ported models keep theirs beside their port
 (chatvlm/models/*/synthetic.py).
 """
 
 from __future__ import annotations
 
 from typing import Optional
+
+from .model_constants import DEEPSEEK_BOS, DEEPSEEK_EOS, DEEPSEEK_PAD, DEEPSEEK_SPECIALS
 
 # Qwen2-VL's chat template as shipped with the checkpoint (default system turn).
 QWEN2_VL_CHAT_TEMPLATE = (
@@ -54,11 +58,6 @@ QWEN_SPECIALS = [
     "<|vision_start|>", "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>",
 ]
 GOT_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<img>", "</img>", "<imgpad>"]
-DEEPSEEK_HEAD = ["<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>", "<｜▁pad▁｜>"]   # ids 0, 1, 2 as in the real vocab
-DEEPSEEK_SPECIALS = [
-    "<image>", "<|ref|>", "<|/ref|>", "<|det|>", "<|/det|>", "<|grounding|>",
-    "<td>", "</td>", "<tr>", "</tr>", "<|User|>", "<|Assistant|>",
-]
 
 
 def byte_level_tokenizer(head: list[str], tail: list[str], *, bos: Optional[str] = None,
@@ -89,3 +88,20 @@ def byte_level_tokenizer(head: list[str], tail: list[str], *, bos: Optional[str]
             single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, vocab[bos])])
     kwargs = dict(extra_special or {})
     return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=bos, eos_token=eos, pad_token=pad, **kwargs)
+
+
+def qwen_vl_tokenizer():
+    """Qwen2-VL's and Qwen3-VL's tokenizer (the same specials) and its special-token ids by name."""
+    tokenizer = byte_level_tokenizer([], QWEN_SPECIALS, eos="<|im_end|>", pad="<|endoftext|>")
+    return tokenizer, {t: tokenizer.convert_tokens_to_ids(t) for t in QWEN_SPECIALS}
+
+
+def got_ocr_tokenizer():
+    """GOT-OCR2's specials; <|endoftext|> ends and pads."""
+    return byte_level_tokenizer([], GOT_SPECIALS, eos="<|endoftext|>", pad="<|endoftext|>")
+
+
+def deepseek_tokenizer():
+    """DeepSeek-OCR-2's specials, BOS/EOS/pad at ids 0, 1, 2 as in the real vocab; BOS leads every text."""
+    return byte_level_tokenizer([DEEPSEEK_BOS, DEEPSEEK_EOS, DEEPSEEK_PAD], list(DEEPSEEK_SPECIALS), bos=DEEPSEEK_BOS,
+                                eos=DEEPSEEK_EOS, pad=DEEPSEEK_PAD, add_bos=True)

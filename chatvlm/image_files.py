@@ -2,6 +2,7 @@
 decoded, one frame decoded, and pages brought to RGB within a pixel budget.
 
 A file that cannot be read raises InputError with the reason; the caller adds its name.
+In-memory images (bytes given to the Python API) take the same path through a file object.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import re
 import struct
 from pathlib import Path
+from typing import BinaryIO, Union
 
 from .errors import InputError
 from .i18n import _
@@ -21,7 +23,7 @@ REFUSE_FACTOR = 8
 PIL_FORMATS = {"png": "PNG", "jpeg": "JPEG", "tiff": "TIFF", "gif": "GIF", "bmp": "BMP", "webp": "WEBP"}
 
 
-def _open_image(path: Path, kind: str, max_pixels: int):
+def _open_image(path: Union[Path, BinaryIO], kind: str, max_pixels: int):
     """The image's header, read lazily; one above our refusal limit is refused before decoding.
 
     `Image.open` compares sizes with Pillow's process-wide MAX_IMAGE_PIXELS, which
@@ -36,7 +38,7 @@ def _open_image(path: Path, kind: str, max_pixels: int):
     if opener is None:
         raise InputError(_("cannot read image: {reason}").format(reason=f"no {kind} support in Pillow"))
     try:
-        img = opener[0](str(path))
+        img = opener[0](path if hasattr(path, "read") else str(path))
     except Image.DecompressionBombError as exc:   # raised by some formats' own header checks
         raise InputError(_("image too large ({detail}); refusing to decode it").format(detail=_bomb_detail(str(exc)))) from None
     except (SyntaxError, IndexError, TypeError, ValueError, EOFError, struct.error):
@@ -93,7 +95,7 @@ def image_frame_count(path: Path, kind: str, max_pixels: int) -> int:
         img.close()
 
 
-def load_image_frame(path: Path, kind: str, frame: int, max_pixels: int):
+def load_image_frame(path: Union[Path, BinaryIO], kind: str, frame: int, max_pixels: int):
     from PIL import ImageOps
 
     img = _open_image(path, kind, max_pixels)

@@ -5,8 +5,9 @@ code: chatvlm/data/<name>.json, read by `full_config(name)`.
 
 Revisions: the hub cannot be reached from where chatvlm is built, so each pin is the
 snapshot commit that public projects record for the checkpoint (the folder name under
-models--ORG--NAME/snapshots/ in their Hugging Face caches). For GOT-OCR-2.0-hf and
-DeepSeek-OCR-2 no such record was found; they follow the branch "main" until verified.
+models--ORG--NAME/snapshots/ in their Hugging Face caches). For DeepSeek-OCR-2 no such
+record was found; it follows the branch "main" until verified (report.json records the
+commit a run loaded).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from .model_constants import DEEPSEEK_PROMPT_FREE_OCR, DEEPSEEK_PROMPT_MARKDOWN, PHI3_VISION_OCR_PROMPTS
 from .model_spec import ModelSpec
 
 DATA = Path(__file__).with_name("data")
@@ -127,9 +129,9 @@ add(ModelSpec(
     download_gb=6.8,
     tasks=("text", "markdown", "layout"),
     prompts={
-        "text": "<image>\nFree OCR.",
-        "markdown": "<image>\n<|grounding|>Convert the document to markdown.",
-        "layout": "<image>\n<|grounding|>Convert the document to markdown.",
+        "text": DEEPSEEK_PROMPT_FREE_OCR,
+        "markdown": DEEPSEEK_PROMPT_MARKDOWN,
+        "layout": DEEPSEEK_PROMPT_MARKDOWN,
     },
     max_new_tokens=8192,             # capped at the 8192-token context minus the prompt
     dtype="bfloat16",
@@ -184,10 +186,7 @@ add(ModelSpec(
     revision="12b77fb40b63a2c73c68243d3f767aab688a1b2a",
     download_gb=8.3,
     tasks=("text", "markdown"),
-    prompts={
-        "text": "Extract all the text in this image exactly as it appears. Output only the text.",
-        "markdown": "Convert this document image to Markdown. Keep headings, lists and tables; output only the Markdown.",
-    },
+    prompts=dict(PHI3_VISION_OCR_PROMPTS),
     max_new_tokens=4096,
     dtype="bfloat16",
     can_chat=True,
@@ -214,9 +213,9 @@ add(ModelSpec(
     download_gb=6.7,
     tasks=("text", "markdown", "layout"),
     prompts={
-        "text": "<image>\nFree OCR.",
-        "markdown": "<image>\n<|grounding|>Convert the document to markdown.",
-        "layout": "<image>\n<|grounding|>Convert the document to markdown.",
+        "text": DEEPSEEK_PROMPT_FREE_OCR,
+        "markdown": DEEPSEEK_PROMPT_MARKDOWN,
+        "layout": DEEPSEEK_PROMPT_MARKDOWN,
     },
     max_new_tokens=8192,
     dtype="bfloat16",

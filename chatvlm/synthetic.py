@@ -27,11 +27,11 @@ import json
 from pathlib import Path
 from typing import Any, Callable
 
+from .model_constants import CLIP_MEAN, CLIP_STD, HALF_MEAN, HALF_STD
+
 # The file that marks a checkpoint folder as weightless (random weights built from its config).
 SYNTHETIC_MARKER = "SYNTHETIC_RANDOM_WEIGHTS.txt"
 
-CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
-CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
 
 
 def _remap(config: dict[str, Any], ids: dict[str, int]) -> dict[str, Any]:
@@ -47,37 +47,43 @@ def _remap(config: dict[str, Any], ids: dict[str, int]) -> dict[str, Any]:
 
 def _qwen(config: dict[str, Any], version: int):
     import transformers
-    from transformers import Qwen2VLImageProcessor
 
-    from .byte_tokenizer import QWEN2_VL_CHAT_TEMPLATE, QWEN3_VL_CHAT_TEMPLATE, QWEN_SPECIALS, byte_level_tokenizer
+    from .byte_tokenizer import QWEN2_VL_CHAT_TEMPLATE, QWEN3_VL_CHAT_TEMPLATE, qwen_vl_tokenizer
 
-    tokenizer = byte_level_tokenizer([], QWEN_SPECIALS, eos="<|im_end|>", pad="<|endoftext|>")
-    tid = tokenizer.convert_tokens_to_ids
+    tokenizer, ids = qwen_vl_tokenizer()
     config = _remap(config, {
-        "bos_token_id": tid("<|endoftext|>"), "eos_token_id": tid("<|im_end|>"), "pad_token_id": tid("<|endoftext|>"),
-        "image_token_id": tid("<|image_pad|>"), "video_token_id": tid("<|video_pad|>"),
-        "vision_start_token_id": tid("<|vision_start|>"), "vision_end_token_id": tid("<|vision_end|>"),
-        "vision_token_id": tid("<|vision_pad|>"),
+        "bos_token_id": ids["<|endoftext|>"], "eos_token_id": ids["<|im_end|>"], "pad_token_id": ids["<|endoftext|>"],
+        "image_token_id": ids["<|image_pad|>"], "video_token_id": ids["<|video_pad|>"],
+        "vision_start_token_id": ids["<|vision_start|>"], "vision_end_token_id": ids["<|vision_end|>"],
+        "vision_token_id": ids["<|vision_pad|>"],
     })
     if version == 2:   # Qwen2-VL-2B-Instruct's preprocessor_config.json
-        kw = dict(size={"shortest_edge": 3136, "longest_edge": 12845056}, patch_size=14,
-                  temporal_patch_size=2, merge_size=2, image_mean=CLIP_MEAN, image_std=CLIP_STD)
-        video_cls, proc_cls, template = transformers.Qwen2VLVideoProcessor, transformers.Qwen2VLProcessor, QWEN2_VL_CHAT_TEMPLATE
+        processor = qwen_vl_processor(transformers.Qwen2VLProcessor, transformers.Qwen2VLVideoProcessor, tokenizer,
+                                      QWEN2_VL_CHAT_TEMPLATE, size={"shortest_edge": 3136, "longest_edge": 12845056},
+                                      patch_size=14, image_mean=list(CLIP_MEAN), image_std=list(CLIP_STD))
     else:              # Qwen3-VL-2B-Instruct's preprocessor_config.json
-        kw = dict(size={"shortest_edge": 65536, "longest_edge": 16777216}, patch_size=16, temporal_patch_size=2,
-                  merge_size=2, image_mean=[0.5] * 3, image_std=[0.5] * 3)
-        video_cls, proc_cls, template = transformers.Qwen3VLVideoProcessor, transformers.Qwen3VLProcessor, QWEN3_VL_CHAT_TEMPLATE
-    processor = proc_cls(image_processor=Qwen2VLImageProcessor(**kw), tokenizer=tokenizer,
-                         video_processor=video_cls(**kw), chat_template=template)
+        processor = qwen_vl_processor(transformers.Qwen3VLProcessor, transformers.Qwen3VLVideoProcessor, tokenizer,
+                                      QWEN3_VL_CHAT_TEMPLATE, size={"shortest_edge": 65536, "longest_edge": 16777216},
+                                      patch_size=16, image_mean=list(HALF_MEAN), image_std=list(HALF_STD))
     return config, processor
+
+
+def qwen_vl_processor(processor_cls, video_cls, tokenizer, chat_template: str, **image_kw):
+    """A Qwen-VL processor whose image and video processors share the settings `image_kw`
+    (size, patch size, mean/std); temporal patches of 2 merged 2x2, as in both models."""
+    from transformers import Qwen2VLImageProcessor
+
+    kw = dict(temporal_patch_size=2, merge_size=2, **image_kw)
+    return processor_cls(image_processor=Qwen2VLImageProcessor(**kw), tokenizer=tokenizer,
+                         video_processor=video_cls(**kw), chat_template=chat_template)
 
 
 def _got(config: dict[str, Any]):
     from transformers import GotOcr2ImageProcessor, GotOcr2Processor
 
-    from .byte_tokenizer import GOT_SPECIALS, byte_level_tokenizer
+    from .byte_tokenizer import got_ocr_tokenizer
 
-    tokenizer = byte_level_tokenizer([], GOT_SPECIALS, eos="<|endoftext|>", pad="<|endoftext|>")
+    tokenizer = got_ocr_tokenizer()
     tid = tokenizer.convert_tokens_to_ids
     config = _remap(config, {"image_token_index": tid("<imgpad>"), "bos_token_id": tid("<|endoftext|>"),
                              "eos_token_id": tid("<|endoftext|>"), "pad_token_id": tid("<|endoftext|>")})
@@ -90,10 +96,9 @@ def _got(config: dict[str, Any]):
 def _deepseek_ocr2(config: dict[str, Any]):
     from transformers import DeepseekOcr2ImageProcessor, DeepseekOcr2Processor
 
-    from .byte_tokenizer import DEEPSEEK_HEAD, DEEPSEEK_SPECIALS, byte_level_tokenizer
+    from .byte_tokenizer import deepseek_tokenizer
 
-    tokenizer = byte_level_tokenizer(DEEPSEEK_HEAD, DEEPSEEK_SPECIALS, bos=DEEPSEEK_HEAD[0], eos=DEEPSEEK_HEAD[1],
-                                     pad=DEEPSEEK_HEAD[2], add_bos=True)
+    tokenizer = deepseek_tokenizer()
     config = _remap(config, {"image_token_id": tokenizer.convert_tokens_to_ids("<image>"),
                              "bos_token_id": 0, "eos_token_id": 1, "pad_token_id": 2})
     processor = DeepseekOcr2Processor(image_processor=DeepseekOcr2ImageProcessor(), tokenizer=tokenizer)

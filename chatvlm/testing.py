@@ -22,8 +22,10 @@ import json
 from pathlib import Path
 from typing import Callable
 
-from .byte_tokenizer import (DEEPSEEK_HEAD, DEEPSEEK_SPECIALS, GOT_SPECIALS, QWEN2_VL_CHAT_TEMPLATE, QWEN3_VL_CHAT_TEMPLATE,
-                             QWEN_SPECIALS, byte_level_tokenizer)
+from .byte_tokenizer import (GOT_SPECIALS, QWEN2_VL_CHAT_TEMPLATE, QWEN3_VL_CHAT_TEMPLATE, deepseek_tokenizer,
+                             got_ocr_tokenizer, qwen_vl_tokenizer)
+from .model_constants import CLIP_MEAN, CLIP_STD, HALF_MEAN, HALF_STD
+from .synthetic import qwen_vl_processor
 
 TINY_MODELS = ("qwen_vl_2b", "qwen3_vl_2b", "got_ocr_hf", "deepseek_ocr2")
 
@@ -75,80 +77,70 @@ def _boost(model, token_ids, factor: float) -> None:
             out[tid].mul_(factor)
 
 
+def _qwen_text_token_ids(ids: dict[str, int]) -> dict[str, int]:
+    return dict(bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"])
+
+
+def _qwen_vision_token_ids(ids: dict[str, int]) -> dict[str, int]:
+    return dict(image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
+                vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"])
+
+
+def _qwen_generation(ids: dict[str, int]) -> dict:
+    return dict(eos_token_id=[ids["<|im_end|>"], ids["<|endoftext|>"]], pad_token_id=ids["<|endoftext|>"],
+                bos_token_id=ids["<|endoftext|>"], do_sample=False)
+
+
 def build_qwen2_vl(folder: Path, seed: int = 0, init_std: float = 0.3, eos_boost: float = 0.0) -> Path:
-    from transformers import (Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLImageProcessor,
-                              Qwen2VLProcessor, Qwen2VLVideoProcessor)
+    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLProcessor, Qwen2VLVideoProcessor
 
     _seed(seed)
-    tokenizer = byte_level_tokenizer([], QWEN_SPECIALS, eos="<|im_end|>", pad="<|endoftext|>")
-    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in QWEN_SPECIALS}
+    tokenizer, ids = qwen_vl_tokenizer()
     config = Qwen2VLConfig(
         text_config=dict(
             vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
             rope_parameters={"rope_type": "default", "mrope_section": [2, 1, 1], "rope_theta": 1000000.0},
-            bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"],
-            tie_word_embeddings=True,
+            **_qwen_text_token_ids(ids), tie_word_embeddings=True,
         ),
         vision_config=dict(depth=1, embed_dim=32, hidden_size=32, num_heads=2, mlp_ratio=2,
                            patch_size=14, spatial_merge_size=2, temporal_patch_size=2),
-        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
-        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
-        tie_word_embeddings=True,
+        **_qwen_vision_token_ids(ids), tie_word_embeddings=True,
     )
     model = Qwen2VLForConditionalGeneration(config).eval()
     _randomize(model, init_std)
     _boost(model, [ids["<|im_end|>"]], eos_boost)
     size = {"shortest_edge": 56 * 56, "longest_edge": 28 * 28 * 64}   # small budget: <= 64 image tokens
-    mean, std = [0.48145466, 0.4578275, 0.40821073], [0.26862954, 0.26130258, 0.27577711]
-    image_processor = Qwen2VLImageProcessor(size=size, patch_size=14, temporal_patch_size=2, merge_size=2,
-                                            image_mean=mean, image_std=std)
-    video_processor = Qwen2VLVideoProcessor(size=size, patch_size=14, temporal_patch_size=2, merge_size=2,
-                                            image_mean=mean, image_std=std)
-    processor = Qwen2VLProcessor(image_processor=image_processor, tokenizer=tokenizer,
-                                 video_processor=video_processor, chat_template=QWEN2_VL_CHAT_TEMPLATE)
-    return _finish(folder, model, processor, dict(
-        eos_token_id=[ids["<|im_end|>"], ids["<|endoftext|>"]], pad_token_id=ids["<|endoftext|>"],
-        bos_token_id=ids["<|endoftext|>"], do_sample=False))
+    processor = qwen_vl_processor(Qwen2VLProcessor, Qwen2VLVideoProcessor, tokenizer, QWEN2_VL_CHAT_TEMPLATE,
+                                size=size, patch_size=14, image_mean=list(CLIP_MEAN), image_std=list(CLIP_STD))
+    return _finish(folder, model, processor, _qwen_generation(ids))
 
 
 def build_qwen3_vl(folder: Path, seed: int = 0, init_std: float = 0.3, eos_boost: float = 0.0) -> Path:
-    from transformers import (Qwen2VLImageProcessor, Qwen3VLConfig, Qwen3VLForConditionalGeneration,
-                              Qwen3VLProcessor, Qwen3VLVideoProcessor)
+    from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration, Qwen3VLProcessor, Qwen3VLVideoProcessor
 
     _seed(seed)
-    tokenizer = byte_level_tokenizer([], QWEN_SPECIALS, eos="<|im_end|>", pad="<|endoftext|>")
-    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in QWEN_SPECIALS}
+    tokenizer, ids = qwen_vl_tokenizer()
     config = Qwen3VLConfig(
         text_config=dict(
             vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
             num_attention_heads=4, num_key_value_heads=2, head_dim=8, max_position_embeddings=4096,
             rope_parameters={"rope_type": "default", "mrope_section": [2, 1, 1], "mrope_interleaved": True,
                              "rope_theta": 5000000.0},
-            bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"],
-            tie_word_embeddings=True,
+            **_qwen_text_token_ids(ids), tie_word_embeddings=True,
         ),
         vision_config=dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, patch_size=16,
                            spatial_merge_size=2, temporal_patch_size=2, out_hidden_size=32,
                            num_position_embeddings=64, deepstack_visual_indexes=[0]),
-        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
-        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
-        tie_word_embeddings=True,
+        **_qwen_vision_token_ids(ids), tie_word_embeddings=True,
     )
     model = Qwen3VLForConditionalGeneration(config).eval()
     _randomize(model, init_std)
     _boost(model, [ids["<|im_end|>"]], eos_boost)
     size = {"shortest_edge": 64 * 64, "longest_edge": 32 * 32 * 64}
-    half = [0.5, 0.5, 0.5]
-    image_processor = Qwen2VLImageProcessor(size=size, patch_size=16, temporal_patch_size=2, merge_size=2,
-                                            image_mean=half, image_std=half)
-    video_processor = Qwen3VLVideoProcessor(size=size, patch_size=16, temporal_patch_size=2, merge_size=2,
-                                            image_mean=half, image_std=half)
-    processor = Qwen3VLProcessor(image_processor=image_processor, tokenizer=tokenizer,
-                                 video_processor=video_processor, chat_template=QWEN3_VL_CHAT_TEMPLATE)
-    return _finish(folder, model, processor, dict(
-        eos_token_id=[ids["<|im_end|>"], ids["<|endoftext|>"]], pad_token_id=ids["<|endoftext|>"],
-        bos_token_id=ids["<|endoftext|>"], do_sample=False))
+    processor = qwen_vl_processor(Qwen3VLProcessor, Qwen3VLVideoProcessor, tokenizer, QWEN3_VL_CHAT_TEMPLATE,
+                                size=size, patch_size=16, image_mean=list(HALF_MEAN), image_std=list(HALF_STD))
+    return _finish(folder, model, processor, _qwen_generation(ids))
 
 
 def build_got_ocr(folder: Path, seed: int = 0, init_std: float = 0.3, eos_boost: float = 0.0) -> Path:
@@ -156,7 +148,7 @@ def build_got_ocr(folder: Path, seed: int = 0, init_std: float = 0.3, eos_boost:
     from transformers import GotOcr2Config, GotOcr2ForConditionalGeneration, GotOcr2ImageProcessor, GotOcr2Processor
 
     _seed(seed)
-    tokenizer = byte_level_tokenizer([], GOT_SPECIALS, eos="<|endoftext|>", pad="<|endoftext|>")
+    tokenizer = got_ocr_tokenizer()
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in GOT_SPECIALS}
     config = GotOcr2Config(
         vision_config=dict(hidden_size=16, output_channels=16, num_hidden_layers=1, num_attention_heads=2,
@@ -182,8 +174,7 @@ def build_deepseek_ocr2(folder: Path, seed: int = 0, init_std: float = 0.3, eos_
                               DeepseekOcr2ImageProcessor, DeepseekOcr2Processor)
 
     _seed(seed)
-    tokenizer = byte_level_tokenizer(DEEPSEEK_HEAD, DEEPSEEK_SPECIALS, bos=DEEPSEEK_HEAD[0], eos=DEEPSEEK_HEAD[1],
-                                     pad=DEEPSEEK_HEAD[2], add_bos=True)
+    tokenizer = deepseek_tokenizer()
     image_id = tokenizer.convert_tokens_to_ids("<image>")
     config = DeepseekOcr2Config(
         vision_config=dict(

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -195,6 +196,24 @@ def cached_snapshot(spec: ModelSpec) -> Optional[Path]:
     except Exception:
         return None
     return path if _snapshot_complete(path) else None
+
+
+def snapshot_commit(folder: Optional[Path]) -> Optional[str]:
+    """The commit a Hugging Face cache snapshot holds (its folder, models--ORG--NAME/snapshots/<commit>,
+    is named by it), or None for a folder that is not such a snapshot."""
+    if folder is None:
+        return None
+    folder = Path(folder)
+    if folder.parent.name == "snapshots" and re.fullmatch(r"[0-9a-f]{40}", folder.name):
+        return folder.name
+    return None
+
+
+def revision_used(spec: ModelSpec, folder: Optional[Path]) -> Optional[str]:
+    """What a run records as the checkpoint's revision: the commit of the cache snapshot it
+    loaded where that is known (a spec that follows a branch, "main", then names the commit
+    the branch pointed at), else the spec's pin."""
+    return snapshot_commit(folder) or spec.revision
 
 
 def _snapshot_complete(path: Path) -> bool:

@@ -109,6 +109,39 @@ def test_bad_inputs_are_clear(tess, tmp_path):
         list(chatvlm.pages(tmp_path / "missing.pdf"))
 
 
+def test_to_image_names_the_file_and_applies_our_limit_to_bytes_too(tmp_path, monkeypatch):
+    from chatvlm.api import to_image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (200, 200), "white").save(buf, format="PNG")
+    png = buf.getvalue()
+    path = tmp_path / "square.png"
+    path.write_bytes(png)
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(png[:60])
+    junk = tmp_path / "notes.png"
+    junk.write_text("not an image at all")
+
+    # A file's errors name it, as chatvlm.pages() does.
+    with pytest.raises(InputError, match=r"notes\.png: not a PDF or a supported image"):
+        to_image(junk)
+    with pytest.raises(InputError, match=r"broken\.png: corrupt"):
+        to_image(broken)
+    with pytest.raises(InputError, match=r"broken\.png: corrupt"):
+        list(chatvlm.pages(broken))
+    # Our limit (8x max_pixels) refuses bytes as it refuses the same file.
+    with pytest.raises(InputError, match=r"square\.png: image too large \(200x200"):
+        to_image(path, max_pixels=1_000)
+    with pytest.raises(InputError, match=r"^image too large \(200x200"):
+        to_image(png, max_pixels=1_000)
+    with pytest.raises(InputError, match="corrupt"):
+        to_image(png[:60])
+    # Pillow's process-wide limit does not apply: within ours, bytes decode as the file does.
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1_000)
+    assert to_image(png).size == to_image(path).size == (200, 200)
+    assert to_image(png, max_pixels=10_000).size == to_image(path, max_pixels=10_000).size == (100, 100)
+
+
 def test_tesseract_cannot_chat(tess, page):
     assert not tess.can_chat
     with pytest.raises(UsageError, match="cannot answer questions") as info:

@@ -150,30 +150,29 @@ def test_layout_command_batch_equals_one_page_at_a_time(checkpoint, pages, one_p
 
 @needs_fixture
 def test_modes_and_loop_guard_on_the_model(checkpoint, pages):
-    """A selectable resolution mode (tiny: one 512-px view, 73 slots); a page that never
-    stops is kept with what it read: `loop` when the guard cut a repetition, else `length`."""
+    """A selectable resolution mode (tiny: one 512-px view, 73 slots); a page whose answer
+    loops is cut by the loop guard and kept with what it read (`loop`), where without the
+    guard it runs to the token budget (`length`)."""
     b = create_backend(get_spec("deepseek_ocr"), BackendOptions(model_path=checkpoint,
                                                                extra={"mode": "tiny", "ngram_size": 0}))
     b.load()
     b.loop_settings = {"min_span": 8, "min_repeats": 3, "check_every": 2, "max_distinct": 1}
     (page,) = as_pages(pages[:1])
     budget = 48
-    guarded = b.generate_batch([page], "markdown", GenerationParams(max_new_tokens=budget))[0]
-    free = b.generate_batch([page], "markdown", GenerationParams(max_new_tokens=budget, loop_guard=False))[0]
-    text_slots = 1 + len(b.processor.encode_text("\n<|grounding|>Convert the document to markdown."))
+    # With the fixture's weights and the tiny tokenizer (both fixed), "Free OCR." on this page
+    # falls into a run of one repeated token within the first 20 steps and never emits EOS.
+    guarded = b.generate_batch([page], "text", GenerationParams(max_new_tokens=budget))[0]
+    free = b.generate_batch([page], "text", GenerationParams(max_new_tokens=budget, loop_guard=False))[0]
+    text_slots = 1 + len(b.processor.encode_text("\nFree OCR."))
     assert guarded.input_tokens == free.input_tokens == 73 + text_slots
     assert b.describe()["mode"] == "tiny" and b._facts["no_repeat_ngram"] is None
-    assert free.finish_reason in ("stop", "length") and free.output_tokens <= budget
-    if free.finish_reason == "length":
-        # the random model never emits EOS: the guard either cut a loop or the page ran to the budget
-        assert guarded.finish_reason in ("loop", "length")
-        if guarded.finish_reason == "loop":
-            # cut during generation (token guard) or at the end (repeated text tail): what it read is kept
-            assert guarded.output_tokens < budget or guarded.extra["loop_trimmed"]
-            assert guarded.text and len(guarded.text) < len(free.text) and free.text.startswith(guarded.text[:8])
-    result = b.postprocess(page, guarded, "markdown")
-    assert result.status == "ok" and result.finish_reason == guarded.finish_reason
-    assert result.markdown is not None and "<|" not in result.markdown
+    assert free.finish_reason == "length" and free.output_tokens == budget
+    # cut during generation by the token guard: what it read before the loop is kept
+    assert guarded.finish_reason == "loop" and guarded.output_tokens < budget
+    assert guarded.text and len(guarded.text) < len(free.text) and free.text.startswith(guarded.text[:8])
+    result = b.postprocess(page, guarded, "text")
+    assert result.status == "ok" and result.finish_reason == "loop"
+    assert result.text and "<|" not in result.text
     b.close()
 
 

@@ -63,6 +63,34 @@ def test_weights_in_the_hf_cache_are_found_with_their_size(tmp_path, monkeypatch
     assert weights.resolve_weights(spec, BackendOptions()) == snap
 
 
+def test_the_revision_recorded_is_the_commit_of_the_snapshot_loaded(tmp_path, monkeypatch):
+    """deepseek_ocr2 follows "main": report.json's engine facts name the commit the cache's
+    main pointed at (the snapshot folder's name), not "main"."""
+    from huggingface_hub import constants
+
+    from chatvlm.backends.base import create_backend
+    from chatvlm.testing import build_tiny_checkpoint
+
+    commit = "fedcba9876543210fedcba9876543210fedcba98"
+    spec = get_spec("deepseek_ocr2")
+    assert spec.revision == "main"
+    snap = _fake_cache(tmp_path, spec.repo_id, {}, commit=commit)
+    build_tiny_checkpoint("deepseek_ocr2", snap)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    assert weights.snapshot_commit(snap) == commit and weights.revision_used(spec, snap) == commit
+    assert weights.snapshot_commit(tmp_path) is None and weights.revision_used(spec, tmp_path) == "main"
+    pinned = get_spec("qwen_vl_2b")
+    assert weights.revision_used(pinned, None) == pinned.revision
+    backend = create_backend(spec, BackendOptions(device="cpu"))
+    backend.load()
+    try:
+        facts = backend.describe()
+    finally:
+        backend.close()
+    assert Path(facts["checkpoint"]) == snap and facts["revision"] == commit
+
+
 def test_incomplete_sharded_snapshot_is_not_available(tmp_path, monkeypatch):
     from huggingface_hub import constants
 

@@ -37,7 +37,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     # plain data, messages and settings, which everything may use
     ("foundation", ("chatvlm.i18n", "chatvlm.click_i18n", "chatvlm.errors", "chatvlm.records", "chatvlm.paths",
                     "chatvlm.interrupt", "chatvlm.config", "chatvlm.model_spec", "chatvlm.model_table",
-                    "chatvlm.registry", "chatvlm.timing", "chatvlm.roofline", "chatvlm.out_lock")),
+                    "chatvlm.registry", "chatvlm.timing", "chatvlm.roofline", "chatvlm.out_lock", "chatvlm.model_constants")),
     # work on pages without a model: inputs, batching, postprocessing, output files
     ("pages", ("chatvlm.sources", "chatvlm.image_files", "chatvlm.scheduler", "chatvlm.collate", "chatvlm.layout",
                "chatvlm.grounding", "chatvlm.latex", "chatvlm.textnorm", "chatvlm.loop_guard", "chatvlm.writers")),

@@ -15,10 +15,11 @@ from typing import Any, Optional
 from ..grounding import has_grounding, parse_grounding, strip_tags
 from ..layout import blocks_to_markdown
 from ..textnorm import markdown_to_text
+from ..model_constants import DEEPSEEK_BOS, DEEPSEEK_EOS, DEEPSEEK_PAD
 from ..loop_guard import WindowedNoRepeatNGram, trim_repetition
 from ..records import PageResult, RawOutput
 
-BOS, EOS, PAD = "<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>", "<｜▁pad▁｜>"
+BOS, EOS, PAD = DEEPSEEK_BOS, DEEPSEEK_EOS, DEEPSEEK_PAD
 TABLE_CELL_TAGS = ("<td>", "</td>")   # exempt from the n-gram ban: tables repeat them legitimately
 
 

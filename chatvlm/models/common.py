@@ -13,3 +13,11 @@ def positions_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
     """
     pos = attention_mask.long().cumsum(-1) - 1
     return pos.masked_fill(attention_mask == 0, 0)
+
+
+def chunk_positions(attention_mask: torch.Tensor, length: int) -> torch.Tensor:
+    """Position ids of the `length` tokens a forward step adds to a left-padded batch.
+
+    The mask spans the cached tokens too, so its last `length` columns are this chunk's.
+    """
+    return positions_from_mask(attention_mask)[:, -length:]

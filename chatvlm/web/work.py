@@ -64,9 +64,9 @@ def resolve_start_model(name: str) -> str:
     """'auto' -> the model `chatvlm ocr --model auto` would use here."""
     if name != "auto":
         return get_spec(name).name
-    from ..api import _LogReporter
+    from ..api import LogReporter
     from ..pipeline import resolve_model
-    return resolve_model(name, _LogReporter()).name
+    return resolve_model(name, LogReporter()).name
 
 
 def read_pages(files: list[tuple[str, bytes]], pages: Optional[str], limits: Optional[Limits] = None

@@ -26,7 +26,7 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 from transformers.models.deepseek_v2.modeling_deepseek_v2 import DeepseekV2MLP, DeepseekV2RMSNorm
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
-from ..common import positions_from_mask
+from ..common import chunk_positions
 from .clip import ClipVisionModel
 from .configuration import DeepseekOCRConfig
 from .sam import SamEncoder
@@ -170,7 +170,7 @@ def _positions(attention_mask: torch.Tensor | None, past: int, q_len: int, batch
     """Position ids that skip left padding: the first real token of every row is 0."""
     if attention_mask is None:
         return torch.arange(past, past + q_len, device=device).expand(batch, -1)
-    return positions_from_mask(attention_mask)[:, -q_len:]
+    return chunk_positions(attention_mask, q_len)
 
 
 def _attention_mask(attention_mask: torch.Tensor | None, past: int, q_len: int,

@@ -20,19 +20,20 @@ import torch
 from PIL import Image, ImageOps
 
 from ...collate import collate_left
+from ...model_constants import (DEEPSEEK_BOS, DEEPSEEK_EOS, DEEPSEEK_FIRST_SPECIAL_ID, DEEPSEEK_PAD,
+                                DEEPSEEK_PROMPT_FREE_OCR, DEEPSEEK_PROMPT_MARKDOWN, DEEPSEEK_SPECIALS, HALF_MEAN,
+                                HALF_STD)
 
-PROMPT_MARKDOWN = "<image>\n<|grounding|>Convert the document to markdown."
-PROMPT_FREE_OCR = "<image>\nFree OCR."
+PROMPT_MARKDOWN = DEEPSEEK_PROMPT_MARKDOWN
+PROMPT_FREE_OCR = DEEPSEEK_PROMPT_FREE_OCR
 PROMPTS = {"markdown": PROMPT_MARKDOWN, "layout": PROMPT_MARKDOWN, "text": PROMPT_FREE_OCR}
 IMAGE_TOKEN = "<image>"
 
 REAL_VOCAB_SIZE = 129280
 # Special-token ids of the real DeepSeek-OCR tokenizer.
 OFFICIAL_TOKEN_IDS = {
-    "<｜begin▁of▁sentence｜>": 0, "<｜end▁of▁sentence｜>": 1, "<｜▁pad▁｜>": 2,
-    "<image>": 128815, "<|ref|>": 128816, "<|/ref|>": 128817, "<|det|>": 128818, "<|/det|>": 128819,
-    "<|grounding|>": 128820, "<td>": 128821, "</td>": 128822, "<tr>": 128823, "</tr>": 128824,
-    "<|User|>": 128825, "<|Assistant|>": 128826,
+    DEEPSEEK_BOS: 0, DEEPSEEK_EOS: 1, DEEPSEEK_PAD: 2,
+    **{token: DEEPSEEK_FIRST_SPECIAL_ID + i for i, token in enumerate(DEEPSEEK_SPECIALS)},   # <image> = 128815
 }
 # Real-tokenizer ids of the text of the official prompts, so a checkpoint folder without
 # its 4 MB tokenizer.json can still encode them. Any other text needs the tokenizer.
@@ -94,8 +95,8 @@ def choose_grid(width: int, height: int, tile: int = 640, min_num: int = 2, max_
 class DeepseekOCRProcessor:
     def __init__(self, tokenizer: Any = None, *, vocab_size: int | None = None, image_token: str = IMAGE_TOKEN,
                  bos_token_id: int = 0, eos_token_id: int = 1, pad_token_id: int = 2, patch_size: int = 16,
-                 downsample_ratio: int = 4, image_mean: Sequence[float] = (0.5, 0.5, 0.5),
-                 image_std: Sequence[float] = (0.5, 0.5, 0.5), min_crops: int = 2, max_crops: int = 9,
+                 downsample_ratio: int = 4, image_mean: Sequence[float] = HALF_MEAN,
+                 image_std: Sequence[float] = HALF_STD, min_crops: int = 2, max_crops: int = 9,
                  pad_color: tuple[int, int, int] | None = None) -> None:
         self.tokenizer = tokenizer
         self.vocab_size = vocab_size

@@ -10,16 +10,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .processing import OFFICIAL_TOKEN_IDS, REAL_VOCAB_SIZE
+from ...model_constants import DEEPSEEK_BOS as BOS, DEEPSEEK_EOS as EOS, DEEPSEEK_PAD as PAD, HALF_MEAN, HALF_STD
+from .processing import IMAGE_TOKEN, OFFICIAL_TOKEN_IDS, REAL_VOCAB_SIZE
 
-BOS, EOS, PAD = "<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>", "<｜▁pad▁｜>"
 _LETTERS = "etaoinsrhldcumfpgwybvkxjqz"
 
 # processor_config.json as the checkpoint ships it (16-px patches, 4x downsampling, mean/std 0.5).
 PROCESSOR_CONFIG = {
     "add_special_token": False, "candidate_resolutions": [[1024, 1024]], "downsample_ratio": 4,
-    "ignore_id": -100, "image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5],
-    "image_token": "<image>", "mask_prompt": False, "normalize": True, "pad_token": PAD,
+    "ignore_id": -100, "image_mean": list(HALF_MEAN), "image_std": list(HALF_STD),
+    "image_token": IMAGE_TOKEN, "mask_prompt": False, "normalize": True, "pad_token": PAD,
     "patch_size": 16, "processor_class": "DeepseekVLV2Processor", "sft_format": "deepseek",
 }
 

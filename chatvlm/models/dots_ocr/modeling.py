@@ -18,7 +18,7 @@ import torch
 from transformers import GenerationConfig, Qwen2ForCausalLM
 
 from ..checkpoint import load_checkpoint
-from ..common import positions_from_mask
+from ..common import chunk_positions
 from .configuration import EOS_TOKEN_IDS, DotsVisionConfig, load_config_dict, make_config
 from .vision import DotsVisionTransformer, flash_attn_varlen_func
 
@@ -73,9 +73,8 @@ class DotsOCRForCausalLM(Qwen2ForCausalLM):
                 raise ValueError("give input_ids or inputs_embeds")
             inputs_embeds = self.embed_with_images(input_ids, pixel_values, image_grid_thw)
         if position_ids is None and attention_mask is not None and attention_mask.dim() == 2:
-            # Left padding: real tokens count from 0, as generate() does. The mask spans the
-            # cached tokens too, so its last columns are the positions of this chunk.
-            position_ids = positions_from_mask(attention_mask)[:, -inputs_embeds.shape[1]:]
+            # Left padding: real tokens count from 0, as generate() does.
+            position_ids = chunk_positions(attention_mask, inputs_embeds.shape[1])
         return super().forward(
             input_ids=None,
             attention_mask=attention_mask,

@@ -23,6 +23,7 @@ import torch
 from PIL import Image
 
 from ...collate import pad_left
+from ...model_constants import CLIP_MEAN, CLIP_STD
 from ..resize import smart_resize as qwen_smart_resize
 from .configuration import EOS_TOKEN_IDS, IMAGE_TOKEN_ID
 
@@ -67,8 +68,6 @@ FRAMINGS = ("string", "hf")
 
 # dots_ocr/utils/consts.py
 MIN_PIXELS, MAX_PIXELS, IMAGE_FACTOR = 3136, 11289600, 28
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 def smart_resize(

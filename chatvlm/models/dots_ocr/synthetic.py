@@ -12,7 +12,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .processing import CLIP_MEAN, CLIP_STD, MAX_PIXELS, MIN_PIXELS
+from ...model_constants import CLIP_MEAN, CLIP_STD
+from .processing import IMAGE_PAD, MAX_PIXELS, MIN_PIXELS
 
 
 def preprocessor_config(min_pixels: int = MIN_PIXELS, max_pixels: int = MAX_PIXELS) -> dict[str, Any]:
@@ -66,7 +67,7 @@ def build_byte_tokenizer(folder: str | Path) -> Path:
     if vocab_size <= max(specials.values()):
         image_id = int(cfg.get("image_token_id", vocab_size - 1))
         free = [i for i in range(vocab_size - 1, 255, -1) if i != image_id]
-        specials = {tok: (image_id if tok == "<|imgpad|>" else free.pop(0)) for tok in specials}
+        specials = {tok: (image_id if tok == IMAGE_PAD else free.pop(0)) for tok in specials}
     vocab = {sym: i for i, sym in enumerate(sorted(ByteLevel.alphabet()))}
     vocab.update(specials)
     tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))

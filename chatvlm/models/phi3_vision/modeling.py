@@ -18,7 +18,7 @@ import torch
 from transformers import GenerationConfig, Phi3ForCausalLM
 
 from ..checkpoint import CheckpointMismatchError, load_checkpoint
-from ..common import positions_from_mask
+from ..common import chunk_positions
 from .configuration import (
     Phi3VConfig,
     check_supported,
@@ -131,7 +131,7 @@ class Phi3VForCausalLM(Phi3ForCausalLM):
         if position_ids is None and attention_mask is not None and attention_mask.ndim == 2:
             # Left padding: count positions from the first real token, as generate does, so a
             # padded row sees the same positions as the unpadded prompt in a plain forward too.
-            position_ids = positions_from_mask(attention_mask)[:, -inputs_embeds.shape[1] :]
+            position_ids = chunk_positions(attention_mask, inputs_embeds.shape[1])
         # The cache kwarg is passed through untouched (`past_key_values` or `cache`,
         # depending on the transformers 5.x release).
         return super().forward(

@@ -25,10 +25,9 @@ import torch.nn.functional as F
 from PIL import Image
 
 from ...collate import pad_left
+from ...model_constants import CLIP_MEAN, CLIP_STD, PHI3_VISION_OCR_PROMPTS
 from .image_embedding import CROP, num_image_tokens
 
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 DEFAULT_NUM_CROPS = 4
 # Model card: num_crops=4 for multi-frame, 16 for a single frame. A dense page needs 16:
 # with 4, an A4 page is read at an effective 672 px.
@@ -39,10 +38,7 @@ PROMPT_TEMPLATE = "<|user|>\n{image_tags}{prompt}<|end|>\n<|assistant|>\n"
 STOP_TOKENS = ("<|end|>", "<|endoftext|>", "</s>")
 
 # No official OCR prompt exists for Phi-3.5-vision; these two are ours.
-OCR_PROMPTS = {
-    "text": "Extract all the text in this image exactly as it appears. Output only the text.",
-    "markdown": "Convert this document image to Markdown. Keep headings, lists and tables; output only the Markdown.",
-}
+OCR_PROMPTS = PHI3_VISION_OCR_PROMPTS
 
 
 def format_prompt(prompt: str, num_images: int = 1) -> str:

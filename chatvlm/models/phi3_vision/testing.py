@@ -16,8 +16,9 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 
+from ...model_constants import CLIP_MEAN, CLIP_STD
 from .modeling import build_from_config
-from .processing import CLIP_MEAN, CLIP_STD, Phi3VImageProcessor
+from .processing import Phi3VImageProcessor
 from .synthetic import special_token_ids
 
 def tiny_config(
