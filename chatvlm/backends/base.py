@@ -66,6 +66,14 @@ class Backend(ABC):
         and refills a finished row with the next page of it."""
         return 0
 
+    def generate_stream(self, pages, task: str, params: GenerationParams, *, on_shrink=None, fallback=None,
+                        hold=None):
+        """Pages taken lazily from an iterable, (page, RawOutput) pairs given back as each
+        finishes (any order), with the rows kept busy across the whole run
+        (chatvlm.engine.stream.PageStream). None: this backend (or this run) does not
+        stream, and the caller goes window by window through generate_batch."""
+        return None
+
     def page_cost(self, page: Page) -> float:
         """Relative cost of a page, for bucketing batches (GPU backends: image tokens)."""
         width, height = page.size
