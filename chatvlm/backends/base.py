@@ -62,8 +62,9 @@ class Backend(ABC):
 
     def decode_slots(self) -> int:
         """Rows a continuous decoder keeps busy (0: this backend decodes batch by batch).
-        A backend with slots is handed a whole window of pages in one generate_batch call
-        and refills a finished row with the next page of it."""
+        A backend with slots is handed the run's pages as a stream (`generate_stream`), or
+        where it does not stream a whole window of pages in one generate_batch call, and
+        refills a finished row with the next page."""
         return 0
 
     def generate_stream(self, pages, task: str, params: GenerationParams, *, on_shrink=None, fallback=None,
