@@ -66,8 +66,8 @@ def test_synthetic_token_range_each_page_its_own_count(tmp_path, decode):
 
     config_path = tmp_path / "tiny_qwen2_vl.json"
     config_path.write_text(json.dumps(TINY_QWEN2_VL))
-    # "continuous": a batch size of two, five pages: the second window (three pages) goes
-    # to the continuous engine, which must stop each row at its own count too
+    # "continuous": a batch size of two, five pages streamed through the engine's two
+    # rows, which must stop each row at its own count too
     continuous = decode == "continuous"
     inputs = [str(p) for p in _pages(tmp_path / "in", 5 if continuous else 4)]
     base = RunConfig(inputs=inputs, out=tmp_path / "out", formats=("text", "markdown"),
