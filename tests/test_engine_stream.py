@@ -135,6 +135,7 @@ def test_out_of_memory_in_a_step_halves_the_rows_and_loses_no_page(adapter, refe
     assert [got[i] for i in range(len(SIZES))] == reference
     assert calls["raised"] == 2 and shrunk == [2, 1]
     assert runner.decode_slots() == 1 and runner.facts["decode_slots_lowered_to"] == 1
+    assert runner.facts["continuous_engines"] == 3 and runner.facts["decode_continuous"]
 
 
 def test_a_page_out_of_memory_alone_is_retried_once_then_fails(adapter, reference, monkeypatch):

@@ -198,3 +198,34 @@ def test_an_interrupt_mid_stream_keeps_the_pages_written(checkpoint, inputs, tmp
     assert outcome.exit_code == 0 and texts == reference
     assert outcome.report["pages"]["skipped"] >= 2 and outcome.report["pages"]["ok"] == len(SIZES) - \
         outcome.report["pages"]["skipped"]
+
+
+def test_an_output_folder_that_stops_taking_files_mid_stream(checkpoint, inputs, tmp_path, reference, monkeypatch):
+    """After two pages the folder refuses files (read-only, injected where the writer creates
+    them): the run stops with one OutputError, the pages written stay, a rerun resumes."""
+    import errno
+
+    import chatvlm.writers as writers
+    from chatvlm.errors import EXIT_PAGES_FAILED, OutputError
+
+    log: list = []
+    mkstemp = writers.tempfile.mkstemp
+
+    def read_only_after_two(*args, **kwargs):
+        if sum(kind == "written" for kind, _ in log) >= 2:
+            raise OSError(errno.EROFS, "Read-only file system")
+        return mkstemp(*args, **kwargs)
+    monkeypatch.setattr(writers.tempfile, "mkstemp", read_only_after_two)
+    backend = _backend(checkpoint)
+    out = tmp_path / "out"
+    with pytest.raises(OutputError) as stopped:
+        _run(backend, inputs, out, log=log)
+    assert "Read-only file system" in str(stopped.value) and "2 page(s) written before are kept" in str(stopped.value)
+    assert stopped.value.exit_code == EXIT_PAGES_FAILED
+    entries, texts = _written(out)
+    assert [Path(e["source"]).name for e in entries] == NAMES[:2] and {e["status"] for e in entries} == {"ok"}
+    assert texts == {name: reference[name] for name in NAMES[:2]}
+    monkeypatch.undo()
+    outcome, (entries, texts), _ = _run(backend, inputs, out)
+    backend.close()
+    assert outcome.exit_code == 0 and texts == reference and outcome.report["pages"]["skipped"] == 2

@@ -111,6 +111,7 @@ class PageStream:
         from .lm import Unsupported
 
         runner = self.runner
+        engines, declined = 0, False
         while True:
             slots = runner.decode_slots()
             decoder = runner.static_decoder(self.params) if slots and not runner.continuous_disabled else None
@@ -120,6 +121,7 @@ class PageStream:
             taken: dict[int, Page] = {}      # the engine's request index -> page, until it finishes
             finished = 0
             engine = runner.continuous_engine(decoder, slots, self.params, self._prepare, hold=self._hold)
+            engines += 1
             try:
                 for done in engine.run(self._feed(taken)):
                     page = taken.pop(done.index)
@@ -153,6 +155,7 @@ class PageStream:
                             yield page, self._failed(page, reason)
                     continue
                 if isinstance(exc, Unsupported):
+                    declined = True
                     runner._decline_continuous(str(exc))
                     yield from self._batches(unfinished)
                     if finished:
@@ -165,8 +168,12 @@ class PageStream:
                 yield from self._batches(chain(unfinished, self._rest()))
                 return
             runner.facts.update(decoder.facts())
-            runner.facts.update(engine.facts())
-            runner.facts.pop("decode_continuous_reason", None)
+            runner.facts.update(engine.facts())        # the counts of the last engine
+            runner.facts["continuous_engines"] = engines     # more than one: restarted after a failure
+            if declined:
+                runner.facts["decode_continuous"] = False    # the reason stays: some pages took the batch path
+            else:
+                runner.facts.pop("decode_continuous_reason", None)
             if runner._on_cuda():
                 runner._note_peak_memory()
             return
