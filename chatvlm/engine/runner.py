@@ -5,6 +5,8 @@ subclasses are adapters) says only what the model knows: its inputs for a group 
 requests, stop ids and strings, logits processors, the token budget and context, how ids
 become text. `GenerationRunner` decides the rest:
 
+- a stream of requests (`generate_stream`, the pipeline's pages): one `ContinuousEngine`
+  for the whole stream, each request given back as it finishes (chatvlm.engine.stream);
 - more requests than continuous slots: `ContinuousEngine` over the static decoder (a
   finished row's slot is refilled with the next request at once);
 - otherwise, or where the engine declines or fails: left-padded batches of at most `slots`
