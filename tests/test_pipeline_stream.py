@@ -229,3 +229,41 @@ def test_an_output_folder_that_stops_taking_files_mid_stream(checkpoint, inputs,
     outcome, (entries, texts), _ = _run(backend, inputs, out)
     backend.close()
     assert outcome.exit_code == 0 and texts == reference and outcome.report["pages"]["skipped"] == 2
+
+
+def test_a_slow_writer_holds_new_pages_back(checkpoint, inputs, tmp_path, reference, monkeypatch):
+    """One row, a writer slower than the engine: the engine takes no new page while the
+    writer's backlog (four times the rows) is full, so the pages alive stay bounded."""
+    import time
+
+    log: list = []
+    taken_ahead, holds = [], []
+    next_source, hold = PageStream._next_source, PageStream._hold
+
+    def noted_source(self):
+        page = next_source(self)
+        if page is not None:
+            taken_ahead.append(page.index + 1 - sum(kind == "written" for kind, _ in log))
+        return page
+
+    def noted_hold(self, idle):
+        held = hold(self, idle)
+        holds.append((idle, held))
+        return held
+    monkeypatch.setattr(PageStream, "_next_source", noted_source)
+    monkeypatch.setattr(PageStream, "_hold", noted_hold)
+
+    class SlowWriter(Events):
+        def advance(self, result):
+            time.sleep(0.3)
+            super().advance(result)
+
+    backend = _backend(checkpoint, decode_slots=1)
+    config = RunConfig(inputs=[str(inputs)], out=tmp_path / "out", model="qwen_vl_2b", formats=("text",),
+                       task="text", generation=GenerationParams(max_new_tokens=24, batch_size=1))
+    outcome = pipeline.run(config, SlowWriter(log), backend=backend)
+    backend.close()
+    assert outcome.exit_code == 0 and _written(tmp_path / "out")[1] == reference
+    # pages taken and not yet written: at most the backlog (4), the row, and the one taken now
+    assert max(taken_ahead) <= 6 and len(taken_ahead) == len(SIZES)
+    assert (False, True) in holds or (True, False) in holds        # the backlog was full at some point
