@@ -23,7 +23,7 @@ from .interrupt import Interrupted
 from .out_lock import OutputLock
 from .paths import path_text
 from .page_steps import postprocess_page, recognise_batch, write_result
-from .records import Page, PageResult, Reporter
+from .records import Page, PageResult, RawOutput, Reporter
 from .registry import ModelSpec, all_specs, get_spec
 from .scheduler import Job, bucketed_windows, rendered_pages, split_to_size
 from .sources import plan_pages
@@ -241,6 +241,9 @@ def _recognise_all(config: RunConfig, spec: ModelSpec, backend, jobs: list[Job],
             state["batch_size"] = size
             reporter.message(_("out of memory: batch size lowered to {n}").format(n=size), "warning")
 
+    if _recognise_streaming(config, spec, backend, jobs, stats, finish_page, reporter, shrink):
+        return
+
     # GPU batches are bucketed by cost across a window of 4 batches (less padding); a CPU
     # engine pads nothing, so its window is one batch and fewer pages wait in memory.
     window_batches = 4 if backend.uses_gpu else 1
@@ -298,6 +301,124 @@ def _recognise_all(config: RunConfig, spec: ModelSpec, backend, jobs: list[Job],
             raise
 
 
+def _recognise_streaming(config: RunConfig, spec: ModelSpec, backend, jobs: list[Job], stats: RunStats,
+                         finish_page, reporter: Reporter, shrink) -> bool:
+    """Pages straight from the renderer into one continuous engine, finished pages to the
+    writer as they finish, written in input order. False where the backend does not
+    stream (no continuous slots, e.g. Tesseract or -O decode_slots=0): nothing is done then.
+
+    Memory stays bounded: the pages alive are at most the engine's rows (in flight) +
+    `prefetch` (rendered ahead) + the writer's backlog (finished, waiting for an earlier
+    page or for the writer); while that backlog is full the engine takes no new page
+    (`hold`), and the pages it holds go on decoding."""
+    slots = backend.decode_slots()
+    if not slots:
+        return False
+    position = {id(job.page): i for i, job in enumerate(jobs)}
+    backlog = 4 * slots
+    stop = threading.Event()
+    progress = threading.Condition()
+    counts = {"handed": 0, "written": 0}
+    futures: deque[Future] = deque()
+    order = _InOrder(lambda page, raw: _write_one(config, spec, backend, page, raw, finish_page, reporter),
+                     position, stop, progress, counts)
+
+    def check_writer() -> None:
+        """The writer's first failure (an output folder that stopped taking files) stops the run."""
+        while futures and futures[0].done():
+            futures.popleft().result()
+
+    def hand(page: Page, raw) -> None:
+        counts["handed"] += 1
+        futures.append(writer.submit(order.add, page, raw))
+
+    def good_pages():
+        for page in pages:
+            if page.ok:
+                yield page
+            else:
+                hand(page, None)      # unrenderable: it fails in its place
+
+    def hold(idle: bool) -> bool:
+        # True keeps new pages out while the writer's backlog is full; with the engine idle,
+        # wait for the writer instead (it holds every page still out, so it will catch up).
+        with progress:
+            while counts["handed"] - counts["written"] >= backlog:
+                if not idle:
+                    return True
+                check_writer()
+                progress.wait(0.1)
+        check_writer()
+        return False
+
+    def fallback(batch: list[Page]) -> list:
+        raws, _elapsed = recognise_batch(config, backend, batch, shrink)
+        return raws
+
+    pages = rendered_pages(jobs, prefetch=max(config.prefetch, slots))
+    stream = backend.generate_stream(good_pages(), config.task, config.generation, on_shrink=shrink,
+                                     fallback=fallback, hold=hold)
+    if stream is None:
+        pages.close()
+        return False
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="writer") as writer:
+        try:
+            for page, raw in stream:
+                if isinstance(raw, RawOutput) and raw.extra.get("stream"):
+                    page.timings["recognise"] = raw.generate_s
+                    if raw.preprocess_s:
+                        page.timings["preprocess"] = raw.preprocess_s
+                hand(page, raw)
+                check_writer()
+            while futures:
+                futures.popleft().result()
+        except BaseException as exc:
+            # As the window path: the writer finishes the page it is on and takes no more;
+            # on an interrupt the engine's work in flight is abandoned.
+            stop.set()
+            writer.shutdown(wait=False, cancel_futures=True)
+            if isinstance(exc, KeyboardInterrupt):
+                backend.abort()
+            stream.close()
+            pages.close()
+            raise
+        finally:
+            stats.gpu_busy_s += stream.busy_s
+            stats.batches += stream.groups
+    return True
+
+
+class _InOrder:
+    """The reorder buffer (run in the writer thread): pages come in any order and are
+    written in input order; a page is written once every earlier page is (a page that
+    could not be rendered counts once it is handed in, as a failed one)."""
+
+    def __init__(self, write, position: dict[int, int], stop: threading.Event,
+                 progress: threading.Condition, counts: dict[str, int]):
+        self.write, self.position, self.stop = write, position, stop
+        self.progress, self.counts = progress, counts
+        self.next = 0
+        self.waiting: dict[int, tuple[Page, Any]] = {}
+
+    def add(self, page: Page, raw) -> None:
+        self.waiting[self.position.pop(id(page))] = (page, raw)
+        while self.next in self.waiting and not self.stop.is_set():
+            self.write(*self.waiting.pop(self.next))
+            self.next += 1
+            with self.progress:
+                self.counts["written"] += 1
+                self.progress.notify_all()
+
+
+def _write_one(config: RunConfig, spec: ModelSpec, backend, page: Page, raw, finish_page, reporter: Reporter) -> None:
+    if not page.ok:
+        reporter.message(_("{path} page {page}: {reason}").format(path=path_text(page.source), page=page.page, reason=page.error), "error")
+        finish_page(PageResult.failed(page, spec.name, page.error or "unreadable"))
+    else:
+        finish_page(_finish(config, spec, backend, page, raw, reporter))
+    page.image = None   # the page is done: free its pixels
+
+
 def _write_window(config: RunConfig, spec: ModelSpec, backend, window: list[Page], outputs,
                   finish_page, reporter: Reporter, stop: threading.Event) -> None:
     """Results go to the writers in input order, whatever order the buckets ran in."""
@@ -306,12 +427,7 @@ def _write_window(config: RunConfig, spec: ModelSpec, backend, window: list[Page
     for page in window:
         if stop.is_set():
             return
-        if not page.ok:
-            reporter.message(_("{path} page {page}: {reason}").format(path=path_text(page.source), page=page.page, reason=page.error), "error")
-            finish_page(PageResult.failed(page, spec.name, page.error or "unreadable"))
-        else:
-            finish_page(_finish(config, spec, backend, page, outputs[id(page)], reporter))
-        page.image = None   # the page is done: free its pixels
+        _write_one(config, spec, backend, page, outputs.get(id(page)), finish_page, reporter)
 
 
 def _finish(config: RunConfig, spec: ModelSpec, backend, page: Page, raw, reporter: Reporter) -> PageResult:

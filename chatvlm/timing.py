@@ -51,7 +51,10 @@ class RunStats:
     output_tokens: int = 0
     stage_values: dict[str, list[float]] = field(default_factory=lambda: {s: [] for s in STAGES})
     page_latency: list[float] = field(default_factory=list)
-    gpu_busy_s: float = 0.0       # time spent inside generate_batch
+    # Time the recogniser worked: inside generate_batch, or inside the page stream (its
+    # waits for rendered pages left out); batches: generate_batch calls, or the stream's
+    # prepare groups (pages admitted together) and batch-path batches.
+    gpu_busy_s: float = 0.0
     batches: int = 0
 
     def record(self, status: str, timings: dict[str, float], finish_reason: Optional[str] = None,

@@ -394,7 +394,7 @@ def test_a_page_whose_inputs_fail_is_isolated_and_the_engine_stays_on(backends):
 
 def test_pipeline_hands_a_whole_window_to_the_continuous_decoder(tmp_path):
     """`chatvlm ocr -O decode_slots=2` (and by default with --batch-size 2): the run's five
-    pages go to the engine as one window with two rows; every page's text and token count
+    pages stream through the engine with two rows; every page's text and token count
     are those of the page alone. `-O decode_slots=0` decodes batch by batch, same pages."""
     import json
 

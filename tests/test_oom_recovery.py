@@ -110,16 +110,21 @@ def _released(backend):
     return calls
 
 
-# After the failure the run's batch size (and with it the continuous engine's rows) is 2:
-# the last four pages go to the engine as one window and decode two rows at a time.
-@pytest.mark.parametrize("from_batch,sizes", [(1, [4, 2, 2, 4]), (2, [4, 4, 2, 2])])
+# The pipeline streams the pages through one continuous engine with the run's batch size
+# as its rows (4); from the `from_step`-th decode step on, a step of more than two rows
+# runs out of memory: the unfinished pages go back in front of the stream, the rows are
+# halved to 2 and stay there, and no page goes through generate_batch (no window).
+@pytest.mark.parametrize("from_step", [1, 6])
 def test_oom_inside_the_static_decoder_loses_no_page(checkpoint, inputs, tmp_path, monkeypatch, reference,
-                                                     from_batch, sizes):
-    card = FullCard(from_batch)
+                                                     from_step):
+    card = {"steps": 0, "raised": 0}
     step = StaticDecoder._run_step
 
     def step_on_a_full_card(self, b, *args, **kwargs):
-        card.check(rows=b)                    # the decode step's allocation fails above two rows
+        card["steps"] += 1
+        if card["steps"] >= from_step and b > 2:      # the decode step's allocation fails above two rows
+            card["raised"] += 1
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB (injected)")
         return step(self, b, *args, **kwargs)
     monkeypatch.setattr(StaticDecoder, "_run_step", step_on_a_full_card)
     freed = []
@@ -127,16 +132,20 @@ def test_oom_inside_the_static_decoder_loses_no_page(checkpoint, inputs, tmp_pat
     monkeypatch.setattr(StaticDecoder, "release", lambda self: (freed.append(self.k is not None), release(self)))
 
     backend = _backend(checkpoint, "auto")
-    released = _released(backend)
-    outcome, entries, texts, reporter = _run(backend, inputs, tmp_path / "out", card)
+    windows = FullCard(from_batch=10**6)               # counts generate_batch calls only
+    outcome, entries, texts, reporter = _run(backend, inputs, tmp_path / "out", windows)
     assert outcome.exit_code == 0
     assert [e["status"] for e in entries] == ["ok"] * len(SIZES)
+    assert [Path(e["source"]).name for e in entries] == [f"scan{i + 1}.png" for i in range(len(SIZES))]
     assert texts == reference                          # the same tokens as an undisturbed run
-    assert card.batches == sizes and card.raised == 1  # one failure, then the size is remembered
-    assert released and freed[0] is True               # the decoder's pool was freed before the retry
-    assert backend.describe()["decode"] == STATIC   # an OOM does not disable the fast path
+    assert card["raised"] == 1 and windows.batches == []   # one failure, then the rows are remembered
+    assert freed and freed[0] is True                  # the decoder's pool was freed before the retry
+    facts = backend.describe()
+    assert facts["decode"] == STATIC and facts["decode_continuous"]   # an OOM does not disable the engine
+    assert facts["decode_slots_lowered_to"] == 2 and facts["decode_slots"] == 2
     assert ("warning", "out of memory: batch size lowered to 2") in reporter.lines
     assert backend.decode_slots() == 2                 # the engine's rows halved with the batch
+    assert outcome.report["batches"] >= 2 and outcome.report["recognise_busy_s"] > 0
     backend.close()
 
 

@@ -62,9 +62,18 @@ class Backend(ABC):
 
     def decode_slots(self) -> int:
         """Rows a continuous decoder keeps busy (0: this backend decodes batch by batch).
-        A backend with slots is handed a whole window of pages in one generate_batch call
-        and refills a finished row with the next page of it."""
+        A backend with slots is handed the run's pages as a stream (`generate_stream`), or
+        where it does not stream a whole window of pages in one generate_batch call, and
+        refills a finished row with the next page."""
         return 0
+
+    def generate_stream(self, pages, task: str, params: GenerationParams, *, on_shrink=None, fallback=None,
+                        hold=None):
+        """Pages taken lazily from an iterable, (page, RawOutput) pairs given back as each
+        finishes (any order), with the rows kept busy across the whole run
+        (chatvlm.engine.stream.PageStream). None: this backend (or this run) does not
+        stream, and the caller goes window by window through generate_batch."""
+        return None
 
     def page_cost(self, page: Page) -> float:
         """Relative cost of a page, for bucketing batches (GPU backends: image tokens)."""

@@ -351,6 +351,13 @@ class HFBackend(Backend):
             self.load()
         return self.runner.generate(pages, task, params)
 
+    def generate_stream(self, pages, task: str, params: GenerationParams, *, on_shrink=None, fallback=None,
+                        hold=None):
+        """The continuous engine over a stream of pages (GenerationRunner.generate_stream)."""
+        if self.model is None:
+            self.load()
+        return self.runner.generate_stream(pages, task, params, on_shrink=on_shrink, fallback=fallback, hold=hold)
+
     def generate_inputs(self, inputs: dict, task: str, params: GenerationParams,
                         preprocess_s: float = 0.0, row_targets: Optional[list[int]] = None) -> list[RawOutput]:
         """One batch of processor outputs through the engine's batch path (e.g. a chat turn)."""

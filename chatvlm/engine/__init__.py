@@ -12,6 +12,7 @@ budget, as data and callables.
     graphs      CUDA graphs: capture sizes, the capture seam, one pool per graph set
     moe         static-shape mixture-of-experts feed-forward (DeepSeek-MoE)
     continuous  continuous batching over the static decoder's slots
+    stream      a stream of pages through one continuous engine, failures without losing pages
     admission   which waiting requests one prefill takes (token budget, LongRoPE sides)
     batch       one batch through the static decoder, generate as the fallback
     generation  stop tracking, logits processors, generate() arguments, ids -> RawOutput

@@ -26,6 +26,13 @@ step. The engine runs that step and keeps the slots busy:
    and its slot is free for the next admission.
 4. **Draining.** Once no request is left, busy rows above a free slot move down into it
    when that narrows the step (`_compact`).
+5. **A stream's pace and its bad requests.** `hold(idle)`, where given, is asked before a
+   new request is taken from the stream (requests taken earlier still go): True keeps the
+   rows decoding without taking more (the consumer cannot keep up); with `idle` (no row
+   decoding, none waiting) it waits until more may come and returns False. A `prepare`
+   that raises `RequestError` blames its group's requests, not the engine: the group is
+   prepared again one request at a time, and the one that still fails is yielded as
+   `Failed` while the others run on.
 
 LongRoPE (Phi-3) is exact per row, as each page decoded alone by transformers' `generate`:
 
@@ -79,6 +86,23 @@ class Finished:
     reason: str                # "stop" | "loop" | "length"
     input_tokens: int          # real (unpadded) prompt tokens
     tracker: Any               # the request's stop tracker (loop details)
+
+
+@dataclass
+class Failed:
+    """One request whose inputs could not be prepared (its own `RequestError`)."""
+    index: int
+    request: Any
+    error: BaseException
+
+
+class RequestError(Exception):
+    """Raised by `prepare`: the group's requests themselves cannot be prepared (a bad image, a
+    processor error), so the engine finds the bad one and goes on; `error` is the cause."""
+
+    def __init__(self, error: BaseException):
+        super().__init__(str(error))
+        self.error = error
 
 
 @dataclass
@@ -136,7 +160,7 @@ class ContinuousEngine:
     def __init__(self, decoder, *, slots: int, prepare: Callable[[list], Prepared],
                  new_tracker: Callable[[Any], Any], max_new_tokens: int, max_positions: Optional[int] = None,
                  refill_chunk: Optional[int] = None, request_budget: Optional[Callable[[Any], Optional[int]]] = None,
-                 prefill_tokens: Optional[int] = None):
+                 prefill_tokens: Optional[int] = None, hold: Optional[Callable[[bool], bool]] = None):
         """`new_tracker(request)`: the request's own stop tracker (a batch of one);
         `request_budget(request)`: its own token count where it has one (bench --synthetic
         --tokens A-B), at most `max_new_tokens`; `prefill_tokens`: the most prompt tokens one
@@ -155,10 +179,12 @@ class ContinuousEngine:
         self.refill_chunk = int(refill_chunk or slots)
         self.prefill_tokens = int(prefill_tokens or DEFAULT_PREFILL_TOKENS)
         self.request_budget = request_budget
+        self.hold = hold
         self.stats = EngineStats()
 
     def run(self, requests: Iterable) -> Iterator[Finished]:
-        """Finished requests, as they finish (not in input order)."""
+        """Finished requests, as they finish (not in input order); `Failed` ones too where
+        `prepare` raises RequestError."""
         try:
             yield from self._run(requests)
         except BaseException:
@@ -178,6 +204,7 @@ class ContinuousEngine:
         self._pos = [0] * self.slots                    # host mirror of each slot's next position
         self._waiting: deque = deque()                  # requests taken from the stream, not admitted
         self._prompt_tokens: dict[int, int] = {}        # request index -> its prompt tokens, once prepared
+        self._alone: set[int] = set()                   # request indices prepared one at a time (RequestError)
         self._live: Optional[torch.Tensor] = None       # [pool rows] 1 where a slot decodes
         original = dec.parts.longrope_original
         exhausted = False
@@ -250,9 +277,21 @@ class ContinuousEngine:
         known, within the prefill budget; and whether the stream has run out."""
         group, counts, budget = [], [], self._prefill_budget()
         while len(group) < min(len(self._free), self.refill_chunk):
-            item = self._waiting.popleft() if self._waiting else (None if exhausted else next(stream, None))
-            if item is None:
-                exhausted = True
+            if self._waiting:
+                item = self._waiting.popleft()
+            elif exhausted or (self.hold is not None and self.hold(not self._rows and not group)):
+                break
+            else:
+                item = next(stream, None)
+                if item is None:
+                    exhausted = True
+                    break
+            if item[0] in self._alone:
+                # its group could not be prepared: it goes on its own
+                if group:
+                    self._waiting.appendleft(item)
+                else:
+                    group.append(item)
                 break
             known = self._prompt_tokens.get(item[0])
             if known is not None and not fits(counts, known, budget):
@@ -328,7 +367,17 @@ class ContinuousEngine:
     def _admit(self, group: list[tuple[int, Any]]) -> Iterator[Finished]:
         dec = self.decoder
         t0 = time.perf_counter()
-        prepared = self.prepare([request for _, request in group])
+        try:
+            prepared = self.prepare([request for _, request in group])
+        except RequestError as exc:
+            # nothing of the group is admitted yet: the rest of the engine is untouched
+            if len(group) > 1:
+                self._alone.update(index for index, _ in group)
+                self._waiting.extendleft(reversed(group))
+            else:
+                self._alone.discard(group[0][0])
+                yield Failed(group[0][0], group[0][1], exc.error)
+            return
         self.stats.prepares += 1
         inputs = prepared.inputs
         input_ids, attention = inputs.get("input_ids"), inputs.get("attention_mask")

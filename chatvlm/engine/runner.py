@@ -5,6 +5,8 @@ subclasses are adapters) says only what the model knows: its inputs for a group 
 requests, stop ids and strings, logits processors, the token budget and context, how ids
 become text. `GenerationRunner` decides the rest:
 
+- a stream of requests (`generate_stream`, the pipeline's pages): one `ContinuousEngine`
+  for the whole stream, each request given back as it finishes (chatvlm.engine.stream);
 - more requests than continuous slots: `ContinuousEngine` over the static decoder (a
   finished row's slot is refilled with the next request at once);
 - otherwise, or where the engine declines or fails: left-padded batches of at most `slots`
@@ -97,6 +99,11 @@ class GenerationRunner:
     def token_targets(self, requests: list[Page], params: GenerationParams) -> Optional[list[int]]:
         """bench --synthetic --tokens A-B: each request's own token count (options.extra
         "synthetic_tokens" = [A, B, seed]), at most max_new_tokens; None otherwise."""
+        target = self.token_target(params)
+        return [target(p) for p in requests] if target else None
+
+    def token_target(self, params: GenerationParams):
+        """`token_targets` for one request at a time (a stream): a callable, or None."""
         spec = self.options.extra.get("synthetic_tokens") if self.options.synthetic else None
         if not spec:
             return None
@@ -104,7 +111,7 @@ class GenerationRunner:
 
         low, high, seed = (int(v) for v in spec)
         cap = self.adapter.max_new_tokens(params)
-        return [min(cap, page_token_target(p.doc_key, p.page, low, high, seed)) for p in requests]
+        return lambda p: min(cap, page_token_target(p.doc_key, p.page, low, high, seed))
 
     def max_new_within_context(self, params: GenerationParams, prompt_len: int, budget: Optional[int] = None) -> int:
         """New tokens a batch may generate: `budget` (default max_new_tokens) within the context."""
@@ -267,7 +274,7 @@ class GenerationRunner:
         """The batch through the continuous engine, or None where it does not apply (few
         requests, a model or request the static decoder or the engine does not serve, an
         engine that failed once in this run): the caller then decodes batch by batch."""
-        from .continuous import ContinuousEngine, Prepared, continuous_unsupported
+        from .continuous import Prepared, continuous_unsupported
 
         slots = self.decode_slots()
         if not slots or len(requests) <= slots or self.continuous_disabled:
@@ -290,24 +297,9 @@ class GenerationRunner:
                 input_errors.append(exc)    # a bad request, not the engine's failure
                 raise
             preprocess[0] += time.perf_counter() - t0
-            prompt_len = inputs["input_ids"].shape[1]
-            max_new = self.max_new_within_context(params, prompt_len)
-            _tracker, processors, gen_kwargs = self.generation_state(inputs, task, params, max_new, prompt_len)
-            return Prepared(inputs, gen_kwargs, processors)
+            return self.prepared_group(group, task, params, inputs)
 
-        # bench --synthetic --tokens A-B: each request ends ("length") at its own count
-        targets = self.token_targets(requests, params)
-        target_of = {id(request): n for request, n in zip(requests, targets)} if targets else {}
-        def new_tracker(request: Page):
-            own = target_of.get(id(request))
-            return self.new_tracker(params, 0, 1, row_limits=[own] if own is not None else None)
-
-        engine = ContinuousEngine(decoder, slots=slots, prepare=prepare, new_tracker=new_tracker,
-                                  max_new_tokens=self.adapter.max_new_tokens(params),
-                                  max_positions=self.adapter.max_positions(),
-                                  refill_chunk=int(self.options.extra.get("decode_refill_chunk") or 0) or None,
-                                  prefill_tokens=int(self.options.extra.get("decode_prefill_tokens") or 0) or None,
-                                  request_budget=lambda request: target_of.get(id(request)))
+        engine = self.continuous_engine(decoder, slots, params, prepare)
         t1 = time.perf_counter()
         finished = [None] * len(requests)
 
@@ -352,6 +344,55 @@ class GenerationRunner:
         self.facts.update(engine.facts())
         self.facts.pop("decode_continuous_reason", None)
         return outputs(generate_s)
+
+    def prepared_group(self, group: list[Page], task: str, params: GenerationParams, inputs: dict):
+        """A group's device inputs as the engine's `Prepared` (its generate arguments and processors)."""
+        from .continuous import Prepared
+
+        prompt_len = inputs["input_ids"].shape[1]
+        max_new = self.max_new_within_context(params, prompt_len)
+        _tracker, processors, gen_kwargs = self.generation_state(inputs, task, params, max_new, prompt_len)
+        return Prepared(inputs, gen_kwargs, processors)
+
+    def continuous_engine(self, decoder, slots: int, params: GenerationParams, prepare, hold=None):
+        """A ContinuousEngine over `decoder` with this run's settings; bench --synthetic
+        --tokens A-B: each request ends ("length") at its own count."""
+        from .continuous import ContinuousEngine
+
+        target = self.token_target(params)
+
+        def new_tracker(request: Page):
+            own = target(request) if target else None
+            return self.new_tracker(params, 0, 1, row_limits=[own] if own is not None else None)
+
+        extra = self.options.extra
+        return ContinuousEngine(decoder, slots=slots, prepare=prepare, new_tracker=new_tracker,
+                                max_new_tokens=self.adapter.max_new_tokens(params),
+                                max_positions=self.adapter.max_positions(),
+                                refill_chunk=int(extra.get("decode_refill_chunk") or 0) or None,
+                                prefill_tokens=int(extra.get("decode_prefill_tokens") or 0) or None,
+                                request_budget=target, hold=hold)
+
+    def generate_stream(self, requests, task: str, params: GenerationParams, *, on_shrink=None,
+                        fallback=None, hold=None):
+        """A `PageStream` over `requests` (any iterable of pages, taken lazily): one
+        continuous engine for the whole stream, (page, RawOutput) pairs as pages finish.
+        None where the engine does not serve this run (no slots, a model or request the
+        static decoder does not serve, an engine that failed once): the caller then goes
+        batch by batch. See chatvlm.engine.stream for failures and the keywords."""
+        from .continuous import continuous_unsupported
+        from .stream import PageStream
+
+        if not self.decode_slots() or self.continuous_disabled:
+            return None
+        decoder = self.static_decoder(params)
+        if decoder is None:
+            return None
+        reason = continuous_unsupported(decoder)
+        if reason:
+            self.facts["decode_continuous"], self.facts["decode_continuous_reason"] = False, reason
+            return None
+        return PageStream(self, requests, task, params, on_shrink=on_shrink, fallback=fallback, hold=hold)
 
     def _decline_continuous(self, why: str) -> None:
         self.facts["decode_continuous"] = False
