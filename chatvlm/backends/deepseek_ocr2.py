@@ -11,14 +11,11 @@ and the grounding blocks are parsed into layout blocks in page pixels.
 
 from __future__ import annotations
 
-from typing import Any
-
 from ..config import GenerationParams
 from ..errors import UsageError
 from ..i18n import _
 from ..records import Page, PageResult, RawOutput
 from .deepseek_common import EOS, PAD, TABLE_CELL_TAGS, DeepseekGroundingMixin, grounded_result
-from ..weights import revision_used
 from .hf import HFBackend
 
 
@@ -26,10 +23,6 @@ class DeepseekOcr2Backend(DeepseekGroundingMixin, HFBackend):
     auto_class = "DeepseekOcr2ForConditionalGeneration"
     attn_support = ("sdpa", "eager")          # no flash-attn (SAM relative-position bias)
     option_keys = HFBackend.option_keys | {"max_patches", "ngram_size", "ngram_window", "ngram_whitelist"}
-
-    def describe(self) -> dict[str, Any]:
-        # The spec follows "main" (no known commit to pin): record the commit actually loaded.
-        return {**super().describe(), "revision": revision_used(self.spec, self.path)}
 
     def prompt_for(self, task: str) -> str:
         try:

@@ -34,7 +34,7 @@ from ..errors import ChatVLMError, ModelUnavailableError
 from ..i18n import _
 from ..records import Page, PageResult, RawOutput
 from ..registry import ModelSpec
-from ..weights import checkpoint_facts, load_transformers_model, locate, release, short_reason
+from ..weights import checkpoint_facts, load_transformers_model, locate, release, revision_used, short_reason
 from .base import Backend
 
 
@@ -184,7 +184,7 @@ class HFBackend(Backend):
             "model_class": type(self.model).__name__ if self.model is not None else None,
             "checkpoint": str(self.path) if self.path else None,
             "repo_id": self.spec.repo_id,
-            "revision": self.spec.revision,
+            "revision": revision_used(self.spec, self.path),   # the commit loaded, where known
             "device": self.device,
             "device_name": None,
             "dtype": str(self.dtype).replace("torch.", "") if self.dtype is not None else None,
