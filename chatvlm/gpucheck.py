@@ -42,7 +42,8 @@ from typing import Any, Callable, Optional, Sequence
 
 from .gpucheck_plan import (A4_200DPI, HEAVY_MODELS, TARGET_RANGE, TARGET_TOKENS, VLMS, Run, Settings,  # noqa: F401
                             left_out, plan_runs, planned_s, run_cap)
-from .gpucheck_report import GPU_CHECK_JSON, GPU_CHECK_MD, progress_line, render_markdown, row_for, summarise, write_outputs
+from .gpucheck_report import (GPU_CHECK_JSON, GPU_CHECK_MD, progress_line, render_markdown, row_for, summarise,
+                              write_outputs)
 from .gpucheck_targets import judge
 from .i18n import _
 
@@ -198,7 +199,8 @@ def plan_lines(settings: Settings, runs: Sequence[Run]) -> list[str]:
             tokens_word=_("tokens/page"), s=round(run.estimate_s)))
     skipped = left_out(settings, runs)
     if skipped:
-        lines.append(_("left out (they only inform; over the budget, or --optional none): {runs}").format(runs=", ".join(skipped)))
+        lines.append(_("left out (they only inform; over the budget, or --optional none): {runs}").format(
+            runs=", ".join(skipped)))
     if total > settings.budget_s:
         lines.append(_("the plan is over its budget: the last runs will get less time than planned"))
     return lines
@@ -242,8 +244,8 @@ def run_check(settings: Settings, progress: Progress = _stderr,
         shutil.rmtree(pages_dir)
     count = max([r.pages for r in runs] or [1])
     make_pages(pages_dir, count, settings.page_size)
-    progress(_("made {n} pages of {w}x{h} px in {s:.1f} s").format(n=count, w=settings.page_size[0],
-                                                                     h=settings.page_size[1], s=time.perf_counter() - t0))
+    progress(_("made {n} pages of {w}x{h} px in {s:.1f} s").format(
+        n=count, w=settings.page_size[0], h=settings.page_size[1], s=time.perf_counter() - t0))
     deadline = time.perf_counter() + settings.budget_s
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     _update(out, report)
@@ -324,10 +326,12 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> tuple[Settings, bool]:
     parser.add_argument("--heavy-pages", type=int,
                         help=_("pages of the engine runs of the models whose pages cost most "
                                "(dots_ocr, phi3_vision, deepseek_ocr, deepseek_ocr2; default 24)"))
-    parser.add_argument("--generate-pages", type=int, help=_("pages of each transformers generate baseline (default 8)"))
+    parser.add_argument("--generate-pages", type=int,
+                        help=_("pages of each transformers generate baseline (default 8)"))
     parser.add_argument("--heavy-generate-pages", type=int,
                         help=_("pages of the generate baselines of the models whose pages cost most (default 4)"))
-    parser.add_argument("--batch1-pages", type=int, default=0, help=_("pages of a qwen_vl_2b batch-1 run (default 0: none)"))
+    parser.add_argument("--batch1-pages", type=int, default=0,
+                        help=_("pages of a qwen_vl_2b batch-1 run (default 0: none)"))
     parser.add_argument("--tokens", help=_("tokens generated per page: N, or A-B for a count per page drawn in A..B "
                                            "(default 512)"))
     parser.add_argument("--range-tokens", help=_("tokens per page of the qwen_vl_2b-range run (default 256-1024)"))
@@ -340,7 +344,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> tuple[Settings, bool]:
                         help=_("runs that only inform (qwen_vl_2b through generate, batch 1): when they fit the "
                                "budget, always, or never"))
     parser.add_argument("--budget-s", type=float, help=_("seconds for all runs together (default 480)"))
-    parser.add_argument("--slack", type=float, help=_("a run's time cap: this many times its planned seconds (default 2)"))
+    parser.add_argument("--slack", type=float,
+                        help=_("a run's time cap: this many times its planned seconds (default 2)"))
     parser.add_argument("--floor-s", type=float, help=_("the smallest time cap of a run (default 30)"))
     parser.add_argument("--max-run-s", type=float, help=_("the largest time cap of a run (default 150)"))
     parser.add_argument("--reserve-s", type=float, help=_("seconds kept back for each run still to come (default 20)"))

@@ -168,7 +168,8 @@ def plan_runs(settings: Settings) -> list[Run]:
         run.estimate_s = estimate_s(run, settings)
     planned = sum(r.estimate_s for r in runs)
     for run in extras:
-        if settings.optional == "all" or (settings.optional == "auto" and planned + run.estimate_s <= settings.budget_s):
+        fits = planned + run.estimate_s <= settings.budget_s
+        if settings.optional == "all" or (settings.optional == "auto" and fits):
             runs.append(run)
             planned += run.estimate_s
     return runs

@@ -211,7 +211,8 @@ def _heading(report: dict[str, Any]) -> list[str]:
             budget=round(settings["budget_s"]), used=round((report.get("summary") or {}).get("runs_wall_s") or 0)),
     ]
     if plan.get("left_out"):
-        lines.append(_("Left out (they only inform; over the budget, or --optional none): {runs}.").format(runs=", ".join(plan["left_out"])))
+        lines.append(_("Left out (they only inform; over the budget, or --optional none): {runs}.").format(
+            runs=", ".join(plan["left_out"])))
     if settings.get("dry_run"):
         lines.append(_("Dry run: reduced models on small pages, so every speed target is unmeasured; "
                        "it checks that the check runs and reads every figure."))
@@ -219,7 +220,8 @@ def _heading(report: dict[str, Any]) -> list[str]:
 
 
 def _targets_table(verdicts: list[dict[str, Any]]) -> list[str]:
-    lines = ["#### " + _("Targets"), "", "| " + " | ".join(_(h) for h in TARGET_COLUMNS) + " |", "|:---|:---|---:|:---|"]
+    lines = ["#### " + _("Targets"), "", "| " + " | ".join(_(h) for h in TARGET_COLUMNS) + " |",
+             "|:---|:---|---:|:---|"]
     notes = []
     for v in verdicts:
         verdict = _(VERDICT_LABELS[v["verdict"]])
@@ -239,7 +241,8 @@ def _targets_table(verdicts: list[dict[str, Any]]) -> list[str]:
 
 def _runs_table(report: dict[str, Any]) -> list[str]:
     lines = ["#### " + _("Runs"), "", "| " + " | ".join(_(h) for _k, h in RUN_COLUMNS) + " |"]
-    lines.append("|" + "|".join(":---" if k in ("run", "status", "decode_path") else "---:" for k, _h in RUN_COLUMNS) + "|")
+    lines.append("|" + "|".join(":---" if k in ("run", "status", "decode_path") else "---:"
+                                for k, _h in RUN_COLUMNS) + "|")
     notes = []
     for row in report["runs"]:
         cells = []
@@ -247,7 +250,8 @@ def _runs_table(report: dict[str, Any]) -> list[str]:
             if key == "batch_size" and row.get("batch_size") is None:
                 cells.append(row.get("batch_option") or "–")      # auto without a probe (no GPU)
             elif key == "pages":
-                cells.append("–" if row.get("pages_ok") is None else f"{row['pages_ok']}/{row.get('pages_total') or '?'}")
+                done = row.get("pages_ok")
+                cells.append("–" if done is None else f"{done}/{row.get('pages_total') or '?'}")
             elif key == "idle_fraction":
                 cells.append("–" if row.get("idle_fraction") is None else f"{row['idle_fraction'] * 100:.1f}")
             elif key == "decode_path" and row.get("continuous"):

@@ -113,7 +113,8 @@ def _against_generate(check: _Check, model: str) -> dict[str, Any]:
         if row is None:
             return _verdict(key, title, threshold, runs, why=why)
         if not row.get("pages_per_s"):
-            return _verdict(key, title, threshold, runs, why=_("{run}: no pages_per_s in its bench.json").format(run=run_id))
+            why = _("{run}: no pages_per_s in its bench.json").format(run=run_id)
+            return _verdict(key, title, threshold, runs, why=why)
         rows.append(row)
     fast, slow = rows
     ratio = fast["pages_per_s"] / slow["pages_per_s"]
