@@ -206,7 +206,7 @@ def plan_lines(settings: Settings, runs: Sequence[Run]) -> list[str]:
     return lines
 
 
-def _settings_facts(settings: Settings) -> dict[str, Any]:
+def settings_facts(settings: Settings) -> dict[str, Any]:
     return {"pages": settings.pages, "heavy_pages": settings.heavy_pages, "generate_pages": settings.generate_pages,
             "heavy_generate_pages": settings.heavy_generate_pages, "batch1_pages": settings.batch1_pages,
             "tokens": settings.tokens, "range_tokens": settings.range_tokens, "seed": settings.seed,
@@ -230,7 +230,7 @@ def run_check(settings: Settings, progress: Progress = _stderr,
         "title": _("chatvlm GPU check"),
         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "finished": None,
-        "settings": _settings_facts(settings),
+        "settings": settings_facts(settings),
         "plan": {"runs": [r.to_dict() for r in runs], "planned_s": round(planned_s(runs), 1),
                  "left_out": left_out(settings, runs)},
         "host": host_facts(), "hardware": None, "runs": [], "targets": [], "summary": {},

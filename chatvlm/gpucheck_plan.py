@@ -75,7 +75,6 @@ class Run:
     seed: Optional[int] = None                # --seed, with a range
     optional: bool = False                    # informs only: joins when the budget has room
     estimate_s: float = 0.0
-    note: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return {"run": self.id, "model": self.model, "role": self.role, "decode": self.decode, "batch": self.batch,

@@ -49,7 +49,7 @@ def row_for(run: Run, settings: Settings, out: Path, result: ProcessResult, cap_
     """The table row of one run: bench.json's figures, or why there are none."""
     row: dict[str, Any] = {
         "run": run.id, "model": run.model, "role": run.role, "decode_option": run.decode, "batch_option": run.batch,
-        "tokens": run.tokens, "seed": run.seed, "pages_planned": run.pages, "note": run.note,
+        "tokens": run.tokens, "seed": run.seed, "pages_planned": run.pages,
         "estimate_s": round(run.estimate_s, 1), "cap_s": round(cap_s, 1), "wall_s": round(result.wall_s, 2),
         "exit_code": result.returncode, "status": None, "error": None,
         "pages_total": None, "pages_ok": None, "pages_failed": None, "pages_per_s": None,

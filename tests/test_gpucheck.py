@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from chatvlm import gpucheck, gpucheck_plan
-from chatvlm.gpucheck import ProcessResult, Run, Settings
+from chatvlm.gpucheck import ProcessResult, Settings
 from chatvlm.gpucheck_report import render_markdown, row_for, summarise
 from chatvlm.gpucheck_targets import AGAINST_GENERATE, FAIL, PASS, UNMEASURED, judge
 from tests.conftest import ROOT
@@ -50,7 +50,7 @@ def test_plan_runs_every_target_in_priority_order(tmp_path):
     assert "--device" not in cmd["deepseek_ocr"] and "--max-pixels" not in cmd["deepseek_ocr"]
     # every target names only runs of the plan (nothing it needs is left to chance)
     planned = {r.id for r in runs}
-    report = {"settings": gpucheck._settings_facts(settings), "plan": {"runs": [r.to_dict() for r in runs]}, "runs": []}
+    report = {"settings": gpucheck.settings_facts(settings), "plan": {"runs": [r.to_dict() for r in runs]}, "runs": []}
     verdicts = judge(report)
     assert len(verdicts) == 14 and all(set(v["runs"]) <= planned for v in verdicts)
     assert all(v["verdict"] == UNMEASURED and "has not run" in v["why"] for v in verdicts)
@@ -171,7 +171,7 @@ def _check(tmp_path, figures: dict, settings: Settings = None, crash=(), **by_ru
     """A check whose runs left these bench.json files: (report, {target key: verdict})."""
     settings = settings or Settings(out=tmp_path)
     runs = gpucheck.plan_runs(settings)
-    report = {"settings": gpucheck._settings_facts(settings), "plan": {"runs": [r.to_dict() for r in runs]},
+    report = {"settings": gpucheck.settings_facts(settings), "plan": {"runs": [r.to_dict() for r in runs]},
               "runs": []}
     for run in runs:
         if run.id not in figures and run.id not in crash:
