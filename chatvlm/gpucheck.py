@@ -303,7 +303,7 @@ def write_tiny_configs(settings: Settings) -> None:
 
 # Defaults of a check on a GPU, and of the dry run on a CPU (an option given wins over both).
 GPU_DEFAULTS: dict[str, Any] = dict(
-    pages=64, heavy_pages=24, generate_pages=8, heavy_generate_pages=4, tokens=TARGET_TOKENS,
+    pages=64, heavy_pages=24, generate_pages=16, heavy_generate_pages=8, tokens=TARGET_TOKENS,
     range_tokens=TARGET_RANGE, page_size=f"{A4_200DPI[0]}x{A4_200DPI[1]}", max_pixels=None, device=None,
     budget_s=480.0, slack=2.0, floor_s=30.0, max_run_s=150.0, reserve_s=20.0)
 DRY_RUN_DEFAULTS: dict[str, Any] = dict(
@@ -327,9 +327,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> tuple[Settings, bool]:
                         help=_("pages of the engine runs of the models whose pages cost most "
                                "(dots_ocr, phi3_vision, deepseek_ocr, deepseek_ocr2; default 24)"))
     parser.add_argument("--generate-pages", type=int,
-                        help=_("pages of each transformers generate baseline (default 8)"))
+                        help=_("pages of each transformers generate baseline (default 16)"))
     parser.add_argument("--heavy-generate-pages", type=int,
-                        help=_("pages of the generate baselines of the models whose pages cost most (default 4)"))
+                        help=_("pages of the generate baselines of the models whose pages cost most (default 8)"))
     parser.add_argument("--batch1-pages", type=int, default=0,
                         help=_("pages of a qwen_vl_2b batch-1 run (default 0: none)"))
     parser.add_argument("--tokens", help=_("tokens generated per page: N, or A-B for a count per page drawn in A..B "

@@ -87,8 +87,8 @@ class Settings:
     out: Path
     pages: int = 64                           # engine runs of the light models (qwen_vl_2b's two included)
     heavy_pages: int = 24                     # engine runs of HEAVY_MODELS
-    generate_pages: int = 8                   # generate baselines (one batch of this many)
-    heavy_generate_pages: int = 4
+    generate_pages: int = 16                  # generate baselines (one batch of this many)
+    heavy_generate_pages: int = 8
     batch1_pages: int = 0                     # qwen_vl_2b at batch 1 (informs only; 0: none)
     tokens: str = TARGET_TOKENS               # every run but the range run
     range_tokens: str = TARGET_RANGE          # qwen_vl_2b's second run

@@ -45,8 +45,8 @@ def test_plan_runs_every_target_in_priority_order(tmp_path):
     assert _arg(cmd["got_ocr_hf"], "--max-pages") == "64" and _arg(cmd["deepseek_ocr"], "--max-pages") == "24"
     # the baselines: transformers generate, fewer pages, all of them in one batch
     assert _arg(cmd["got_ocr_hf-generate"], "-O") == "decode=hf"
-    assert _arg(cmd["got_ocr_hf-generate"], "--max-pages") == _arg(cmd["got_ocr_hf-generate"], "--batch-size") == "8"
-    assert _arg(cmd["phi3_vision-generate"], "--max-pages") == _arg(cmd["phi3_vision-generate"], "--batch-size") == "4"
+    assert _arg(cmd["got_ocr_hf-generate"], "--max-pages") == _arg(cmd["got_ocr_hf-generate"], "--batch-size") == "16"
+    assert _arg(cmd["phi3_vision-generate"], "--max-pages") == _arg(cmd["phi3_vision-generate"], "--batch-size") == "8"
     assert "--device" not in cmd["deepseek_ocr"] and "--max-pixels" not in cmd["deepseek_ocr"]
     # every target names only runs of the plan (nothing it needs is left to chance)
     planned = {r.id for r in runs}
@@ -183,7 +183,8 @@ def _check(tmp_path, figures: dict, settings: Settings = None, crash=(), **by_ru
             result = ProcessResult(1, 20.0, False)
         else:
             decode = "hf-generate" if run.decode == "hf" else "chatvlm-static"
-            _bench_json(folder, run.model, figures[run.id], decode=decode, **by_run.get(run.id, {}))
+            figures_of_run = {"total": run.pages, **by_run.get(run.id, {})}
+            _bench_json(folder, run.model, figures[run.id], decode=decode, **figures_of_run)
             result = ProcessResult(0, 20.0, False)
         row = row_for(run, settings, folder, result, 60.0, folder / "log.txt")
         report["hardware"] = row.pop("hardware", None)
@@ -197,9 +198,9 @@ def test_every_target_passes_on_figures_that_meet_it(tmp_path):
     assert verdicts["qwen_vl_2b_pages_per_s"]["measured"] == "9.00 pages/s"
     assert verdicts["qwen_vl_2b_first_page_s"]["value"] == 4.0
     assert verdicts["got_ocr_hf_over_generate"]["value"] == 6.0
-    assert "generate: 8 pages, batch 8" in verdicts["got_ocr_hf_over_generate"]["measured"]
+    assert "generate: 16 pages, batch 16" in verdicts["got_ocr_hf_over_generate"]["measured"]
     assert verdicts["recognise_idle_fraction"]["measured"] == "max 2.0 % (qwen_vl_2b); 8 of 8 runs"
-    assert verdicts["failed_pages"]["measured"] == "0 of 112 pages"
+    assert verdicts["failed_pages"]["measured"] == "0 of 416 pages"
     # the diagnosis facts of every run travel in its row
     row = next(r for r in report["runs"] if r["run"] == "dots_ocr")
     assert (row["decode_path"], row["continuous"], row["slots"], row["batch_size"], row["peak_gpu_memory_gb"],
@@ -209,7 +210,7 @@ def test_every_target_passes_on_figures_that_meet_it(tmp_path):
     assert "| qwen_vl_2b, 512 tokens/page | ≥ 8 pages/s | 9.00 pages/s | **pass** |" in table
     assert "| qwen_vl_2b roofline: % of limit | ≥ 60 % (within 40 % of the limit) | 70.0 % | **pass** |" in table
     assert "Targets: 14 pass, 0 fail, 0 unmeasured." in table
-    assert "| dots_ocr | ok | 8/8 | 48 | 48 | 3.000 | 1536.0 | 4.000 | 2.0 | 30.5 | chatvlm-static + continuous |" in table
+    assert "| dots_ocr | ok | 24/24 | 48 | 48 | 3.000 | 1536.0 | 4.000 | 2.0 | 30.5 | chatvlm-static + continuous |" in table
 
 
 def test_each_target_fails_just_past_its_threshold(tmp_path):
@@ -223,7 +224,7 @@ def test_each_target_fails_just_past_its_threshold(tmp_path):
                       "recognise_idle_fraction", "failed_pages"}
     assert verdicts["got_ocr_hf_over_generate"]["value"] == 4.99
     assert verdicts["recognise_idle_fraction"]["measured"].startswith("max 5.0 % (dots_ocr)")
-    assert verdicts["failed_pages"]["measured"] == "1 of 112 pages (dots_ocr: 1)"
+    assert verdicts["failed_pages"]["measured"] == "1 of 416 pages (dots_ocr: 1)"
     assert all(v["verdict"] == PASS for k, v in verdicts.items() if k not in failed)
 
 
