@@ -92,8 +92,10 @@ def _one_figure(check: _Check, key: str, title: str, threshold: str, run_id: str
         return _verdict(key, title, threshold, [run_id], why=why)
     value = row.get(figure)
     if value is None:
-        return _verdict(key, title, threshold, [run_id], why=_("{run}: no {figure} in its bench.json").format(
-            run=run_id, figure=figure))
+        why = _("{run}: no {figure} in its bench.json").format(run=run_id, figure=figure)
+        if figure == "percent_of_limit" and row.get("roofline_error"):
+            why += f" ({row['roofline_error']})"
+        return _verdict(key, title, threshold, [run_id], why=why)
     return _verdict(key, title, threshold, [run_id], value=float(value), measured=show(float(value)),
                     passed=OPS[op](float(value), limit), differences=check.differences(row, tokens))
 

@@ -143,7 +143,7 @@ H100 = {"gpu": "NVIDIA H100 80GB HBM3", "cuda": "13.0", "python": "3.12.3",
 
 def _bench_json(folder: Path, model: str, pages_per_s: float, *, failed: int = 0, total: int = 8,
                 warmup_s: float = 4.0, percent: float = 70.0, idle: float = 0.02, device: str = "cuda:0",
-                decode: str = "chatvlm-static", drop=()) -> None:
+                decode: str = "chatvlm-static", roofline_error: str = None, drop=()) -> None:
     """A run's bench.json as `chatvlm bench --synthetic` writes it (the keys the check reads)."""
     row = {"model": model, "status": "ok", "error": None, "device": device, "dtype": "bfloat16", "attention": "sdpa",
            "load_s": 3.0, "warmup_s": warmup_s, "time_to_first_page_s": 3.0 + warmup_s,
@@ -154,6 +154,8 @@ def _bench_json(folder: Path, model: str, pages_per_s: float, *, failed: int = 0
                       "decode_continuous": decode == "chatvlm-static", "decode_graphs": True},
            "runs": [{"repeat": 1, "report": {"recognise_idle_fraction": idle}}],
            "pages_detail": [{"status": "error", "error": "CUDA error: an illegal memory access"}] * failed}
+    if roofline_error:
+        row["roofline"] = {"error": roofline_error}
     for key in drop:
         row.pop(key, None)
     folder.mkdir(parents=True, exist_ok=True)
@@ -230,11 +232,13 @@ def test_each_target_fails_just_past_its_threshold(tmp_path):
 
 def test_what_was_not_measured_says_why(tmp_path):
     figures = {k: v for k, v in GOOD.items() if k not in ("phi3_vision-generate", "dots_ocr-generate")}
-    by_run = {"qwen_vl_2b": {"drop": ("warmup_s", "time_to_first_page_s", "roofline", "runs")}}
+    by_run = {"qwen_vl_2b": {"drop": ("warmup_s", "time_to_first_page_s", "runs"),
+                             "roofline_error": "RuntimeError: no FLOP counts"}}
     report, verdicts = _check(tmp_path, figures, crash=("dots_ocr-generate",), **by_run)
     assert verdicts["qwen_vl_2b_first_page_s"]["verdict"] == UNMEASURED
     assert verdicts["qwen_vl_2b_first_page_s"]["why"] == "qwen_vl_2b: no first_page_after_load_s in its bench.json"
-    assert "no percent_of_limit" in verdicts["qwen_vl_2b_percent_of_limit"]["why"]
+    assert verdicts["qwen_vl_2b_percent_of_limit"]["why"] == \
+        "qwen_vl_2b: no percent_of_limit in its bench.json (RuntimeError: no FLOP counts)"
     assert verdicts["qwen_vl_2b_pages_per_s"]["verdict"] == PASS             # the rest of the row still counts
     crashed = verdicts["dots_ocr_over_generate"]
     assert crashed["verdict"] == UNMEASURED and crashed["why"].startswith("dots_ocr-generate: crashed: exit code 1")
