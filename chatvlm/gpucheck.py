@@ -16,12 +16,11 @@ rewritten after every run, and runs/<run>/ with each run's bench.json, per-page 
 log. At the end the table is printed on stdout.
 
 `--dry-run` is the same check on a CPU: reduced configs of every model
-(chatvlm.synthetic_tiny), two small pages, a few tokens per page. Its speed verdicts are
+(chatvlm.testing.tiny_synthetic_configs), two small pages, a few tokens per page. Its speed verdicts are
 unmeasured by design (not the targets' conditions); it shows that every run starts, finishes
 and leaves every figure the verdicts read.
 
-This module imports no torch (the dry run's reduced configs aside): the runs do, in their
-own processes. gpucheck_report turns a run's bench.json into its row and the rows into
+This module imports no torch: the runs do, in their own processes. gpucheck_report turns a run's bench.json into its row and the rows into
 gpu_check.md; gpucheck_targets judges the targets.
 """
 
@@ -284,18 +283,18 @@ def _update(out: Path, report: dict[str, Any]) -> None:
 
 
 def write_tiny_configs(settings: Settings) -> None:
-    """The dry run's reduced configs, for every model not given one, and the options they need."""
-    from .synthetic_tiny import CPU_OPTIONS, tiny_configs
-
-    folder = settings.out / "tiny-configs"
-    folder.mkdir(parents=True, exist_ok=True)
-    configs = tiny_configs()
-    for model in settings.models:
-        if model not in settings.synthetic_configs:
-            path = folder / f"{model}.json"
-            path.write_text(json.dumps(configs[model]), encoding="utf-8")
-            settings.synthetic_configs[model] = str(path)
-        for key, value in CPU_OPTIONS.get(model, {}).items():
+    """The dry run's reduced configs, for every model not given one, and the options they
+    need on a CPU. The test builders write them (`python -m chatvlm.testing`), in a process of
+    their own, as the runs themselves are: the package never imports a test builder."""
+    cmd = [settings.python, "-m", "chatvlm.testing", "synthetic-configs", str(settings.out / "tiny-configs"),
+           *settings.models]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    if done.returncode != 0:
+        raise SystemExit(_("the dry run's reduced configs could not be written: {tail}").format(
+            tail=done.stderr.strip()[-600:]))
+    for model, written in json.loads(done.stdout.strip().splitlines()[-1]).items():
+        settings.synthetic_configs.setdefault(model, written["config"])
+        for key, value in written["options"].items():
             settings.model_options.setdefault(model, {}).setdefault(key, value)
 
 

@@ -22,8 +22,8 @@ TOKENS = 3
 
 
 def _tiny_configs() -> dict[str, dict]:
-    from chatvlm.synthetic_tiny import tiny_configs
-    return tiny_configs()
+    from chatvlm.testing import tiny_synthetic_configs
+    return tiny_synthetic_configs()
 
 
 def test_every_vlm_has_a_recipe_and_a_full_config():
