@@ -14,13 +14,17 @@ batching, padding, prompt building, stop tokens, token counts, files. Vocabulari
 tiny (256 byte tokens plus the special tokens), hidden sizes 16-32 and one or two layers,
 so building and running one takes seconds on a CPU. Vision sizes that the real processors
 or model code hard-code (GOT's 1024-px SAM input, DeepSeek-OCR-2's 1024/768 views) are kept.
+
+`tiny_synthetic_configs` are reduced configs of all seven VLMs for `bench --synthetic` on a
+CPU (the recipe tests, and the GPU check's dry run through `python -m chatvlm.testing
+synthetic-configs DIR`).
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from .byte_tokenizer import (GOT_SPECIALS, QWEN2_VL_CHAT_TEMPLATE, QWEN3_VL_CHAT_TEMPLATE, deepseek_tokenizer,
                              got_ocr_tokenizer, qwen_vl_tokenizer)
@@ -223,3 +227,96 @@ def build_tiny_checkpoint(name: str, folder, seed: int = 0, init_std: float = 0.
     meta = {"model": name, "seed": seed, "init_std": init_std, "eos_boost": eos_boost, "tiny_random": True}
     (folder / "chatvlm_tiny.json").write_text(json.dumps(meta) + "\n")
     return folder
+
+
+# --------------------------------------------------------------------------- reduced synthetic configs
+
+# Options a model needs beside its reduced config to stay fast on a CPU: DeepSeek-OCR's
+# "small" mode reads one 640-px view instead of tiles.
+SYNTHETIC_CPU_OPTIONS: dict[str, dict[str, Any]] = {"deepseek_ocr": {"mode": "small"}}
+
+
+def tiny_synthetic_configs() -> dict[str, dict[str, Any]]:
+    """{model name: config.json dict}: the seven VLMs at a few thousand parameters, for
+    `bench --synthetic --synthetic-config NAME=FILE` on a CPU (the full-size configs take
+    minutes and gigabytes there). Each keeps its architecture and special tokens, so the
+    recipe, processor, backend and decoder code is the full-size run's."""
+    from .models.deepseek_ocr import official_config_dict
+    from .models.dots_ocr.testing import config_dict as dots_config
+    from .models.phi3_vision.testing import tiny_config as phi3_config
+
+    small_text = dict(vocab_size=400, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096)
+    return {
+        "qwen_vl_2b": {
+            "model_type": "qwen2_vl", "tie_word_embeddings": True,
+            "text_config": {**small_text, "tie_word_embeddings": True,
+                            "rope_parameters": {"rope_type": "default", "mrope_section": [2, 1, 1],
+                                                "rope_theta": 1000000.0}},
+            "vision_config": {"depth": 1, "embed_dim": 32, "hidden_size": 32, "num_heads": 2, "mlp_ratio": 2,
+                              "patch_size": 14, "spatial_merge_size": 2, "temporal_patch_size": 2},
+        },
+        "qwen3_vl_2b": {
+            "model_type": "qwen3_vl", "tie_word_embeddings": True,
+            "text_config": {**small_text, "model_type": "qwen3_vl_text", "head_dim": 8, "tie_word_embeddings": True,
+                            "rope_parameters": {"rope_type": "default", "mrope_section": [2, 1, 1],
+                                                "mrope_interleaved": True, "rope_theta": 5000000.0}},
+            "vision_config": {"model_type": "qwen3_vl", "depth": 2, "hidden_size": 32, "intermediate_size": 64,
+                              "num_heads": 2, "patch_size": 16, "spatial_merge_size": 2, "temporal_patch_size": 2,
+                              "out_hidden_size": 32, "num_position_embeddings": 64,
+                              "deepstack_visual_indexes": [0]},
+        },
+        "got_ocr_hf": {   # 256-px SAM view: 16 image tokens (the recipe's processor follows image_size)
+            "model_type": "got_ocr2", "image_seq_length": 16, "tie_word_embeddings": True,
+            "text_config": {**small_text, "model_type": "qwen2", "tie_word_embeddings": True},
+            "vision_config": {"model_type": "got_ocr2_vision", "hidden_size": 16, "output_channels": 16,
+                              "num_hidden_layers": 1, "num_attention_heads": 2, "image_size": 256,
+                              "patch_size": 16, "window_size": 4, "global_attn_indexes": [], "mlp_dim": 32},
+        },
+        "deepseek_ocr2": {
+            "model_type": "deepseek_ocr2",
+            "text_config": {**small_text, "num_key_value_heads": 4, "max_position_embeddings": 8192,
+                            "n_routed_experts": 4, "num_experts_per_tok": 2, "n_shared_experts": 1,
+                            "moe_intermediate_size": 16, "mlp_layer_types": ["dense", "sparse"],
+                            "bos_token_id": 0, "eos_token_id": 1, "pad_token_id": 2},
+            "vision_config": {
+                "sam_config": {"hidden_size": 16, "output_channels": 16, "num_hidden_layers": 1,
+                               "num_attention_heads": 2, "image_size": 1024, "patch_size": 16, "window_size": 8,
+                               "global_attn_indexes": [], "mlp_dim": 32, "downsample_channels": [16, 32]},
+                "encoder_config": {"vocab_size": 16, "hidden_size": 32, "intermediate_size": 64,
+                                   "num_hidden_layers": 1, "num_attention_heads": 4, "num_key_value_heads": 2,
+                                   "max_position_embeddings": 2048},
+            },
+        },
+        "dots_ocr": dots_config(vocab_size=1000),
+        "phi3_vision": phi3_config(),
+        "deepseek_ocr": official_config_dict(
+            vocab_size=129280, hidden_size=32, intermediate_size=64, moe_intermediate_size=16, num_hidden_layers=2,
+            num_attention_heads=2, n_routed_experts=4, num_experts_per_tok=2, n_shared_experts=1, sam_width=16,
+            sam_layers=2, sam_heads=1, sam_global_attn_indexes=(1,), sam_downsample_channels=(16, 32),
+            clip_layers=1, clip_heads=2),
+    }
+
+
+def write_tiny_synthetic_configs(folder, models=None) -> dict[str, dict[str, Any]]:
+    """Write each model's reduced config as folder/<model>.json; return {model: {"config":
+    path, "options": the -O options it needs on a CPU}}."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    written = {}
+    for name, config in tiny_synthetic_configs().items():
+        if models is None or name in models:
+            path = folder / f"{name}.json"
+            path.write_text(json.dumps(config), encoding="utf-8")
+            written[name] = {"config": str(path), "options": dict(SYNTHETIC_CPU_OPTIONS.get(name, {}))}
+    return written
+
+
+if __name__ == "__main__":
+    # python -m chatvlm.testing synthetic-configs DIR [MODEL ...]: the GPU check's dry run gets its
+    # reduced configs this way, in a process of its own (the package never imports a test builder).
+    import sys
+
+    if len(sys.argv) < 3 or sys.argv[1] != "synthetic-configs":
+        sys.exit("usage: python -m chatvlm.testing synthetic-configs DIR [MODEL ...]")
+    print(json.dumps(write_tiny_synthetic_configs(sys.argv[2], sys.argv[3:] or None)))

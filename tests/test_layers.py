@@ -56,7 +56,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     # what users call: the Python API (chatvlm/__init__.py is its lazy façade), chat, bench,
     # the console display, model listings, the GPU check
     ("front ends", ("chatvlm", "chatvlm.api", "chatvlm.chat", "chatvlm.bench", "chatvlm.ui", "chatvlm.model_info",
-                    "chatvlm.gpucheck", "chatvlm.gpucheck_report")),
+                    "chatvlm.gpucheck", "chatvlm.gpucheck_plan", "chatvlm.gpucheck_report",
+                    "chatvlm.gpucheck_targets")),
     # processes: the command line, the HTTP server, the web page
     ("entry points", ("chatvlm.cli", "chatvlm.cli_options", "chatvlm.__main__", "chatvlm.server", "chatvlm.web")),
     # tiny random-weight checkpoints for tests and demos: nothing in the package uses them
