@@ -142,6 +142,70 @@ def test_each_path_gives_each_page_what_generate_gives_it_alone(adapter, referen
         assert bool(facts.get("decode_continuous")) == (path == "continuous")
     if path == "continuous":
         assert facts["decode_slots"] == 3 and facts["continuous_prefills"] > 1    # slots refilled mid-run
+    report = runner.report_facts()      # what report.json gets, whichever path ran
+    assert "decode_fallbacks" not in report and "continuous_fallbacks" not in report
+    if path == "continuous":
+        assert report["decode_slots"] == 3 and report["decode_continuous"] is True
+        assert "decode_continuous_reason" not in report
+    else:
+        assert report["decode_slots"] == 0 and report["decode_continuous"] is False
+        why = {"static batch": "decode_slots=0", "generate": "--decode hf"}[path]
+        assert why in report["decode_continuous_reason"]
+
+
+def test_a_batch_size_of_one_reports_no_slots_and_why(adapter):
+    runner = _runner(adapter)
+    runner.batch_size = 1
+    pages = noise_page_records(SIZES[:2], seed=3)
+    runner.generate(pages[:1], "text", PARAMS)
+    report = runner.report_facts()
+    assert report["decode"] == decode.STATIC and report["decode_slots"] == 0 and not report["decode_continuous"]
+    assert "batch size 1" in report["decode_continuous_reason"]
+
+
+def _prompt_lengths(adapter, pages):
+    return [adapter.build_inputs([p], "text", PARAMS)["input_ids"].shape[1] for p in pages]
+
+
+def test_a_mid_run_fallback_stays_in_the_report(adapter, reference):
+    """The longest page is too long for the decoder's cache (a real Unsupported): that
+    batch takes generate; the next batch is the static decoder's again, and the report
+    still counts the fallback and says why."""
+    pages = noise_page_records(SIZES, seed=3)
+    lengths = _prompt_lengths(adapter, pages)
+    longest = max(range(len(pages)), key=lengths.__getitem__)
+    assert sorted(lengths)[-2] < lengths[longest]
+    runner = _runner(adapter, decode_slots=0, decode_max_len=sorted(lengths)[-2] + MAX_NEW)
+    order = [i for i in range(len(pages)) if i != longest][:2]
+    order.insert(1, longest)                     # short, long, short
+    got = [runner.generate([pages[i]], "text", PARAMS)[0] for i in order]
+    assert [(r.text, r.output_tokens, r.finish_reason) for r in got] == [reference[i] for i in order]
+    report = runner.report_facts()
+    assert report["decode"] == decode.STATIC and "decode_reason" not in report   # the last batch: ours
+    assert report["decode_fallbacks"] == 1
+    assert report["decode_first_fallback_reason"].startswith("static decoder declined this batch")
+    assert "cache limit" in report["decode_first_fallback_reason"]
+
+
+def test_a_continuous_decline_mid_run_stays_in_the_report(adapter, reference):
+    """The engine declines the longest page (last in the batch, after others finished):
+    it takes the batch path; the next batch runs continuously again, and the report
+    keeps the decline."""
+    pages = noise_page_records(SIZES, seed=3)
+    lengths = _prompt_lengths(adapter, pages)
+    longest = max(range(len(pages)), key=lengths.__getitem__)
+    runner = _runner(adapter, decode_slots=2, decode_max_len=sorted(lengths)[-2] + MAX_NEW)
+    order = [i for i in range(len(pages)) if i != longest] + [longest]
+    got = runner.generate([pages[i] for i in order], "text", PARAMS)
+    assert [(r.text, r.output_tokens, r.finish_reason) for r in got] == [reference[i] for i in order]
+    assert runner.facts["decode_continuous"] is False
+    short = [pages[i] for i in order[:3]]
+    runner.generate(short, "text", PARAMS)
+    report = runner.report_facts()
+    assert report["decode_continuous"] is True and "decode_continuous_reason" not in report
+    assert report["continuous_fallbacks"] == 1
+    assert "continuous engine declined this batch" in report["continuous_first_fallback_reason"]
+    assert report["decode_fallbacks"] == 1 and "cache limit" in report["decode_first_fallback_reason"]
 
 
 def test_slots_default_to_the_run_batch_size(adapter):

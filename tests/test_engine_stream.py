@@ -180,6 +180,8 @@ def test_a_broken_engine_hands_the_rest_to_the_batch_path(adapter, reference, mo
     assert n == len(SIZES) and got == reference
     assert batches and all(len(b) <= 3 for b in batches)
     assert not runner.facts["decode_continuous"] and "illegal memory access" in runner.facts["decode_continuous_reason"]
+    assert runner.facts["continuous_engines"] == 1 and runner.facts["continuous_fallbacks"] == 1
+    assert "illegal memory access" in runner.facts["continuous_first_fallback_reason"]
     assert runner.generate_stream(iter(_pages()), "text", PARAMS) is None    # off for the rest of the run
 
 
@@ -188,6 +190,9 @@ def test_a_stream_the_engine_declines_goes_batch_by_batch(adapter, reference):
     got, n = _texts(runner.generate_stream(iter(_pages()), "text", PARAMS))
     assert n == len(SIZES) and got == reference
     assert "cache limit" in runner.facts["decode_continuous_reason"]
+    facts = runner.facts
+    assert facts["continuous_engines"] == 1 and facts["continuous_fallbacks"] == 1
+    assert facts["decode_fallbacks"] == 3 and "cache limit" in facts["decode_first_fallback_reason"]   # 9 pages, 3 a batch
 
 
 def test_hold_keeps_new_pages_out_while_rows_decode(adapter, reference):

@@ -204,7 +204,7 @@ class HFBackend(Backend):
                 facts["device_name"] = "cpu"
         except Exception:
             pass
-        facts.update(self._facts)
+        facts.update(self.runner.report_facts())   # decode_slots and why, even where no engine ran
         return facts
 
     # ----------------------------------------------------------------- batch sizing (chatvlm.engine.memory)

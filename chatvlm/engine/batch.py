@@ -48,10 +48,20 @@ def decode_batch(inputs: dict, state: tuple[Any, list, dict], *, decoder,
                     reason = f"static decoder failed: {exc.__class__.__name__}: {exc}"[:300]
                     disable(reason)
                 facts["decode"], facts["decode_reason"] = HF, reason
+                count_fallback(facts, "decode", reason)
                 tracker, processors, gen_kwargs = fresh_state()
         if out is None:
             out = generate(**inputs, **gen_kwargs)
     return out, tracker
+
+
+def count_fallback(facts: dict[str, Any], kind: str, reason: str) -> None:
+    """One more fallback of `kind` ("decode": a batch the static decoder declined or failed
+    on; "continuous": work the continuous engine declined or failed on) and, the first
+    time, its reason. The per-batch `decode_reason` / `decode_continuous_reason` are
+    cleared when a later batch succeeds; these stay for the whole run."""
+    facts[f"{kind}_fallbacks"] = int(facts.get(f"{kind}_fallbacks") or 0) + 1
+    facts.setdefault(f"{kind}_first_fallback_reason", reason)
 
 
 def batch_outputs(out, prompt_len: int, tracker, input_counts: list[int],

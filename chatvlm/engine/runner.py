@@ -333,9 +333,7 @@ class GenerationRunner:
                 self.facts.update(decoder.facts())
                 made = iter(self._generate_batches(rest, task, params))
                 return [next(made) if raw is None else raw for raw in outputs(time.perf_counter() - t1)]
-            self.facts["decode_continuous_reason"] = self.continuous_disabled = \
-                f"continuous engine failed: {exc.__class__.__name__}: {exc}"[:300]
-            self.facts["decode_continuous"] = False
+            self._fail_continuous(exc)
             return None
         if self._on_cuda():
             self._note_peak_memory()
@@ -395,8 +393,55 @@ class GenerationRunner:
         return PageStream(self, requests, task, params, on_shrink=on_shrink, fallback=fallback, hold=hold)
 
     def _decline_continuous(self, why: str) -> None:
-        self.facts["decode_continuous"] = False
-        self.facts["decode_continuous_reason"] = f"continuous engine declined this batch: {why}"[:300]
+        """The engine gave back work it cannot serve (Unsupported): those requests take the batch path."""
+        from .batch import count_fallback
+
+        reason = f"continuous engine declined this batch: {why}"[:300]
+        self.facts["decode_continuous"], self.facts["decode_continuous_reason"] = False, reason
+        count_fallback(self.facts, "continuous", reason)
+
+    def _fail_continuous(self, exc: BaseException) -> None:
+        """The engine broke: off for the rest of the run, the report says why."""
+        from .batch import count_fallback
+
+        reason = self.continuous_disabled = f"continuous engine failed: {exc.__class__.__name__}: {exc}"[:300]
+        self.facts["decode_continuous"], self.facts["decode_continuous_reason"] = False, reason
+        count_fallback(self.facts, "continuous", reason)
+
+    def report_facts(self) -> dict[str, Any]:
+        """The facts, with decode_slots and decode_continuous always there: where no
+        engine has run (or said why it did not), 0 slots or the slots set, and why the
+        engine is off (`off_facts`)."""
+        facts = dict(self.facts)
+        if "decode_continuous" not in facts:
+            facts.update(self.off_facts())
+        facts.setdefault("decode_slots", self.decode_slots())
+        return facts
+
+    def off_facts(self) -> dict[str, Any]:
+        """decode_slots, decode_continuous False, and why no continuous engine ran."""
+        from . import lm as fast
+
+        slots = self.decode_slots()
+        facts: dict[str, Any] = {"decode_slots": slots, "decode_continuous": False}
+        extra = self.options.extra
+        model = self.adapter.model
+        if str(extra.get("decode", "auto")).lower() == "hf":
+            reason = "requested (--decode hf): transformers generate has no continuous engine"
+        elif self.decode_disabled:
+            reason = f"static decoder off for the run: {self.decode_disabled}"
+        elif self.continuous_disabled:
+            reason = self.continuous_disabled
+        elif extra.get("decode_slots") not in (None, "") and not int(extra["decode_slots"]):
+            reason = "turned off (-O decode_slots=0)"
+        elif model is not None and (why := fast.unsupported_reason(model)) is not None:
+            reason = f"model not served by the static decoder: {why}"
+        elif not slots:
+            reason = f"batch size {self.batch_size or 1}: nothing to refill alongside one page"
+        else:
+            reason = "not used yet: no batch had more pages than slots"
+        facts["decode_continuous_reason"] = reason
+        return facts
 
     # ----------------------------------------------------------------- one batch's state and results
     def new_tracker(self, params: GenerationParams, prompt_len: int, batch: int,

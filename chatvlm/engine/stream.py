@@ -122,6 +122,7 @@ class PageStream:
             finished = 0
             engine = runner.continuous_engine(decoder, slots, self.params, self._prepare, hold=self._hold)
             engines += 1
+            runner.facts["continuous_engines"] = engines     # more than one: restarted after a failure
             try:
                 for done in engine.run(self._feed(taken)):
                     page = taken.pop(done.index)
@@ -162,14 +163,11 @@ class PageStream:
                         continue
                     yield from self._batches(self._rest())
                     return
-                runner.facts["decode_continuous_reason"] = runner.continuous_disabled = \
-                    f"continuous engine failed: {exc.__class__.__name__}: {exc}"[:300]
-                runner.facts["decode_continuous"] = False
+                runner._fail_continuous(exc)
                 yield from self._batches(chain(unfinished, self._rest()))
                 return
             runner.facts.update(decoder.facts())
             runner.facts.update(engine.facts())        # the counts of the last engine
-            runner.facts["continuous_engines"] = engines     # more than one: restarted after a failure
             if declined:
                 runner.facts["decode_continuous"] = False    # the reason stays: some pages took the batch path
             else:
