@@ -12,6 +12,7 @@ interrupt mid-stream each cost at most their own page.
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -267,3 +268,39 @@ def test_a_slow_writer_holds_new_pages_back(checkpoint, inputs, tmp_path, refere
     # pages taken and not yet written: at most the backlog (4), the row, and the one taken now
     assert max(taken_ahead) <= 6 and len(taken_ahead) == len(SIZES)
     assert (False, True) in holds or (True, False) in holds        # the backlog was full at some point
+
+
+def test_idle_fraction_and_first_page_on_a_slow_renderer(checkpoint, inputs, tmp_path, reference, monkeypatch):
+    """Rendering each page takes SLOW seconds: the engine waits for its first page at least
+    that long, and the report counts such waits as idle, not as recognition."""
+    slow = 0.4
+    renderer = pipeline._renderer
+
+    def slow_renderer(doc, number, config):
+        render = renderer(doc, number, config)
+        return lambda: (time.sleep(slow), render())[1]
+    monkeypatch.setattr(pipeline, "_renderer", slow_renderer)
+    backend = _backend(checkpoint)
+    outcome, (_entries, texts), _ = _run(backend, inputs, tmp_path / "out")
+    facts = backend.describe()
+    backend.close()
+    assert outcome.exit_code == 0 and texts == reference
+    assert facts["decode_continuous"] and facts["decode_slots"] == 3 and facts["continuous_engines"] == 1
+    report = outcome.report
+    wall, busy = report["wall_s"], report["recognise_busy_s"]
+    assert slow <= report["time_to_first_page_s"] <= wall
+    assert 0 < busy <= wall - slow                    # the wait for the first page is not recognition
+    idle = report["recognise_idle_fraction"]
+    assert slow / wall <= idle < 1
+    assert idle == pytest.approx(1 - busy / (wall - report["model_load_s"]), abs=0.01)
+
+
+def test_a_run_without_slots_reports_them_as_off_and_why(checkpoint, inputs, tmp_path, reference):
+    backend = _backend(checkpoint, decode_slots=0)
+    outcome, (_entries, texts), _ = _run(backend, inputs, tmp_path / "out")
+    facts = backend.describe()
+    backend.close()
+    assert outcome.exit_code == 0 and texts == reference
+    assert facts["decode_slots"] == 0 and facts["decode_continuous"] is False
+    assert "decode_slots=0" in facts["decode_continuous_reason"]
+    assert outcome.report["engine"]["decode_slots"] == 0
