@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
 from .gpucheck_plan import BASELINE_MODEL
-from .gpucheck_targets import PASS, VERDICT_LABELS, count
+from .gpucheck_targets import PASS, VERDICT_LABELS, count, off_fast_path
 from .i18n import N_, _
 
 if TYPE_CHECKING:
@@ -57,6 +57,8 @@ def row_for(run: Run, settings: Settings, out: Path, result: ProcessResult, cap_
         "peak_gpu_memory_gb": None, "device": None, "dtype": None, "attention": None,
         "decode_path": None, "decode_reason": None, "continuous": None, "continuous_reason": None, "slots": None,
         "decode_graphs": None, "batch_size": None, "idle_fraction": None,
+        "decode_fallbacks": None, "decode_first_fallback_reason": None,
+        "continuous_fallbacks": None, "continuous_first_fallback_reason": None, "decode_slots_lowered_to": None,
         "roofline_limit_s": None, "percent_of_limit": None, "decode_bound": None, "roofline_error": None,
         "bench_json": None, "log": str(log),
     }
@@ -77,7 +79,7 @@ def row_for(run: Run, settings: Settings, out: Path, result: ProcessResult, cap_
 
 
 def _fill_from_bench(row: dict[str, Any], run: Run, bench_row: dict[str, Any], out: Path) -> None:
-    engine = bench_row.get("engine") or {}
+    engine = bench_row.get("engine") if isinstance(bench_row.get("engine"), dict) else {}
     pages = bench_row.get("pages") or {}
     status = bench_row.get("status")
     row.update(
@@ -95,6 +97,11 @@ def _fill_from_bench(row: dict[str, Any], run: Run, bench_row: dict[str, Any], o
         continuous=engine.get("decode_continuous"), continuous_reason=engine.get("decode_continuous_reason"),
         slots=engine.get("decode_slots"), decode_graphs=engine.get("decode_graphs"),
         batch_size=_batch_used(run, engine), idle_fraction=_idle_fraction(bench_row),
+        decode_fallbacks=engine.get("decode_fallbacks"),
+        decode_first_fallback_reason=engine.get("decode_first_fallback_reason"),
+        continuous_fallbacks=engine.get("continuous_fallbacks"),
+        continuous_first_fallback_reason=engine.get("continuous_first_fallback_reason"),
+        decode_slots_lowered_to=engine.get("decode_slots_lowered_to"),
         bench_json=str(out / "bench.json"))
     roof = bench_row.get("roofline") or {}
     row.update(roofline_limit_s=roof.get("limit_s"), percent_of_limit=roof.get("percent_of_limit"),
@@ -281,6 +288,7 @@ def _runs_table(report: dict[str, Any]) -> list[str]:
             lines.append(f"- {row['run']}: decode {row['decode_path']}: {row['decode_reason']}")
         if row.get("continuous_reason"):
             lines.append(f"- {row['run']}: continuous batching off: {row['continuous_reason']}")
+        lines += [f"- {row['run']}: {note}" for note in off_fast_path(row)]
         if row.get("roofline_error"):
             lines.append(f"- {row['run']}: roofline: {row['roofline_error']}")
     for number, row in enumerate(notes, start=1):

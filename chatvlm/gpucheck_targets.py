@@ -72,15 +72,49 @@ class _Check:
         return out
 
 
+def _count(value: Any) -> int:
+    """A count from a report, 0 where it is missing or not a number."""
+    try:
+        return max(0, int(value)) if value is not None and not isinstance(value, bool) else 0
+    except (TypeError, ValueError):
+        return 0
+
+
+def off_fast_path(row: dict[str, Any]) -> list[str]:
+    """What took a run off its fast path, from the row's engine facts (read defensively:
+    an older bench.json has none of them): the static decoder's fallbacks to transformers
+    generate, the continuous engine's declines and failures (each with its count and first
+    reason), rows lowered after running out of memory."""
+    engine = row.get("engine")
+    engine = engine if isinstance(engine, dict) else {}
+
+    def fact(key: str) -> Any:
+        return row[key] if row.get(key) is not None else engine.get(key)
+
+    notes = []
+    texts = {"decode": _("batches the static decoder gave to transformers generate: {n}; first: {reason}"),
+             "continuous": _("continuous engine declines and failures: {n}; first: {reason}")}
+    for kind, text in texts.items():
+        n = _count(fact(f"{kind}_fallbacks"))
+        if n:
+            notes.append(text.format(n=n, reason=str(fact(f"{kind}_first_fallback_reason") or "?")[:300]))
+    lowered = _count(fact("decode_slots_lowered_to"))
+    if lowered:
+        notes.append(_("continuous rows lowered to {n} after running out of memory").format(n=lowered))
+    return notes
+
+
 def _verdict(key: str, title: str, threshold: str, runs: list[str], value: Optional[float] = None,
              measured: Optional[str] = None, passed: Optional[bool] = None, why: Optional[str] = None,
-             differences: Optional[list[str]] = None) -> dict[str, Any]:
+             differences: Optional[list[str]] = None, notes: Optional[list[str]] = None) -> dict[str, Any]:
+    """`notes`: what the runs' engines say went off their fast path; a measured verdict
+    gives them as its why (a figure explained by a fallback)."""
     if value is None or passed is None:
         verdict = UNMEASURED
     elif differences:
         verdict, why = UNMEASURED, _("not under the target's conditions: {what}").format(what="; ".join(differences))
     else:
-        verdict, why = (PASS if passed else FAIL), None
+        verdict, why = (PASS if passed else FAIL), ("; ".join(notes) if notes else None)
     return {"key": key, "title": title, "threshold": threshold, "measured": measured,
             "value": None if value is None else round(value, 4), "verdict": verdict, "why": why, "runs": runs}
 
@@ -97,7 +131,8 @@ def _one_figure(check: _Check, key: str, title: str, threshold: str, run_id: str
             why += f" ({row['roofline_error']})"
         return _verdict(key, title, threshold, [run_id], why=why)
     return _verdict(key, title, threshold, [run_id], value=float(value), measured=show(float(value)),
-                    passed=OPS[op](float(value), limit), differences=check.differences(row, tokens))
+                    passed=OPS[op](float(value), limit), differences=check.differences(row, tokens),
+                    notes=[f"{run_id}: {note}" for note in off_fast_path(row)])
 
 
 def _pages_per_s(value: float) -> str:
@@ -126,7 +161,7 @@ def _against_generate(check: _Check, model: str) -> dict[str, Any]:
     differences = check.differences(fast, TARGET_TOKENS)
     differences += [d for d in check.differences(slow, TARGET_TOKENS) if d not in differences]
     return _verdict(key, title, threshold, runs, value=ratio, measured=measured, passed=ratio >= SPEEDUP,
-                    differences=differences)
+                    differences=differences, notes=[f"{engine_id}: {note}" for note in off_fast_path(fast)])
 
 
 def _idle(check: _Check) -> dict[str, Any]:

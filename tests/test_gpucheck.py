@@ -15,7 +15,7 @@ import pytest
 from chatvlm import gpucheck, gpucheck_plan
 from chatvlm.gpucheck import ProcessResult, Settings
 from chatvlm.gpucheck_report import render_markdown, row_for, summarise
-from chatvlm.gpucheck_targets import AGAINST_GENERATE, FAIL, PASS, UNMEASURED, judge
+from chatvlm.gpucheck_targets import AGAINST_GENERATE, FAIL, PASS, UNMEASURED, judge, off_fast_path
 from tests.conftest import ROOT
 
 ENGINES = ["qwen_vl_2b", "qwen_vl_2b-range", "deepseek_ocr", "deepseek_ocr2", "qwen3_vl_2b", "got_ocr_hf",
@@ -143,7 +143,7 @@ H100 = {"gpu": "NVIDIA H100 80GB HBM3", "cuda": "13.0", "python": "3.12.3",
 
 def _bench_json(folder: Path, model: str, pages_per_s: float, *, failed: int = 0, total: int = 8,
                 warmup_s: float = 4.0, percent: float = 70.0, idle: float = 0.02, device: str = "cuda:0",
-                decode: str = "chatvlm-static", roofline_error: str = None, drop=()) -> None:
+                decode: str = "chatvlm-static", roofline_error: str = None, drop=(), engine=None) -> None:
     """A run's bench.json as `chatvlm bench --synthetic` writes it (the keys the check reads)."""
     row = {"model": model, "status": "ok", "error": None, "device": device, "dtype": "bfloat16", "attention": "sdpa",
            "load_s": 3.0, "warmup_s": warmup_s, "time_to_first_page_s": 3.0 + warmup_s,
@@ -154,6 +154,7 @@ def _bench_json(folder: Path, model: str, pages_per_s: float, *, failed: int = 0
                       "decode_continuous": decode == "chatvlm-static", "decode_graphs": True},
            "runs": [{"repeat": 1, "report": {"recognise_idle_fraction": idle}}],
            "pages_detail": [{"status": "error", "error": "CUDA error: an illegal memory access"}] * failed}
+    row["engine"].update(engine or {})
     if roofline_error:
         row["roofline"] = {"error": roofline_error}
     for key in drop:
@@ -272,6 +273,34 @@ def test_a_run_outside_the_targets_conditions_is_unmeasured(tmp_path):
                                                            "not the model's own budget; a reduced config, not the "
                                                            "full-size model")
     assert set(AGAINST_GENERATE) == {k.removesuffix("_over_generate") for k in verdicts if k.endswith("_over_generate")}
+
+
+def test_fallbacks_of_a_run_reach_its_verdict_and_the_runs_notes(tmp_path):
+    fallbacks = {"decode": "chatvlm-static", "decode_fallbacks": 2,
+                 "decode_first_fallback_reason": "static decoder declined this batch: prompt + new tokens (9000) "
+                                                 "exceed the decoder's cache limit (8192)",
+                 "continuous_fallbacks": 1, "continuous_first_fallback_reason": "continuous engine failed: boom",
+                 "decode_slots_lowered_to": 24}
+    figures = {**GOOD, "qwen_vl_2b": 7.0}
+    by_run = {"qwen_vl_2b": {"engine": fallbacks}, "got_ocr_hf": {"engine": {"decode_fallbacks": "n/a"}}}
+    report, verdicts = _check(tmp_path, figures, **by_run)
+    slow = verdicts["qwen_vl_2b_pages_per_s"]
+    assert slow["verdict"] == FAIL
+    assert slow["why"].startswith("qwen_vl_2b: batches the static decoder gave to transformers generate: 2; "
+                                  "first: static decoder declined this batch: prompt + new tokens (9000)")
+    assert "qwen_vl_2b: continuous engine declines and failures: 1; first: continuous engine failed: boom" \
+        in slow["why"]
+    assert "continuous rows lowered to 24 after running out of memory" in slow["why"]
+    assert verdicts["got_ocr_hf_over_generate"]["why"] is None          # a count that is not one: no note
+    row = next(r for r in report["runs"] if r["run"] == "qwen_vl_2b")
+    assert (row["decode_fallbacks"], row["continuous_fallbacks"], row["decode_slots_lowered_to"]) == (2, 1, 24)
+    assert row["engine"]["decode_first_fallback_reason"] == fallbacks["decode_first_fallback_reason"]
+    table = render_markdown({**report, "title": "t", "started": "now", "host": {}, "targets": list(verdicts.values()),
+                             "summary": summarise(report["runs"], list(verdicts.values()))})
+    assert "- qwen_vl_2b: batches the static decoder gave to transformers generate: 2; first:" in table
+    assert "- qwen_vl_2b: continuous engine declines and failures: 1; first: continuous engine failed: boom" in table
+    # a row without engine facts (an older gpu_check.json) is read as no fallback
+    assert off_fast_path({"run": "x", "engine": None}) == [] and off_fast_path({"run": "x"}) == []
 
 
 # --------------------------------------------------------------------------- processes
