@@ -427,7 +427,8 @@ def test_pipeline_hands_a_whole_window_to_the_continuous_decoder(tmp_path):
     assert report["engine"]["decode_continuous"] and report["engine"]["decode_slots"] == 2
     # -O decode_slots=0: batch by batch, same pages
     got, report = run(tmp_path / "off", "--batch-size", "2", "-O", "decode_slots=0")
-    assert got == alone and "decode_continuous" not in report["engine"]
+    assert got == alone and report["engine"]["decode_continuous"] is False and report["engine"]["decode_slots"] == 0
+    assert "decode_slots=0" in report["engine"]["decode_continuous_reason"]
 
 
 def test_a_broken_engine_is_reported_and_the_pages_decode_batch_by_batch(backends):
