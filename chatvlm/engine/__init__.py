@@ -4,6 +4,8 @@ Nothing here knows a model family: a model adapter (`runner.ModelAdapter`) hands
 engine its inputs for a group of requests, stop tokens, logits processors and the token
 budget, as data and callables.
 
+    adapter     the ModelAdapter protocol: what the engine needs from a model
+    requests    what passes between the engine and its caller per request
     runner      which path a batch takes (continuous / batch / generate), its RawOutputs
     decoder     StaticDecoder: greedy decode with a static KV cache and our own step
     lm          the language model's parts (find_lm), what the decoder declines (Unsupported)
@@ -27,8 +29,8 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-_EXPORTS = {"ContinuousEngine": "continuous", "Finished": "continuous", "Prepared": "continuous",
-            "continuous_unsupported": "continuous", "GenerationRunner": "runner", "ModelAdapter": "runner",
+_EXPORTS = {"ContinuousEngine": "continuous", "Finished": "requests", "Prepared": "requests",
+            "continuous_unsupported": "continuous", "GenerationRunner": "runner", "ModelAdapter": "adapter",
             "StaticDecoder": "decoder", "HF": "lm", "STATIC": "lm", "Unsupported": "lm", "unsupported_reason": "lm"}
 
 __all__ = sorted(_EXPORTS)

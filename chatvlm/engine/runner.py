@@ -24,47 +24,13 @@ and with `synthetic_tokens` = [A, B, seed] each request its own count.
 from __future__ import annotations
 
 import time
-from typing import Any, Optional, Protocol
+from typing import Any, Optional
 
 from ..config import BackendOptions, GenerationParams
 from ..errors import ChatVLMError
 from ..i18n import _
 from ..records import Page, RawOutput
-
-
-class ModelAdapter(Protocol):
-    """What the engine needs from a model: data and callables, nothing else."""
-
-    model: Any                          # the loaded model (its generate; the static decoder serves it)
-    device: str
-    loop_settings: dict[str, Any]       # loop-guard thresholds (loop_guard.GenerationTracker keywords)
-
-    def build_inputs(self, requests: list, task: str, params: GenerationParams) -> dict:
-        """The model inputs for a group of requests (one processor call, left-padded)."""
-
-    def to_device(self, inputs: dict) -> dict:
-        """`build_inputs`' output on the model's device and dtype."""
-
-    def stop_token_ids(self) -> list[int]: ...
-    def stop_strings(self) -> list[str]: ...
-
-    def logits_processors(self, task: str, params: GenerationParams, inputs: dict) -> list:
-        """The model's own processors (anti-repetition bans and the like) for this batch."""
-
-    def repetition_penalty(self, params: GenerationParams) -> float: ...
-    def max_new_tokens(self, params: GenerationParams) -> int: ...
-
-    def max_positions(self) -> Optional[int]:
-        """The language model's context length (None: unknown, no cap)."""
-
-    def pad_token_id(self) -> int: ...
-    def bos_token_id(self) -> Optional[int]: ...
-
-    def decode(self, ids: list[int]) -> str:
-        """Generated ids as the page's text."""
-
-    def decode_raw(self, ids: list[int]) -> str:
-        """Ids as text with special tokens kept (stop strings, loop detection)."""
+from .adapter import ModelAdapter
 
 
 class GenerationRunner:
@@ -274,7 +240,8 @@ class GenerationRunner:
         """The batch through the continuous engine, or None where it does not apply (few
         requests, a model or request the static decoder or the engine does not serve, an
         engine that failed once in this run): the caller then decodes batch by batch."""
-        from .continuous import Prepared, continuous_unsupported
+        from .continuous import continuous_unsupported
+        from .requests import Prepared
 
         slots = self.decode_slots()
         if not slots or len(requests) <= slots or self.continuous_disabled:
@@ -345,7 +312,7 @@ class GenerationRunner:
 
     def prepared_group(self, group: list[Page], task: str, params: GenerationParams, inputs: dict):
         """A group's device inputs as the engine's `Prepared` (its generate arguments and processors)."""
-        from .continuous import Prepared
+        from .requests import Prepared
 
         prompt_len = inputs["input_ids"].shape[1]
         max_new = self.max_new_within_context(params, prompt_len)

@@ -193,7 +193,7 @@ class PageStream:
         """The group's inputs on the device; a failure of the pages themselves (not out of
         memory) is the engine's RequestError, so it isolates the bad page."""
         from ..scheduler import is_out_of_memory
-        from .continuous import RequestError
+        from .requests import RequestError
 
         runner = self.runner
         t0 = time.perf_counter()
@@ -211,7 +211,7 @@ class PageStream:
         return runner.prepared_group(group, self.task, self.params, inputs)
 
     def _result(self, page: Page, done, slots: int) -> RawOutput:
-        from .continuous import Failed
+        from .requests import Failed
 
         if isinstance(done, Failed):
             self._admitted.pop(id(page), None)
