@@ -310,3 +310,29 @@ def test_a_bad_page_in_the_api_stream_fails_alone(eos_checkpoint, noise_pages, a
     kept = [r.text for r in error.results if r is not None]
     assert kept == [text for i, text in enumerate(alone) if i not in (2, 4)]
     assert facts["decode_continuous"] and facts["continuous_engines"] == 1
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_out_of_memory_in_the_api_stream_loses_no_page(eos_checkpoint, noise_pages, alone, monkeypatch):
+    """From the fourth decode step on, a step of more than two rows runs out of memory (as a
+    full card would): the rows are halved to two, the unfinished pages go on in the stream,
+    and every page still gets what it gets alone, in order."""
+    torch = pytest.importorskip("torch")
+    from chatvlm.engine import StaticDecoder
+
+    card = {"steps": 0, "raised": 0}
+    step = StaticDecoder._run_step
+
+    def step_on_a_full_card(self, b, *args, **kwargs):
+        card["steps"] += 1
+        if card["steps"] >= 4 and b > 2:
+            card["raised"] += 1
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB (injected)")
+        return step(self, b, *args, **kwargs)
+    monkeypatch.setattr(StaticDecoder, "_run_step", step_on_a_full_card)
+    with chatvlm.load_model("qwen_vl_2b", model_path=eos_checkpoint, device="cpu", max_new_tokens=24,
+                            batch_size=4) as model:
+        assert model.ocr_batch(noise_pages) == alone
+        facts = model.backend.describe()
+    assert card["raised"] == 1
+    assert facts["decode_continuous"] and facts["decode_slots_lowered_to"] == 2 and facts["continuous_engines"] == 2
