@@ -8,8 +8,9 @@
     for page in chatvlm.pages("report.pdf", pages="1-3"):
         print(model.ocr(page))
 
-A `Model` wraps one loaded backend and runs it through the same contract as the CLI
-(`generate_batch` then `postprocess`), so API results equal CLI results for the same page.
+A `Model` wraps one loaded backend and runs it through the same path as the CLI (the
+continuous engine's page stream where the backend has one, else `generate_batch`; then the
+pipeline's postprocessing step), so API results equal CLI results for the same page.
 The names ChatVLMLLM users know (`ModelLoader.load_model`, `process_image`,
 `parse_document`) are thin aliases.
 """
@@ -25,7 +26,7 @@ from typing import Any, Iterable, Iterator, Optional, Sequence, Union
 from .config import BackendOptions, GenerationParams
 from .errors import ChatVLMError, InputError, UsageError
 from .i18n import _
-from .records import LayoutBlock, Page, PageResult
+from .records import LayoutBlock, Page, PageResult, RawOutput
 from .registry import ModelSpec, cannot_chat_message
 
 __all__ = ["ImageInput", "Model", "ModelLoader", "RecognitionError", "load_model", "pages"]
@@ -167,7 +168,7 @@ class Model:
         One image gives one result; a list gives a list, in the same order.
         """
         single = not isinstance(images, (list, tuple))
-        results = self._run([images] if single else list(images), self._task(task))
+        results = self._run([images] if single else list(images), self._task(task), strict=single)
         return results[0] if single else results
 
     def ocr(self, image: ImageInput) -> str:
@@ -190,7 +191,7 @@ class Model:
 
         Raises RecognitionError if a page fails; its `results` keep every page that worked.
         """
-        results = self._run(list(images), self._task(task))
+        results = self._run(list(images), self._task(task), strict=False)
         return [self._markdown(r) if task == "markdown" else self._text(r) for r in results]
 
     def ask(self, image: ImageInput, question: str, history: Optional[list[tuple[str, str]]] = None) -> str:
@@ -256,45 +257,94 @@ class Model:
     def _markdown(result: PageResult) -> str:
         return result.markdown if result.markdown is not None else (result.text or "")
 
-    def _run(self, images: list[ImageInput], task: str) -> list[PageResult]:
-        from .page_steps import has_no_text
+    def _run(self, images: list[ImageInput], task: str, strict: bool = True) -> list[PageResult]:
+        """The pages' results in input order; RecognitionError (keeping the good ones) if any failed.
+
+        A backend with a continuous engine takes the pages as one stream (as `chatvlm ocr`
+        does): its rows stay busy across the whole list, finished pages come back as they
+        finish and are put back in order here. Other backends go batch by batch. Either
+        way a page becomes its PageResult through the pipeline's own step
+        (page_steps.postprocess_page), so API results equal CLI results.
+
+        `strict` (one image): an image that cannot be read raises InputError as it is.
+        Otherwise (a list) it fails alone, like a page whose recognition failed.
+        """
+        from .config import RunConfig
+        from .page_steps import postprocess_page
         from .scheduler import failure_reason, generate_with_backoff
 
-        def make_page(index: int, image: ImageInput) -> Page:
-            source = Path(image) if isinstance(image, (str, Path)) else Path(f"<image {index + 1}>")
-            return Page(source=source, doc_key=source.stem, page=1, image=to_image(image), index=index)
-
+        # No files are written (formats=()): the postprocessing step only makes the record.
+        config = RunConfig(inputs=[], out=Path("."), model=self.name, task=task, formats=(), generation=self.params)
+        reporter = LogReporter()
+        results: list[Optional[PageResult]] = [None] * len(images)
+        errors: dict[int, str] = {}
         state = {"size": max(1, self.backend.default_batch_size(self.params))}
 
-        def shrink(size: int) -> None:   # out of memory: later chunks use the smaller size
+        def shrink(size: int) -> None:   # out of memory: later batches use the smaller size
             state["size"] = min(state["size"], size)
 
-        results: list[Optional[PageResult]] = []
-        errors: dict[int, str] = {}
-        start = 0
-        while start < len(images):
-            # Decoded one batch at a time, so a long list of paths never sits in memory as pixels.
-            # A continuous decoder gets four batches' worth at once (as the pipeline's window)
-            # and refills a finished page's row from them.
-            size = state["size"] * (4 if self.backend.decode_slots() else 1)
-            chunk = [make_page(start + i, image) for i, image in enumerate(images[start:start + size])]
-            start += len(chunk)
-            outputs = generate_with_backoff(lambda b: self.backend.generate_batch(b, task, self.params), chunk,
-                                            shrink, release=self.backend.release_memory)
-            for page, raw in zip(chunk, outputs):
-                reason = failure_reason(raw)
-                if reason is not None:
-                    errors[page.index] = reason
-                    results.append(None)
+        def batch_path(batch: list[Page]) -> list:
+            return generate_with_backoff(lambda b: self.backend.generate_batch(b, task, self.params), batch,
+                                         shrink, release=self.backend.release_memory)
+
+        def finish(page: Page, raw) -> None:
+            if isinstance(raw, RawOutput) and raw.generate_s:   # the page's own times, as the CLI records them
+                page.timings["recognise"] = raw.generate_s
+                if raw.preprocess_s:
+                    page.timings["preprocess"] = raw.preprocess_s
+            result = postprocess_page(config, self.spec, self.backend, page, raw, reporter)
+            page.image = None            # done: its pixels are not kept
+            if result.status == "ok":
+                results[page.index] = result
+            else:
+                errors[page.index] = failure_reason(raw) or result.error or "failed"
+
+        def readable_pages() -> Iterator[Page]:
+            # Decoded as the engine takes them, so a long list of paths never sits in memory as pixels.
+            for index, image in enumerate(images):
+                source = Path(image) if isinstance(image, (str, Path)) else Path(f"<image {index + 1}>")
+                try:
+                    picture = to_image(image)
+                except InputError as exc:
+                    if strict:
+                        raise
+                    errors[index] = str(exc)
                     continue
-                result = self.backend.postprocess(page, raw, task)
-                result.empty = has_no_text(result)   # a blank page is "" text, not a failure
-                results.append(result)
-                page.image = None
+                yield Page(source=source, doc_key=source.stem, page=1, image=picture, index=index)
+
+        if not self._stream(readable_pages(), task, shrink, batch_path, finish):
+            pages = readable_pages()
+            while True:
+                # A continuous decoder that does not stream gets four batches' worth at once
+                # (as the pipeline's window) and refills a finished page's row from them.
+                size = state["size"] * (4 if self.backend.decode_slots() else 1)
+                chunk = [page for _, page in zip(range(size), pages)]
+                if not chunk:
+                    break
+                for page, raw in zip(chunk, batch_path(chunk)):
+                    finish(page, raw)
         if errors:
             detail = "; ".join(_("image {n}: {reason}").format(n=i + 1, reason=r) for i, r in sorted(errors.items()))
             raise RecognitionError(_("recognition failed: {reason}").format(reason=detail), results, errors)
         return results  # type: ignore[return-value]
+
+    def _stream(self, pages: Iterator[Page], task: str, shrink, batch_path, finish) -> bool:
+        """The pages through the backend's continuous engine as one stream, each finished
+        page to `finish` as it comes; False (nothing done) where the backend does not stream."""
+        if not self.backend.decode_slots():
+            return False
+        stream = self.backend.generate_stream(pages, task, self.params, on_shrink=shrink, fallback=batch_path)
+        if stream is None:
+            return False
+        try:
+            for page, raw in stream:
+                finish(page, raw)
+        except BaseException as exc:
+            if isinstance(exc, KeyboardInterrupt):
+                self.backend.abort()     # the engine's work in flight is abandoned
+            stream.close()
+            raise
+        return True
 
 
 # --------------------------------------------------------------------------- loading

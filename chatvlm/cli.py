@@ -277,6 +277,7 @@ def bench(
     tokens: str = typer.Option("512", "--tokens", help=_("With --synthetic: tokens generated per page, N, or A-B for a count per page drawn uniformly in A..B.")),
     seed: int = typer.Option(0, "--seed", help=_("With --synthetic --tokens A-B: seed of the per-page token counts.")),
     synthetic_config: Optional[List[str]] = typer.Option(None, "--synthetic-config", help=_("NAME=config.json: full config to build a model from (repeatable).")),
+    no_warmup: bool = typer.Option(False, "--no-warmup", help=_("Skip the warm-up page (and the roofline counted on it): shorter, but the timed pages then include the cold start.")),
     pages: PageRanges = None,
     dpi: Dpi = DEFAULT_DPI,
     lang: OcrLanguages = None,
@@ -315,7 +316,7 @@ def bench(
         config = bench_mod.BenchConfig(
             base=base, model_paths=bench_mod.parse_assignments(model_path, "--model-path"), repeats=repeats,
             layout=layout, synthetic=synthetic, tokens=tokens_low,
-            tokens_max=tokens_high, seed=seed, ignore_case=ignore_case, command_line=list(sys.argv),
+            tokens_max=tokens_high, seed=seed, ignore_case=ignore_case, warmup=not no_warmup, command_line=list(sys.argv),
             synthetic_configs=bench_mod.parse_assignments(synthetic_config, "--synthetic-config"))
         names = bench_mod.select_models(models, config)
         from .interrupt import stop_on_signals

@@ -176,6 +176,8 @@ def bench_command(settings: Settings, run: Run, pages_dir: Path, out: Path) -> l
         cmd += ["--seed", str(run.seed)]
     if run.decode != "auto":
         cmd += ["-O", f"decode={run.decode}"]
+    if not run.warmup:
+        cmd += ["--no-warmup"]
     for key, value in (settings.model_options.get(run.model) or {}).items():
         cmd += ["-O", f"{key}={value}"]
     if settings.device:

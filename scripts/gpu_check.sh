@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU check in one command, on a machine with one NVIDIA GPU: the engine's speed
-# targets measured in one run (about 7.8 minutes planned on an H100/H200; the runs stop
+# targets measured in one run (about 7.3 minutes planned on an H100/H200; the runs stop
 # within an 8-minute budget). Every VLM through `chatvlm bench --synthetic` (random weights,
 # real architecture), qwen_vl_2b also at --tokens 256-1024, and the other VLMs through
 # transformers generate for their speed-ups, each run in its own process under its own

@@ -232,3 +232,107 @@ def test_blank_page_is_empty_text_not_an_error(tess):
     assert tess.ocr(blank) == ""
     assert tess.ocr_batch([blank, render_page(ENGLISH)])[0] == ""
     assert tess.recognize(blank).empty is True
+
+
+# --------------------------------------------------------------------------- the API streams
+
+STREAM_SIZES = [(120, 90), (64, 200), (300, 160), (90, 90), (200, 64), (150, 150), (70, 110)]
+
+
+@pytest.fixture(scope="module")
+def eos_checkpoint(tmp_path_factory):
+    """A tiny Qwen2-VL pushed slightly towards EOS: pages stop at different points."""
+    from chatvlm.testing import build_tiny_checkpoint
+
+    return build_tiny_checkpoint("qwen_vl_2b", tmp_path_factory.mktemp("qwen_eos"), eos_boost=1.5)
+
+
+@pytest.fixture(scope="module")
+def noise_pages():
+    from tests.conftest import noise_page
+
+    return [noise_page(w, h, seed=i) for i, (w, h) in enumerate(STREAM_SIZES)]
+
+
+@pytest.fixture(scope="module")
+def alone(eos_checkpoint, noise_pages):
+    """Each page alone through transformers' generate, one at a time."""
+    with chatvlm.load_model("qwen_vl_2b", model_path=eos_checkpoint, device="cpu", max_new_tokens=24,
+                            batch_size=1, decode="hf") as model:
+        texts = [model.ocr(page) for page in noise_pages]
+    assert len(set(texts)) == len(texts)     # different pages, different texts: the order is checked
+    return texts
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_ocr_batch_streams_pages_through_one_engine(eos_checkpoint, noise_pages, alone):
+    """Seven pages of uneven size and length, three rows: one engine takes them all as a
+    stream (no generate_batch window), each page gets what it gets alone, in input order."""
+    with chatvlm.load_model("qwen_vl_2b", model_path=eos_checkpoint, device="cpu", max_new_tokens=24,
+                            batch_size=3) as model:
+        windows = []
+        generate_batch = model.backend.generate_batch
+        model.backend.generate_batch = lambda pages, *a: (windows.append(len(pages)), generate_batch(pages, *a))[1]
+        assert model.ocr_batch(noise_pages) == alone
+        facts = model.backend.describe()
+    assert windows == []
+    assert facts["decode_continuous"] and facts["decode_slots"] == 3 and facts["continuous_engines"] == 1
+    assert facts["continuous_prefills"] > 1          # finished rows were refilled from the stream
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_a_bad_page_in_the_api_stream_fails_alone(eos_checkpoint, noise_pages, alone, tmp_path):
+    """Page 3 cannot be read, page 5 the processor cannot take: RecognitionError names both,
+    and its results keep every other page as alone, in order; the engine stays on."""
+    unreadable = tmp_path / "notes.png"
+    unreadable.write_text("not an image at all")
+    images = list(noise_pages)
+    images[2] = unreadable
+    with chatvlm.load_model("qwen_vl_2b", model_path=eos_checkpoint, device="cpu", max_new_tokens=24,
+                            batch_size=3) as model:
+        build = model.backend.build_inputs
+        fifth = noise_pages[4]
+
+        def build_inputs(pages, task, params):
+            if any(page.image.size == fifth.size for page in pages):
+                raise ValueError("image file is truncated")
+            return build(pages, task, params)
+        model.backend.build_inputs = build_inputs
+        with pytest.raises(chatvlm.RecognitionError) as info:
+            model.ocr_batch(images)
+        facts = model.backend.describe()
+    error = info.value
+    assert sorted(error.errors) == [2, 4]
+    assert "notes.png" in error.errors[2] and "not a PDF or a supported image" in error.errors[2]
+    assert "image file is truncated" in error.errors[4]
+    assert "image 3" in str(error) and "image 5" in str(error)
+    assert [r is None for r in error.results] == [False, False, True, False, True, False, False]
+    kept = [r.text for r in error.results if r is not None]
+    assert kept == [text for i, text in enumerate(alone) if i not in (2, 4)]
+    assert facts["decode_continuous"] and facts["continuous_engines"] == 1
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_out_of_memory_in_the_api_stream_loses_no_page(eos_checkpoint, noise_pages, alone, monkeypatch):
+    """From the fourth decode step on, a step of more than two rows runs out of memory (as a
+    full card would): the rows are halved to two, the unfinished pages go on in the stream,
+    and every page still gets what it gets alone, in order."""
+    torch = pytest.importorskip("torch")
+    from chatvlm.engine import StaticDecoder
+
+    card = {"steps": 0, "raised": 0}
+    step = StaticDecoder._run_step
+
+    def step_on_a_full_card(self, b, *args, **kwargs):
+        card["steps"] += 1
+        if card["steps"] >= 4 and b > 2:
+            card["raised"] += 1
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB (injected)")
+        return step(self, b, *args, **kwargs)
+    monkeypatch.setattr(StaticDecoder, "_run_step", step_on_a_full_card)
+    with chatvlm.load_model("qwen_vl_2b", model_path=eos_checkpoint, device="cpu", max_new_tokens=24,
+                            batch_size=4) as model:
+        assert model.ocr_batch(noise_pages) == alone
+        facts = model.backend.describe()
+    assert card["raised"] == 1
+    assert facts["decode_continuous"] and facts["decode_slots_lowered_to"] == 2 and facts["continuous_engines"] == 2

@@ -317,6 +317,41 @@ def test_bench_cli_max_pages_repeats_and_table(tmp_path, fake_models):
     assert report["options"]["max_pages"] == 1 and report["options"]["repeats"] == 2
 
 
+@needs_corpus
+def test_bench_cli_no_warmup_skips_the_warm_up_page(tmp_path, monkeypatch):
+    """--no-warmup: the engine sees one page fewer (no cold page before the timed run) and
+    bench.json says so: no warm-up page, no warm-up time, options.warmup false."""
+    _needs_tesseract()
+    from chatvlm.backends.tesseract import TesseractBackend
+    from chatvlm.cli import app
+
+    seen: list[str] = []
+    generate_batch = TesseractBackend.generate_batch
+
+    def counted(self, pages, task, params):
+        seen.extend(page.source.name for page in pages)
+        return generate_batch(self, pages, task, params)
+    monkeypatch.setattr(TesseractBackend, "generate_batch", counted)
+
+    def bench_json(out: Path, *flags: str) -> dict:
+        seen.clear()
+        result = CliRunner().invoke(app, ["bench", str(PHOTOTEST), "--models", "tesseract", "--lang", "eng",
+                                          "-o", str(out), *flags])
+        assert result.exit_code == 0, result.output
+        return json.loads((out / "bench.json").read_text())
+
+    warm = bench_json(tmp_path / "warm")
+    assert seen == [PHOTOTEST.name, PHOTOTEST.name]                  # the warm-up page, then the timed one
+    assert warm["options"]["warmup"] is True and warm["warmup_page"]["page"] == 1
+    assert warm["models"][0]["warmup_s"] > 0
+    cold = bench_json(tmp_path / "cold", "--no-warmup")
+    assert seen == [PHOTOTEST.name]                                  # only the timed page
+    assert cold["options"]["warmup"] is False and cold["warmup_page"] is None
+    row = cold["models"][0]
+    assert row["status"] == "ok" and row["warmup_s"] is None and row["time_to_first_page_s"] is None
+    assert row["pages"]["ok"] == 1 and row["pages_per_s"] > 0
+
+
 def test_model_selection(tmp_path, monkeypatch):
     config = _config(tmp_path, ["x"])
     assert bench.select_models("tesseract, tesseract", config) == ["tesseract"]

@@ -3,6 +3,7 @@ targets' verdicts from bench rows, the tables, and a dry run of scripts/gpu_chec
 reduced models (its own pages, one bench process per run, one gpu_check.json and one
 table), with pdf2image and tesserocr made unimportable, as on the GPU machine."""
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -33,7 +34,7 @@ def _arg(cmd, flag):
 def test_plan_runs_every_target_in_priority_order(tmp_path):
     settings = Settings(out=tmp_path)
     runs = gpucheck.plan_runs(settings)
-    assert [r.id for r in runs] == ENGINES + GENERATES
+    assert [r.id for r in runs] == ENGINES + GENERATES + ["qwen_vl_2b-generate"]
     from chatvlm.registry import all_specs
     assert set(gpucheck.VLMS) == {s.name for s in all_specs() if s.repo_id}
     cmd = {r.id: gpucheck.bench_command(settings, r, tmp_path / "pages", tmp_path / r.id) for r in runs}
@@ -47,6 +48,9 @@ def test_plan_runs_every_target_in_priority_order(tmp_path):
     assert _arg(cmd["got_ocr_hf-generate"], "-O") == "decode=hf"
     assert _arg(cmd["got_ocr_hf-generate"], "--max-pages") == _arg(cmd["got_ocr_hf-generate"], "--batch-size") == "16"
     assert _arg(cmd["phi3_vision-generate"], "--max-pages") == _arg(cmd["phi3_vision-generate"], "--batch-size") == "8"
+    # ... without bench's warm-up page; the engine runs keep it (first page, roofline, no graph capture timed)
+    assert all(("--no-warmup" in cmd[r.id]) == (r.decode == "hf") for r in runs)
+    assert all(r.to_dict()["warmup"] == (r.decode != "hf") for r in runs)
     assert "--device" not in cmd["deepseek_ocr"] and "--max-pixels" not in cmd["deepseek_ocr"]
     # every target names only runs of the plan (nothing it needs is left to chance)
     planned = {r.id for r in runs}
@@ -66,8 +70,15 @@ def test_default_plan_fits_its_budget_and_the_device_call(tmp_path):
     runs = gpucheck.plan_runs(settings)
     planned = gpucheck.planned_s(runs)
     assert 0 < planned <= settings.budget_s <= 8 * 60          # the check runs inside a 10-minute device call
-    # runs that only inform join only when they fit: qwen_vl_2b through generate does not
-    assert gpucheck.left_out(settings, runs) == ["qwen_vl_2b-generate"]
+    # runs that only inform join only when they fit: qwen_vl_2b through generate does, as the
+    # baselines skip their warm-up page (a page of generate each); a tighter budget leaves it out
+    assert gpucheck.left_out(settings, runs) == []
+    tight = Settings(out=tmp_path, budget_s=420)
+    assert gpucheck.left_out(tight, gpucheck.plan_runs(tight)) == ["qwen_vl_2b-generate"]
+    by_id = {r.id: r for r in runs}
+    generate = by_id["got_ocr_hf-generate"]
+    warmed = gpucheck_plan.estimate_s(dataclasses.replace(generate, warmup=True), settings)
+    assert warmed - generate.estimate_s == pytest.approx(gpucheck_plan.PLANNING["got_ocr_hf"].generate_page_s)
     everything = gpucheck.plan_runs(Settings(out=tmp_path, optional="all", batch1_pages=4))
     assert [r.id for r in everything][-2:] == ["qwen_vl_2b-generate", "qwen_vl_2b-batch1"]
     assert gpucheck.plan_runs(Settings(out=tmp_path, budget_s=2000))[-1].id == "qwen_vl_2b-generate"
@@ -93,8 +104,11 @@ def test_default_plan_fits_its_budget_and_the_device_call(tmp_path):
 def test_plan_only_prints_the_runs_and_the_budget(capsys):
     assert gpucheck.main(["--plan-only"]) == 0
     text = capsys.readouterr().out
-    assert text.startswith("plan: 14 runs, ") and "of a 480 s budget" in text
-    assert "qwen_vl_2b-range" in text and "256-1024 tokens/page" in text
+    assert text.startswith("plan: 15 runs, ") and "of a 480 s budget" in text
+    assert "qwen_vl_2b-range" in text and "256-1024 tokens/page" in text and "left out" not in text
+    assert gpucheck.main(["--plan-only", "--optional", "none"]) == 0
+    text = capsys.readouterr().out
+    assert text.startswith("plan: 14 runs, ")
     assert "left out (they only inform; over the budget, or --optional none): qwen_vl_2b-generate" in text
 
 
@@ -167,7 +181,7 @@ def _bench_json(folder: Path, model: str, pages_per_s: float, *, failed: int = 0
 GOOD = {"qwen_vl_2b": 9.0, "qwen_vl_2b-range": 8.5, "deepseek_ocr": 2.5, "deepseek_ocr2": 2.2, "qwen3_vl_2b": 7.0,
         "got_ocr_hf": 12.0, "dots_ocr": 3.0, "phi3_vision": 2.6, "deepseek_ocr-generate": 0.4,
         "deepseek_ocr2-generate": 0.4, "qwen3_vl_2b-generate": 1.0, "got_ocr_hf-generate": 2.0,
-        "dots_ocr-generate": 0.5, "phi3_vision-generate": 0.5}
+        "dots_ocr-generate": 0.5, "phi3_vision-generate": 0.5, "qwen_vl_2b-generate": 1.0}
 
 
 def _check(tmp_path, figures: dict, settings: Settings = None, crash=(), **by_run):
@@ -203,7 +217,7 @@ def test_every_target_passes_on_figures_that_meet_it(tmp_path):
     assert verdicts["got_ocr_hf_over_generate"]["value"] == 6.0
     assert "generate: 16 pages, batch 16" in verdicts["got_ocr_hf_over_generate"]["measured"]
     assert verdicts["recognise_idle_fraction"]["measured"] == "max 2.0 % (qwen_vl_2b); 8 of 8 runs"
-    assert verdicts["failed_pages"]["measured"] == "0 of 416 pages"
+    assert verdicts["failed_pages"]["measured"] == "0 of 432 pages"
     # the diagnosis facts of every run travel in its row
     row = next(r for r in report["runs"] if r["run"] == "dots_ocr")
     assert (row["decode_path"], row["continuous"], row["slots"], row["batch_size"], row["peak_gpu_memory_gb"],
@@ -227,7 +241,7 @@ def test_each_target_fails_just_past_its_threshold(tmp_path):
                       "recognise_idle_fraction", "failed_pages"}
     assert verdicts["got_ocr_hf_over_generate"]["value"] == 4.99
     assert verdicts["recognise_idle_fraction"]["measured"].startswith("max 5.0 % (dots_ocr)")
-    assert verdicts["failed_pages"]["measured"] == "1 of 416 pages (dots_ocr: 1)"
+    assert verdicts["failed_pages"]["measured"] == "1 of 432 pages (dots_ocr: 1)"
     assert all(v["verdict"] == PASS for k, v in verdicts.items() if k not in failed)
 
 
@@ -250,7 +264,7 @@ def test_what_was_not_measured_says_why(tmp_path):
     assert idle["verdict"] == UNMEASURED and "7 of 8 runs" in idle["measured"] and "qwen_vl_2b:" in idle["why"]
     # failed pages: no page counts from the crashed run, so not a pass either
     assert verdicts["failed_pages"]["verdict"] == UNMEASURED and "dots_ocr-generate" in verdicts["failed_pages"]["why"]
-    assert report["runs"][-1]["status"] == "crashed"
+    assert {r["run"]: r["status"] for r in report["runs"]}["dots_ocr-generate"] == "crashed"
     # one run over the idle line fails the target even while others are missing
     _report, verdicts = _check(tmp_path / "again", figures, **{**by_run, "got_ocr_hf": {"idle": 0.2}})
     assert verdicts["recognise_idle_fraction"]["verdict"] == FAIL
@@ -408,13 +422,17 @@ def test_smoke_run_of_the_script_on_cpu(tmp_path):
     assert rows["got_ocr_hf-generate"]["decode_path"] == "hf-generate"
     assert rows["got_ocr_hf-generate"]["batch_size"] == 1 and rows["qwen_vl_2b"]["device"] == "cpu"
     for row in rows.values():
-        assert row["pages_per_s"] and row["output_tokens_per_s"] and row["first_page_after_load_s"] > 0
-        assert row["idle_fraction"] is not None and row["percent_of_limit"] > 0, row
+        assert row["pages_per_s"] and row["output_tokens_per_s"] and row["idle_fraction"] is not None, row
+        if row["run"].endswith("-generate"):      # --no-warmup: no cold page, no roofline counted on it
+            assert row["first_page_after_load_s"] is None and row["percent_of_limit"] is None, row
+        else:
+            assert row["first_page_after_load_s"] > 0 and row["percent_of_limit"] > 0, row
     bench = json.loads((out / "runs" / "qwen_vl_2b-range" / "bench.json").read_text())
     assert (bench["tokens_range"], bench["seed"]) == ([2, 6], 1)
     assert {d["output_tokens"] for d in bench["models"][0]["pages_detail"]} <= set(range(2, 7))
     generate = json.loads((out / "runs" / "got_ocr_hf-generate" / "bench.json").read_text())
     assert generate["options"]["model_options"] == {"decode": "hf"}
+    assert generate["options"]["warmup"] is False and generate["warmup_page"] is None
     # the verdicts read every figure: speed ones shown but unmeasured (not a GPU), failed pages judged
     targets = {v["key"]: v for v in report["targets"]}
     for key in ("qwen_vl_2b_pages_per_s", "qwen_vl_2b_range_pages_per_s", "qwen_vl_2b_first_page_s",

@@ -74,23 +74,33 @@ def real_server(app):
 
 @contextmanager
 def counted_generation(model, gate: threading.Event | None = None):
-    """Record the size of every generate_batch call of `model`'s real backend; with
-    `gate`, each call waits for it first (to hold the device busy while requests arrive)."""
+    """Record how many pages each call hands `model`'s real backend: every generate_batch
+    call, or every stream (a backend with a continuous engine takes each recognize call's
+    pages as one stream); with `gate`, each call waits for it first (to hold the device
+    busy while requests arrive)."""
     backend = model.backend
-    real = backend.generate_batch
+    real, real_stream = backend.generate_batch, backend.generate_stream
     calls: list[int] = []
 
-    def generate_batch(pages, task, params):
+    def taken(pages) -> None:
         calls.append(len(pages))
         if gate is not None:
             assert gate.wait(60), "gate never opened"
+
+    def generate_batch(pages, task, params):
+        taken(pages)
         return real(pages, task, params)
 
-    backend.generate_batch = generate_batch
+    def generate_stream(pages, task, params, **kwargs):
+        pages = list(pages)
+        taken(pages)
+        return real_stream(iter(pages), task, params, **kwargs)
+
+    backend.generate_batch, backend.generate_stream = generate_batch, generate_stream
     try:
         yield calls
     finally:
-        del backend.generate_batch
+        del backend.generate_batch, backend.generate_stream
 
 
 def wait_until(condition, what: str, timeout: float = 20.0) -> None:

@@ -81,6 +81,7 @@ def run_bench(config: BenchConfig, models: list[str], reporter: Optional[Reporte
         "inputs": list(config.base.inputs),
         "options": {"pages": config.base.pages, "max_pages": config.base.max_pages, "dpi": config.base.dpi,
                     "repeats": config.repeats, "layout": config.layout, "ignore_case": config.ignore_case,
+                    "warmup": config.warmup,
                     "batch_size": config.base.generation.batch_size,
                     "max_new_tokens": (config.tokens_max or config.tokens) if config.synthetic else config.base.generation.max_new_tokens,
                     "max_pixels": config.base.generation.max_pixels, "device": config.base.backend.device,
