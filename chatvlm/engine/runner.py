@@ -240,18 +240,13 @@ class GenerationRunner:
         """The batch through the continuous engine, or None where it does not apply (few
         requests, a model or request the static decoder or the engine does not serve, an
         engine that failed once in this run): the caller then decodes batch by batch."""
-        from .continuous import continuous_unsupported
         from .requests import Prepared
 
         slots = self.decode_slots()
         if not slots or len(requests) <= slots or self.continuous_disabled:
             return None
-        decoder = self.static_decoder(params)
+        decoder = self._continuous_decoder(params)
         if decoder is None:
-            return None
-        reason = continuous_unsupported(decoder)
-        if reason:
-            self.facts["decode_continuous"], self.facts["decode_continuous_reason"] = False, reason
             return None
         preprocess = [0.0]
         input_errors: list[BaseException] = []
@@ -345,11 +340,18 @@ class GenerationRunner:
         None where the engine does not serve this run (no slots, a model or request the
         static decoder does not serve, an engine that failed once): the caller then goes
         batch by batch. See chatvlm.engine.stream for failures and the keywords."""
-        from .continuous import continuous_unsupported
         from .stream import PageStream
 
-        if not self.decode_slots() or self.continuous_disabled:
+        if not self.decode_slots() or self.continuous_disabled or self._continuous_decoder(params) is None:
             return None
+        return PageStream(self, requests, task, params, on_shrink=on_shrink, fallback=fallback, hold=hold)
+
+    def _continuous_decoder(self, params: GenerationParams):
+        """The static decoder the continuous engine would run on, or None where it does not
+        apply (the decoder does not serve the model or request, or the engine declines the
+        model: the reason goes to the facts)."""
+        from .continuous import continuous_unsupported
+
         decoder = self.static_decoder(params)
         if decoder is None:
             return None
@@ -357,7 +359,7 @@ class GenerationRunner:
         if reason:
             self.facts["decode_continuous"], self.facts["decode_continuous_reason"] = False, reason
             return None
-        return PageStream(self, requests, task, params, on_shrink=on_shrink, fallback=fallback, hold=hold)
+        return decoder
 
     def _decline_continuous(self, why: str) -> None:
         """The engine gave back work it cannot serve (Unsupported): those requests take the batch path."""
