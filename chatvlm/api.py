@@ -26,7 +26,7 @@ from typing import Any, Iterable, Iterator, Optional, Sequence, Union
 from .config import BackendOptions, GenerationParams
 from .errors import ChatVLMError, InputError, UsageError
 from .i18n import _
-from .records import LayoutBlock, Page, PageResult, RawOutput
+from .records import LayoutBlock, Page, PageResult
 from .registry import ModelSpec, cannot_chat_message
 
 __all__ = ["ImageInput", "Model", "ModelLoader", "RecognitionError", "load_model", "pages"]
@@ -270,7 +270,7 @@ class Model:
         Otherwise (a list) it fails alone, like a page whose recognition failed.
         """
         from .config import RunConfig
-        from .page_steps import postprocess_page
+        from .page_steps import postprocess_page, record_times
         from .scheduler import failure_reason, generate_with_backoff
 
         # No files are written (formats=()): the postprocessing step only makes the record.
@@ -288,10 +288,7 @@ class Model:
                                          shrink, release=self.backend.release_memory)
 
         def finish(page: Page, raw) -> None:
-            if isinstance(raw, RawOutput) and raw.generate_s:   # the page's own times, as the CLI records them
-                page.timings["recognise"] = raw.generate_s
-                if raw.preprocess_s:
-                    page.timings["preprocess"] = raw.preprocess_s
+            record_times(page, raw)      # the page's own times, as the CLI records them
             result = postprocess_page(config, self.spec, self.backend, page, raw, reporter)
             page.image = None            # done: its pixels are not kept
             if result.status == "ok":

@@ -8,6 +8,7 @@ so a page becomes the same PageResult and the same files wherever it was recogni
 from __future__ import annotations
 
 import time
+from typing import Optional
 
 from .config import RunConfig
 from .errors import OutputError
@@ -30,11 +31,18 @@ def recognise_batch(config: RunConfig, backend, batch: list[Page], shrink) -> tu
                                  release=backend.release_memory)
     elapsed = time.perf_counter() - start
     for page, raw in zip(batch, raws):
-        measured = raw.generate_s if isinstance(raw, RawOutput) and raw.generate_s else elapsed / len(batch)
-        page.timings["recognise"] = measured
-        if isinstance(raw, RawOutput) and raw.preprocess_s:
-            page.timings["preprocess"] = raw.preprocess_s
+        record_times(page, raw, shared_s=elapsed / len(batch))
     return raws, elapsed
+
+
+def record_times(page: Page, raw, shared_s: Optional[float] = None) -> None:
+    """A page's recognise/preprocess timings: its own from its RawOutput where the engine
+    measured them, else its share `shared_s` of its batch's time (None: leave it unset)."""
+    own = raw.generate_s if isinstance(raw, RawOutput) and raw.generate_s else None
+    if own is not None or shared_s is not None:
+        page.timings["recognise"] = own if own is not None else shared_s
+    if isinstance(raw, RawOutput) and raw.preprocess_s:
+        page.timings["preprocess"] = raw.preprocess_s
 
 
 def postprocess_page(config: RunConfig, spec: ModelSpec, backend, page: Page, raw, reporter: Reporter) -> PageResult:

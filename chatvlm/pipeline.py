@@ -22,8 +22,8 @@ from .i18n import _
 from .interrupt import Interrupted
 from .out_lock import OutputLock
 from .paths import path_text
-from .page_steps import postprocess_page, recognise_batch, write_result
-from .records import Page, PageResult, RawOutput, Reporter
+from .page_steps import postprocess_page, recognise_batch, record_times, write_result
+from .records import Page, PageResult, Reporter
 from .registry import ModelSpec, all_specs, get_spec
 from .scheduler import Job, bucketed_windows, rendered_pages, split_to_size
 from .sources import plan_pages
@@ -364,10 +364,7 @@ def _recognise_streaming(config: RunConfig, spec: ModelSpec, backend, jobs: list
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="writer") as writer:
         try:
             for page, raw in stream:
-                if isinstance(raw, RawOutput) and raw.extra.get("stream"):
-                    page.timings["recognise"] = raw.generate_s
-                    if raw.preprocess_s:
-                        page.timings["preprocess"] = raw.preprocess_s
+                record_times(page, raw)      # its own times (a batch-path page has them already)
                 hand(page, raw)
                 check_writer()
             while futures:
