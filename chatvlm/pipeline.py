@@ -289,16 +289,21 @@ def _recognise_all(config: RunConfig, spec: ModelSpec, backend, jobs: list[Job],
             while pending:
                 pending.popleft().result()
         except BaseException as exc:
-            # Stop now: the writer finishes the page it is on and takes no more; queued work
-            # is dropped; on an interrupt the engine's work in flight is abandoned.
-            stop.set()
-            writer.shutdown(wait=False, cancel_futures=True)
-            runner.shutdown(wait=False, cancel_futures=True)
-            if isinstance(exc, KeyboardInterrupt):
-                backend.abort()
-            windows.close()
-            pages.close()
+            _abandon(exc, stop, backend, executors=(writer, runner), sources=(windows, pages))
             raise
+
+
+def _abandon(exc: BaseException, stop: threading.Event, backend, *, executors, sources) -> None:
+    """Stop a run now: the writer finishes the page it is on and takes no more; queued work
+    is dropped; on an interrupt the engine's work in flight is abandoned; the page sources
+    (renderers, the engine's stream) are closed."""
+    stop.set()
+    for executor in executors:
+        executor.shutdown(wait=False, cancel_futures=True)
+    if isinstance(exc, KeyboardInterrupt):
+        backend.abort()
+    for source in sources:
+        source.close()
 
 
 def _recognise_streaming(config: RunConfig, spec: ModelSpec, backend, jobs: list[Job], stats: RunStats,
@@ -370,14 +375,7 @@ def _recognise_streaming(config: RunConfig, spec: ModelSpec, backend, jobs: list
             while futures:
                 futures.popleft().result()
         except BaseException as exc:
-            # As the window path: the writer finishes the page it is on and takes no more;
-            # on an interrupt the engine's work in flight is abandoned.
-            stop.set()
-            writer.shutdown(wait=False, cancel_futures=True)
-            if isinstance(exc, KeyboardInterrupt):
-                backend.abort()
-            stream.close()
-            pages.close()
+            _abandon(exc, stop, backend, executors=(writer,), sources=(stream, pages))
             raise
         finally:
             stats.gpu_busy_s += stream.busy_s
