@@ -128,3 +128,26 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def tiny_backends(tmp_path_factory, eos_boost=None):
+    """`get(name)`: a loaded backend on a tiny random-weight checkpoint of model `name`
+    (CPU), built once per module; `eos_boost` maps a name to a push towards EOS, so pages
+    stop at different points within the budget."""
+    from chatvlm.config import BackendOptions
+    from chatvlm.registry import get_spec
+    from chatvlm.testing import build_tiny_checkpoint
+
+    cache = {}
+
+    def get(name):
+        if name not in cache:
+            kwargs = {"eos_boost": eos_boost[name]} if eos_boost else {}
+            folder = build_tiny_checkpoint(name, tmp_path_factory.mktemp(name), **kwargs)
+            spec = get_spec(name)
+            be = spec.backend_class()(spec, BackendOptions(model_path=folder, device="cpu", extra={}))
+            be.load()
+            cache[name] = be
+        return cache[name]
+
+    return get

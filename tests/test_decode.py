@@ -17,7 +17,7 @@ from chatvlm.engine import HF, STATIC, StaticDecoder, unsupported_reason
 from chatvlm.loop_guard import make_tracker
 from chatvlm.registry import get_spec
 from chatvlm.testing import build_tiny_checkpoint
-from tests.conftest import noise_page_records
+from tests.conftest import noise_page_records, tiny_backends
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -30,18 +30,7 @@ def _pages(sizes=SIZES, seed=0):
 
 @pytest.fixture(scope="module")
 def backends(tmp_path_factory):
-    cache = {}
-
-    def get(name):
-        if name not in cache:
-            folder = build_tiny_checkpoint(name, tmp_path_factory.mktemp(name))
-            spec = get_spec(name)
-            be = spec.backend_class()(spec, BackendOptions(model_path=folder, device="cpu", extra={}))
-            be.load()
-            cache[name] = be
-        return cache[name]
-
-    return get
+    return tiny_backends(tmp_path_factory)
 
 
 def _run(be, pages, mode, max_new=24, **params):

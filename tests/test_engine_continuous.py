@@ -19,7 +19,7 @@ from chatvlm.config import BackendOptions, GenerationParams
 from chatvlm.engine import STATIC, StaticDecoder
 from chatvlm.registry import get_spec
 from chatvlm.testing import build_tiny_checkpoint
-from tests.conftest import noise_page_records
+from tests.conftest import noise_page_records, tiny_backends
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -32,19 +32,7 @@ def _pages(sizes=SIZES, seed=3):
 
 @pytest.fixture(scope="module")
 def backends(tmp_path_factory):
-    cache = {}
-
-    def get(name):
-        if name not in cache:
-            # a slight push towards EOS: pages stop at different points within the budget
-            folder = build_tiny_checkpoint(name, tmp_path_factory.mktemp(name), eos_boost=EOS_BOOST[name])
-            spec = get_spec(name)
-            be = spec.backend_class()(spec, BackendOptions(model_path=folder, device="cpu", extra={}))
-            be.load()
-            cache[name] = be
-        return cache[name]
-
-    return get
+    return tiny_backends(tmp_path_factory, eos_boost=EOS_BOOST)
 
 
 EOS_BOOST = {"qwen_vl_2b": 1.5, "got_ocr_hf": 1.5, "qwen3_vl_2b": 5.0, "deepseek_ocr2": 4.0}
