@@ -16,10 +16,8 @@ import weakref
 import pytest
 import torch
 
-from chatvlm.config import BackendOptions
 from chatvlm.engine import StaticDecoder
-from chatvlm.registry import get_spec
-from chatvlm.testing import build_tiny_checkpoint
+from tests.conftest import tiny_backends
 from tests.test_decode import _generated
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -93,11 +91,7 @@ def test_fake_models_the_allocator_assert():
 
 @pytest.fixture(scope="module")
 def qwen(tmp_path_factory):
-    folder = build_tiny_checkpoint("qwen_vl_2b", tmp_path_factory.mktemp("qwen"))
-    spec = get_spec("qwen_vl_2b")
-    be = spec.backend_class()(spec, BackendOptions(model_path=folder, device="cpu", extra={}))
-    be.load()
-    return be
+    return tiny_backends(tmp_path_factory)("qwen_vl_2b")
 
 
 def _text_batch(batch: int, seed: int, pad_id: int, lengths=(3, 17)):

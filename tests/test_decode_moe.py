@@ -12,7 +12,7 @@ from chatvlm.engine import STATIC, StaticDecoder
 from chatvlm.engine.lm import find_lm
 from chatvlm.engine.moe import StaticMoE, moe_unsupported
 from chatvlm.registry import get_spec
-from chatvlm.testing import build_tiny_checkpoint
+from tests.conftest import tiny_backends
 from tests.test_decode import _generated, _pages, assert_backend_decodes_like_generate
 from tests.test_decode_graphs import FakeGraphs, _text_batch
 
@@ -39,11 +39,7 @@ def v1():
 
 @pytest.fixture(scope="module")
 def v2(tmp_path_factory):
-    folder = build_tiny_checkpoint("deepseek_ocr2", tmp_path_factory.mktemp("dsocr2"))
-    spec = get_spec("deepseek_ocr2")
-    be = spec.backend_class()(spec, BackendOptions(model_path=folder, device="cpu", extra={}))
-    be.load()
-    return be
+    return tiny_backends(tmp_path_factory)("deepseek_ocr2")
 
 
 def _moe_blocks(model):
