@@ -292,7 +292,7 @@ def test_broken_static_decoder_falls_back_to_generate_and_says_so(tmp_path):
     pages = _pages()
     reference, _ = _run(be, pages, "hf")
     broken = _BrokenDecoder(be.model)
-    be._static_decoder = broken
+    be.runner.decoder = broken
     fallback, facts = _run(be, pages, "auto")
     assert fallback == reference                      # no page lost, same tokens
     assert facts["decode"] == "hf-generate" and "static decoder failed" in facts["decode_reason"]
@@ -322,10 +322,10 @@ def _fail_step_after(dec, calls: int, exc: BaseException):
 def fresh_qwen(backends):
     """The shared Qwen2-VL backend with a new decoder, its decoder state restored afterwards."""
     be = backends("qwen_vl_2b")
-    be._static_decoder, be._decode_disabled = None, None
+    be.runner.decoder, be.runner.decode_disabled = None, None
     be.options.extra.pop("decode_max_len", None)
     yield be
-    be._static_decoder, be._decode_disabled = None, None
+    be.runner.decoder, be.runner.decode_disabled = None, None
     be.options.extra.pop("decode_max_len", None)
 
 
@@ -351,7 +351,7 @@ def test_request_the_decoder_declines_goes_to_generate_for_that_batch_only(fresh
     got, facts = _run(be, pages, "auto")
     assert got == reference
     assert facts["decode"] == HF and "cache limit" in facts["decode_reason"]
-    dec = be._static_decoder
+    dec = be.runner.decoder
     assert dec.stats.steps == 0 and dec.k is None   # declined before any decode work, nothing held
     dec.max_len = None                               # the next batch fits: the decoder serves it
     got, facts = _run(be, pages, "auto")
@@ -369,7 +369,7 @@ def test_out_of_memory_in_the_decoder_propagates_after_freeing(fresh_qwen):
     with pytest.raises(torch.OutOfMemoryError):
         be.generate_batch(pages, "text", GenerationParams(max_new_tokens=24))
     assert dec.k is None and dec.graph_set is None
-    assert not getattr(be, "_decode_disabled", None)            # not a reason to stop using it
+    assert not be.runner.decode_disabled            # not a reason to stop using it
     del dec.step                                                 # memory back: smaller retries succeed
     for part in (pages[:1], pages[1:]):
         got, facts = _run(be, part, "auto")

@@ -157,23 +157,23 @@ def test_continuous_takes_fewer_steps_than_batch_by_batch(backends):
     batch's longest page; refilled slots do not."""
     be = backends("qwen_vl_2b")
     pages = _pages()
-    be._static_decoder = None
+    be.runner.decoder = None
     whole = []
     for part in (pages[:3], pages[3:6], pages[6:]):
         whole += _run(be, part, slots=0)[0]
-    steps_batched = be._static_decoder.stats.steps
-    be._static_decoder = None
+    steps_batched = be.runner.decoder.stats.steps
+    be.runner.decoder = None
     got, facts = _run(be, pages, slots=3)
     assert got == whole
     assert facts["continuous_steps"] < steps_batched
     assert facts["continuous_compactions"] >= 1      # a late page outlived earlier ones: rows moved down
-    be._static_decoder = None
+    be.runner.decoder = None
 
 
 def test_out_of_memory_in_the_engine_propagates_after_freeing(backends):
     be = backends("qwen_vl_2b")
     pages = _pages()[:4]
-    be._static_decoder = None
+    be.runner.decoder = None
     be.options.extra["decode"] = "fast"
     dec = be.static_decoder(GenerationParams())
     real_step, calls = dec.step, {"n": 0}
@@ -195,19 +195,19 @@ def test_out_of_memory_in_the_engine_propagates_after_freeing(backends):
         got, facts = _run(be, pages, slots=2)
         assert got == _alone(be, pages) and facts["decode_slots"] == 1   # the next run is served
     finally:
-        be._static_decoder = be._slots_cap = None
+        be.runner.decoder = be.runner.slots_cap = None
 
 
 def test_a_batch_the_engine_declines_runs_as_one(backends):
     be = backends("qwen_vl_2b")
     pages = _pages()[:4]
-    be._static_decoder = None
+    be.runner.decoder = None
     be.options.extra["decode_max_len"] = 8            # shorter than any prompt: declined
     try:
         got, facts = _run(be, pages, slots=2)
     finally:
         be.options.extra.pop("decode_max_len")
-        be._static_decoder = None
+        be.runner.decoder = None
     assert not facts["decode_continuous"] and "cache limit" in facts["decode_continuous_reason"]
     assert got == _alone(be, pages)
 
@@ -222,14 +222,14 @@ def test_continuous_under_graphs_keeps_the_pool_lifecycle(backends):
     pages = _pages()
     reference = _alone(be, pages)
     fake = FakeGraphs()
-    be._static_decoder = StaticDecoder(be.model, graph_api=fake, len_bucket=16, sync_every=4)
+    be.runner.decoder = StaticDecoder(be.model, graph_api=fake, len_bucket=16, sync_every=4)
     try:
         # short prompts first, the longest last: the cache must grow while rows are decoding
         order = sorted(range(len(pages)), key=lambda i: pages[i].image.size[0] * pages[i].image.size[1])
         got, facts = _run(be, [pages[i] for i in order], slots=3)
-        dec = be._static_decoder
+        dec = be.runner.decoder
     finally:
-        be._static_decoder = None
+        be.runner.decoder = None
     assert facts.get("decode_continuous"), facts.get("decode_continuous_reason")
     assert got == [reference[i] for i in order]
     assert dec.stats.graphs_captured > 0 and dec.stats.graph_replays > 0
@@ -323,7 +323,7 @@ def test_continuous_is_on_by_default_at_the_runs_batch_size(backends):
     finally:
         be.options.extra.clear()
         be.options.extra.update(saved)
-        be._run_batch_size = None
+        be.runner.batch_size = None
 
 
 def test_the_api_goes_through_the_engine(tmp_path):
@@ -375,7 +375,7 @@ def test_a_page_whose_inputs_fail_is_isolated_and_the_engine_stays_on(backends):
     assert isinstance(outs[2], ValueError) and "p2.png" in str(outs[2])
     got = [(r.text, r.output_tokens, r.finish_reason) for i, r in enumerate(outs) if i != 2]
     assert got == [ref for i, ref in enumerate(reference) if i != 2]
-    assert not getattr(be, "_continuous_disabled", None)
+    assert not be.runner.continuous_disabled
     got, facts = _run(be, pages[:3], slots=2)
     assert facts["decode_continuous"] and got == reference[:3]
 
@@ -423,7 +423,7 @@ def test_a_broken_engine_is_reported_and_the_pages_decode_batch_by_batch(backend
     be = backends("qwen_vl_2b")
     pages = _pages()[:4]
     reference = _alone(be, pages)
-    be._static_decoder = None
+    be.runner.decoder = None
     be.options.extra.update(decode="fast", decode_slots=2)
     dec = be.static_decoder(GenerationParams())
     real_step, calls = dec._run_step, {"n": 0}
@@ -442,4 +442,4 @@ def test_a_broken_engine_is_reported_and_the_pages_decode_batch_by_batch(backend
         assert not facts["decode_continuous"] and "illegal memory access" in facts["decode_continuous_reason"]
         assert facts["decode"] == STATIC               # the static decoder still serves the pages
     finally:
-        be._static_decoder = be._continuous_disabled = None
+        be.runner.decoder = be.runner.continuous_disabled = None

@@ -172,7 +172,7 @@ def test_got_no_repeat_ngram_survives_batch_compaction(checkpoints):
         backend.load()
         runs[decode] = [(r.text, r.output_tokens, r.finish_reason) for r in backend.generate_batch(pages, "text", params)]
         if decode == "auto":
-            assert backend._static_decoder.stats.compactions >= 1
+            assert backend.runner.decoder.stats.compactions >= 1
         backend.close()
     assert runs["auto"] == runs["hf"]
     assert len({n for _, n, _ in runs["auto"]}) >= 2                     # rows ended at different steps

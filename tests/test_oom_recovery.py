@@ -104,7 +104,7 @@ def _released(backend):
     release = backend.release_memory
 
     def spy():
-        calls.append(getattr(backend, "_static_decoder", None) is not None)
+        calls.append(backend.runner.decoder is not None)
         release()
     backend.release_memory = spy
     return calls

@@ -54,10 +54,10 @@ def main() -> None:
         batched = []
         for start in range(0, len(pages), args.slots):
             batched += be.generate_batch(pages[start:start + args.slots], "text", params)
-        stats = be._static_decoder.stats
+        stats = be.runner.decoder.stats
         by_batch = {"steps": stats.steps, "row_steps": stats.row_steps}
 
-        be._static_decoder = None
+        be.runner.decoder = None
         be.options.extra["decode_slots"] = args.slots
         continuous = be.generate_batch(pages, "text", params)
         facts = be.describe()

@@ -96,18 +96,6 @@ class HFBackend(Backend):
         self.runner = GenerationRunner(self, self.options, self._facts)
         self.sizer = BatchSizer(self._facts)
 
-    # The runner's state, under the names the backend has always had (reset by tests and tools).
-    _static_decoder = property(lambda self: self.runner.decoder,
-                               lambda self, value: setattr(self.runner, "decoder", value))
-    _decode_disabled = property(lambda self: self.runner.decode_disabled,
-                                lambda self, value: setattr(self.runner, "decode_disabled", value))
-    _continuous_disabled = property(lambda self: self.runner.continuous_disabled,
-                                    lambda self, value: setattr(self.runner, "continuous_disabled", value))
-    _slots_cap = property(lambda self: self.runner.slots_cap,
-                          lambda self, value: setattr(self.runner, "slots_cap", value))
-    _run_batch_size = property(lambda self: self.runner.batch_size,
-                               lambda self, value: setattr(self.runner, "batch_size", value))
-
     @property
     def peak_memory_bytes(self) -> int:
         return self.runner.peak_memory_bytes
